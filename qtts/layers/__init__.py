@@ -1,0 +1,1 @@
+"""Small reusable modules shared by the models."""
