@@ -1,0 +1,185 @@
+"""The per-frame decode step over tensors: KV cache and batch state in, next 16 codes out.
+
+All state lives in preallocated device tensors that `frame_step` updates in place, so the
+same function runs eagerly, inside one captured CUDA graph, and for any batch of rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ModelConfig
+from ..layers.attention import CacheView, KVCache
+from ..layers.sampler import SamplingTensors, apply_repetition_penalty, sample
+from ..models.talker import Talker
+from .prompt import Prompt
+from .request import SamplingParams
+
+TALKER_STREAM = 0  # RNG stream of codebook 0; the predictor uses streams 1..15
+
+
+@dataclass
+class RowState:
+    """Decode state of B rows, one request per row. Row b uses KV slot b."""
+
+    past_hidden: torch.Tensor  # (B, H) talker hidden that produced the current c0
+    c0: torch.Tensor  # (B,) codebook-0 of the current frame
+    positions: torch.Tensor  # (B,) next talker position
+    frame_index: torch.Tensor  # (B,) index of the current frame (= decode step)
+    text_rows: torch.Tensor  # (B, max_text, H) trailing text rows, pad-filled
+    text_len: torch.Tensor  # (B,)
+    pad_row: torch.Tensor  # (H,)
+    seen: torch.Tensor  # (B, V) bool, codebook-0 ids generated so far
+    seeds: torch.Tensor  # (B,) int64
+    repetition_penalty: torch.Tensor  # (B,) float32
+    talker_sampling: SamplingTensors
+    predictor_sampling: SamplingTensors
+
+    @classmethod
+    def allocate(cls, rows: int, hidden: int, vocab: int, max_text: int, device, dtype) -> "RowState":
+        def params() -> SamplingTensors:
+            return SamplingTensors(
+                do_sample=torch.zeros(rows, dtype=torch.bool, device=device),
+                temperature=torch.ones(rows, dtype=torch.float32, device=device),
+                top_k=torch.zeros(rows, dtype=torch.int64, device=device),
+                top_p=torch.ones(rows, dtype=torch.float32, device=device),
+            )
+
+        def longs() -> torch.Tensor:
+            return torch.zeros(rows, dtype=torch.int64, device=device)
+
+        return cls(
+            past_hidden=torch.zeros(rows, hidden, device=device, dtype=dtype),
+            c0=longs(), positions=longs(), frame_index=longs(),
+            text_rows=torch.zeros(rows, max_text, hidden, device=device, dtype=dtype),
+            text_len=longs(),
+            pad_row=torch.zeros(hidden, device=device, dtype=dtype),
+            seen=torch.zeros(rows, vocab, dtype=torch.bool, device=device),
+            seeds=longs(),
+            repetition_penalty=torch.ones(rows, dtype=torch.float32, device=device),
+            talker_sampling=params(), predictor_sampling=params(),
+        )
+
+    def set_row(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int) -> None:
+        """Load a request's parameters and text rows into `row` (before its prefill)."""
+        text = prompt.trailing
+        if text.shape[0] > self.text_rows.shape[1]:
+            raise ValueError(f"prompt has {text.shape[0]} trailing text rows; the batch holds {self.text_rows.shape[1]}")
+        self.text_rows[row] = prompt.pad_row
+        self.text_rows[row, : text.shape[0]] = text
+        self.text_len[row] = text.shape[0]
+        self.pad_row.copy_(prompt.pad_row)
+        self.seen[row] = False
+        self.frame_index[row] = 0
+        self.seeds[row] = seed
+        self.repetition_penalty[row] = sampling.repetition_penalty
+        for params, prefix in ((self.talker_sampling, ""), (self.predictor_sampling, "subtalker_")):
+            params.do_sample[row] = getattr(sampling, prefix + "do_sample")
+            params.temperature[row] = getattr(sampling, prefix + "temperature")
+            params.top_k[row] = getattr(sampling, prefix + "top_k")
+            params.top_p[row] = getattr(sampling, prefix + "top_p")
+
+
+class FrameStep:
+    """Prefill and per-frame decoding for a fixed number of rows over a static KV cache."""
+
+    def __init__(self, talker: Talker, cfg: ModelConfig, rows: int, max_len: int, max_text: int):
+        self.talker, self.cfg = talker, cfg
+        weight = talker.codec_head.weight
+        device, dtype = weight.device, weight.dtype
+        tl, pl = cfg.talker.layers, cfg.talker.predictor.layers
+        self.rows, self.max_len = rows, max_len
+        self.cache = KVCache(tl.num_layers, rows, tl.num_kv_heads, max_len, tl.head_dim, device, dtype)
+        groups = cfg.talker.num_code_groups
+        self.predictor_cache = KVCache(pl.num_layers, rows, pl.num_kv_heads, groups, pl.head_dim, device, dtype)
+        self.state = RowState.allocate(rows, cfg.talker.hidden_size, cfg.talker.vocab_size, max_text, device, dtype)
+        self.codes = torch.zeros(rows, groups, dtype=torch.int64, device=device)
+        vocab = cfg.talker.vocab_size
+        suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
+        suppress[vocab - 1024:] = True
+        suppress[cfg.talker.codec_eos_id] = False
+        self.suppress = suppress
+        self.eos_only = torch.zeros_like(suppress)
+        self.eos_only[cfg.talker.codec_eos_id] = True
+        self.eos_id = cfg.talker.codec_eos_id
+        predictor_positions = torch.arange(groups, device=device)
+        self._predictor_positions = predictor_positions.expand(rows, groups)
+
+    # ----- codebook 0 -------------------------------------------------------------------
+    def _sample_c0(self, logits: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Upstream's talker processors: penalty, min 2 new tokens, suppression, then sample."""
+        s = self.state
+        scores = apply_repetition_penalty(logits.float(), s.seen[rows], s.repetition_penalty[rows])
+        too_early = (s.frame_index[rows] < 2).unsqueeze(1)
+        scores = scores.masked_fill(self.suppress | (too_early & self.eos_only), float("-inf"))
+        params = SamplingTensors(*(getattr(s.talker_sampling, f)[rows] for f in
+                                   ("do_sample", "temperature", "top_k", "top_p")))
+        token = sample(scores, params, s.seeds[rows], s.frame_index[rows], TALKER_STREAM)
+        s.seen[rows] = s.seen[rows].scatter(1, token.unsqueeze(1), True)
+        return token
+
+    @torch.no_grad()
+    def prefill(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int) -> None:
+        """Run a prompt into slot `row` and sample the first frame's codebook 0."""
+        length = prompt.prefill.shape[0]
+        if length + 1 > self.max_len:
+            raise ValueError(f"prompt of {length} positions does not fit the cache of {self.max_len}")
+        s = self.state
+        s.set_row(row, prompt, sampling, seed)
+        device = prompt.prefill.device
+        positions = torch.arange(length, device=device).unsqueeze(0)
+        view = CacheView.causal(self.cache, positions, length, rows_slots=torch.tensor([row], device=device))
+        hidden = self.talker(prompt.prefill.unsqueeze(0), positions, view)
+        s.past_hidden[row] = hidden[0, -1]
+        s.positions[row] = length
+        token = self._sample_c0(self.talker.logits(hidden[:, -1]), slice(row, row + 1))
+        s.c0[row] = token[0]
+
+    # ----- one frame ------------------------------------------------------------------------
+    def predict_codebooks(self, batch: int) -> torch.Tensor:
+        """Codebooks 1..15 of the current frame for rows [0, batch): (batch, 15)."""
+        s, predictor = self.state, self.talker.code_predictor
+        params = SamplingTensors(*(getattr(s.predictor_sampling, f)[:batch] for f in
+                                   ("do_sample", "temperature", "top_k", "top_p")))
+        seeds, steps = s.seeds[:batch], s.frame_index[:batch]
+        first = torch.stack([s.past_hidden[:batch], self.talker.embed_codec(s.c0[:batch])], dim=1)
+        positions = self._predictor_positions[:batch, :2]
+        view = CacheView.causal(self.predictor_cache, positions, 2)
+        logits = predictor.step(first, positions, view, head=0)
+        codes = [sample(logits.float(), params, seeds, steps, 1)]
+        for k in range(1, predictor.num_steps):
+            positions = self._predictor_positions[:batch, k + 1: k + 2]
+            view = CacheView.causal(self.predictor_cache, positions, k + 2)
+            rows = predictor.embed_code(k, codes[-1]).unsqueeze(1)
+            logits = predictor.step(rows, positions, view, head=k)
+            codes.append(sample(logits.float(), params, seeds, steps, k + 1))
+        return torch.stack(codes, dim=1)
+
+    @torch.no_grad()
+    def frame_step(self, batch: int, attend_length: int) -> torch.Tensor:
+        """Finish the current frame of rows [0, batch) and sample the next frame's codebook 0.
+
+        Returns the view of `self.codes[:batch]` holding the finished frames (B, 16).
+        attend_length must exceed every row's position (the caller tracks positions).
+        """
+        s = self.state
+        rows = slice(0, batch)
+        rest = self.predict_codebooks(batch)
+        codes = self.codes[:batch]
+        codes[:, 0] = s.c0[rows]
+        codes[:, 1:] = rest
+        frame_rows = self.talker.embed_frames(codes)
+        index = s.frame_index[rows]
+        has_text = index < s.text_len[rows]
+        text = s.text_rows[rows].gather(1, index.clamp(max=s.text_rows.shape[1] - 1).view(-1, 1, 1)
+                                         .expand(-1, 1, s.text_rows.shape[2])).squeeze(1)
+        text = torch.where(has_text.unsqueeze(1), text, s.pad_row)
+        positions = s.positions[rows].unsqueeze(1)
+        view = CacheView.causal(self.cache, positions, attend_length)
+        hidden = self.talker((frame_rows + text).unsqueeze(1), positions, view)[:, 0]
+        s.past_hidden[rows] = hidden
+        s.positions[rows] += 1
+        s.frame_index[rows] += 1
+        s.c0[rows] = self._sample_c0(self.talker.logits(hidden), rows)
+        return codes

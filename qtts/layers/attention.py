@@ -1,0 +1,93 @@
+"""Grouped-query attention with q/k RMSNorm over a preallocated KV cache."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .norm import RMSNorm
+from .rope import apply_rope
+
+
+class KVCache:
+    """Static K/V buffers for every layer: (slots, kv_heads, max_len, head_dim) each.
+
+    Each slot holds one sequence, left-aligned (position p is stored at index p), so a
+    decode step writes one index per row and attends over a prefix of the buffer.
+    """
+
+    def __init__(self, num_layers: int, slots: int, kv_heads: int, max_len: int, head_dim: int,
+                 device: torch.device | str, dtype: torch.dtype):
+        shape = (slots, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.max_len = max_len
+        self.slots = slots
+
+    def copy_slot(self, source: int, target: int, length: int) -> None:
+        """Move one sequence's cache between slots (used to keep active slots compact)."""
+        for k, v in zip(self.keys, self.values):
+            k[target, :, :length] = k[source, :, :length]
+            v[target, :, :length] = v[source, :, :length]
+
+
+class CacheView:
+    """Where one forward call reads and writes the cache.
+
+    rows_slots: (B,) slot of each row, or None when rows are slots 0..B-1.
+    write_positions: (B, S) cache index of each new token.
+    attend_length: how many cache positions the call attends over (>= every position + 1).
+    key_mask: (B, 1, S, attend_length) bool, True where a query may see a key.
+    """
+
+    def __init__(self, cache: KVCache, write_positions: torch.Tensor, attend_length: int,
+                 key_mask: torch.Tensor, rows_slots: torch.Tensor | None = None):
+        self.cache = cache
+        self.write_positions = write_positions
+        self.attend_length = attend_length
+        self.key_mask = key_mask
+        self.rows_slots = rows_slots
+
+    @staticmethod
+    def causal(cache: KVCache, positions: torch.Tensor, attend_length: int,
+               rows_slots: torch.Tensor | None = None) -> "CacheView":
+        """Each row's queries at `positions` (B, S) see every key at an index <= their position."""
+        key_index = torch.arange(attend_length, device=positions.device)
+        mask = key_index.view(1, 1, 1, -1) <= positions.unsqueeze(1).unsqueeze(-1)
+        return CacheView(cache, positions, attend_length, mask, rows_slots)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, kv_heads, S, D) and return the attended keys and values."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        batch = k.shape[0]
+        slots = self.rows_slots if self.rows_slots is not None else torch.arange(batch, device=k.device)
+        slot_index = slots.view(-1, 1).expand_as(self.write_positions)
+        keys[slot_index, :, self.write_positions] = k.transpose(1, 2)
+        values[slot_index, :, self.write_positions] = v.transpose(1, 2)
+        if self.rows_slots is None:
+            return keys[:batch, :, : self.attend_length], values[:batch, :, : self.attend_length]
+        return keys[slots, :, : self.attend_length], values[slots, :, : self.attend_length]
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(head_dim, eps)
+        self.k_norm = RMSNorm(head_dim, eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
+                layer: int) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = view.update(layer, k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=view.key_mask,
+                                             enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
