@@ -23,7 +23,7 @@ _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
 _STEP = _signed(0xD1B54A32D192ED03)
-_STREAM = _signed(0x8CB92BA72F3D8DD7)
+_STREAM = 0x8CB92BA72F3D8DD7
 
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -39,7 +39,7 @@ def _splitmix64(x: torch.Tensor) -> torch.Tensor:
 
 def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, stream: int, vocab: int) -> torch.Tensor:
     """(B, vocab) uniforms in (0, 1), a pure function of (seed, step, stream, token index)."""
-    key = _splitmix64(seeds * _GOLDEN + steps * _STEP + stream * _STREAM)
+    key = _splitmix64(seeds * _GOLDEN + steps * _STEP + _signed(stream * _STREAM))
     token = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     bits = _splitmix64(key.unsqueeze(1) + (token + 1) * _GOLDEN)
     return (_shift_right(bits, 40).float() + 0.5) * (1.0 / (1 << 24))
