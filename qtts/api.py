@@ -15,8 +15,9 @@ from .config import SAMPLE_RATE, load_codec_config, load_generation_defaults, lo
 from .engine.generate import RowPlan, decode_rows, default_frame_cap
 from .engine.prompt import build_prompt, resolve_mode
 from .engine.request import SamplingParams, SpeechRequest
+from .engine.runner import GraphRunner
 from .engine.step import FrameStep
-from .errors import WrongModelTypeError
+from .errors import InvalidRequestError, WrongModelTypeError
 from .models.codec_decoder import StreamingCodecDecoder, load_codec_decoder
 from .models.talker import Talker
 from .text import TextTokenizer
@@ -61,8 +62,12 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 class TTS:
     """A loaded Qwen3-TTS 12Hz model (Base, CustomVoice or VoiceDesign)."""
 
-    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype):
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, max_len: int = 4096,
+                 use_graphs: bool | None = None):
         self.folder, self.device, self.dtype = folder, device, dtype
+        self.max_len = max_len
+        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        self._single_row: GraphRunner | None = None
         self.config = load_model_config(folder)
         self.codec_config = load_codec_config(folder / "speech_tokenizer")
         self.generation_defaults = load_generation_defaults(folder)
@@ -76,9 +81,12 @@ class TTS:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None) -> "TTS":
+                        dtype: str | torch.dtype | None = None, max_len: int = 4096,
+                        use_graphs: bool | None = None) -> "TTS":
+        """Load a checkpoint folder or hub id. max_len bounds prompt + generated frames of one request;
+        use_graphs (default: on CUDA) replays each frame as a captured CUDA graph."""
         device = pick_device(device)
-        return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device))
+        return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device), max_len, use_graphs)
 
     # ----- facts ------------------------------------------------------------------------------
     @property
@@ -116,13 +124,15 @@ class TTS:
         return self.generate(self.request(text, voice=voice, language=language, **options))
 
     def request(self, text: str, *, speaker=None, instruct=None, language="auto", voice=None,
-                non_streaming_mode=None, max_frames=None, seed=None, greedy=False, **sampling) -> SpeechRequest:
+                non_streaming_mode=None, max_frames=None, min_frames=2, seed=None, greedy=False,
+                **sampling) -> SpeechRequest:
         """Build a validated request; sampling keywords override generation_config.json."""
         params = self.sampling(seed=seed, **sampling)
         if greedy:
             params = replace(params, do_sample=False, subtalker_do_sample=False)
         req = SpeechRequest(text=text, speaker=speaker, instruct=instruct, language=language, voice=voice,
-                            non_streaming_mode=non_streaming_mode, sampling=params, max_frames=max_frames)
+                            non_streaming_mode=non_streaming_mode, sampling=params, max_frames=max_frames,
+                            min_frames=min_frames)
         return resolve_mode(self.config, req.validated())
 
     # ----- voices -------------------------------------------------------------------------------
@@ -243,10 +253,24 @@ class TTS:
             prompt = build_prompt(self.talker, self.config, self.tokenizer, req)
             seed = req.sampling.seed if req.sampling.seed is not None else secrets.randbits(62)
             cap = req.max_frames if req.max_frames is not None else default_frame_cap(req.text)
-            plans.append(RowPlan(prompt=prompt, sampling=req.sampling, seed=seed, max_frames=cap))
+            plans.append(RowPlan(prompt=prompt, sampling=req.sampling, seed=seed, max_frames=cap,
+                                 min_frames=req.min_frames))
         return plans
 
-    def _frame_step(self, plans: list[RowPlan]) -> FrameStep:
+    def _frame_step(self, plans: list[RowPlan]) -> GraphRunner:
+        """A step for these rows; one row reuses a persistent step so its graphs are captured once."""
+        for plan in plans:
+            room = self.max_len - plan.prompt.prefill.shape[0] - 2
+            if room < 1:
+                raise InvalidRequestError(f"the prompt ({plan.prompt.prefill.shape[0]} positions) does not fit "
+                                          f"max_len={self.max_len}; shorten the text or load with a larger max_len")
+            plan.max_frames = min(plan.max_frames, room)
+        if len(plans) == 1:
+            if self._single_row is None:
+                step = FrameStep(self.talker, self.config, rows=1, max_len=self.max_len, max_text=self.max_len)
+                self._single_row = GraphRunner(step, self.use_graphs)
+            return self._single_row
         longest = max(p.prompt.prefill.shape[0] + p.max_frames for p in plans)
         max_text = max(max(1, p.prompt.trailing.shape[0]) for p in plans)
-        return FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 2, max_text=max_text)
+        step = FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 2, max_text=max_text)
+        return GraphRunner(step, use_graphs=False)

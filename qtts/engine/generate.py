@@ -27,6 +27,7 @@ class RowPlan:
     sampling: SamplingParams
     seed: int
     max_frames: int
+    min_frames: int = 2
 
 
 @dataclass
@@ -42,7 +43,7 @@ def decode_rows(step: FrameStep, plans: list[RowPlan]) -> Iterator[list[FrameEve
     """Prefill every row, then yield each frame's events until all rows have finished."""
     batch = len(plans)
     for row, plan in enumerate(plans):
-        step.prefill(row, plan.prompt, plan.sampling, plan.seed)
+        step.prefill(row, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
     positions = [plan.prompt.prefill.shape[0] for plan in plans]
     emitted = [0] * batch
     live = [True] * batch

@@ -77,6 +77,7 @@ class SpeechRequest:
     non_streaming_mode: bool | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_frames: int | None = None
+    min_frames: int = 2  # upstream hard-codes 2; benchmarks raise it to force a frame count
 
     def validated(self) -> "SpeechRequest":
         if not isinstance(self.text, str) or not self.text.strip():
@@ -85,4 +86,6 @@ class SpeechRequest:
             raise InvalidRequestError(f"text has {len(self.text)} characters; the limit is {MAX_TEXT_CHARS}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidRequestError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.min_frames < 0:
+            raise InvalidRequestError(f"min_frames must be >= 0, got {self.min_frames}")
         return replace(self, sampling=self.sampling.validated())

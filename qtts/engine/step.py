@@ -33,6 +33,7 @@ class RowState:
     seen: torch.Tensor  # (B, V) bool, codebook-0 ids generated so far
     seeds: torch.Tensor  # (B,) int64
     repetition_penalty: torch.Tensor  # (B,) float32
+    min_frames: torch.Tensor  # (B,) int64, EOS is masked before this many codebook-0 samples
     talker_sampling: SamplingTensors
     predictor_sampling: SamplingTensors
 
@@ -58,10 +59,11 @@ class RowState:
             seen=torch.zeros(rows, vocab, dtype=torch.bool, device=device),
             seeds=longs(),
             repetition_penalty=torch.ones(rows, dtype=torch.float32, device=device),
+            min_frames=longs(),
             talker_sampling=params(), predictor_sampling=params(),
         )
 
-    def set_row(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int) -> None:
+    def set_row(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int, min_frames: int = 2) -> None:
         """Load a request's parameters and text rows into `row` (before its prefill)."""
         text = prompt.trailing
         if text.shape[0] > self.text_rows.shape[1]:
@@ -74,6 +76,7 @@ class RowState:
         self.frame_index[row] = 0
         self.seeds[row] = seed
         self.repetition_penalty[row] = sampling.repetition_penalty
+        self.min_frames[row] = min_frames
         for params, prefix in ((self.talker_sampling, ""), (self.predictor_sampling, "subtalker_")):
             params.do_sample[row] = getattr(sampling, prefix + "do_sample")
             params.temperature[row] = getattr(sampling, prefix + "temperature")
@@ -111,7 +114,7 @@ class FrameStep:
         """Upstream's talker processors: penalty, min 2 new tokens, suppression, then sample."""
         s = self.state
         scores = apply_repetition_penalty(logits.float(), s.seen[rows], s.repetition_penalty[rows])
-        too_early = (s.frame_index[rows] < 2).unsqueeze(1)
+        too_early = (s.frame_index[rows] < s.min_frames[rows]).unsqueeze(1)
         scores = scores.masked_fill(self.suppress | (too_early & self.eos_only), float("-inf"))
         params = SamplingTensors(*(getattr(s.talker_sampling, f)[rows] for f in
                                    ("do_sample", "temperature", "top_k", "top_p")))
@@ -120,13 +123,13 @@ class FrameStep:
         return token
 
     @torch.no_grad()
-    def prefill(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int) -> None:
+    def prefill(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int, min_frames: int = 2) -> None:
         """Run a prompt into slot `row` and sample the first frame's codebook 0."""
         length = prompt.prefill.shape[0]
         if length + 1 > self.max_len:
             raise ValueError(f"prompt of {length} positions does not fit the cache of {self.max_len}")
         s = self.state
-        s.set_row(row, prompt, sampling, seed)
+        s.set_row(row, prompt, sampling, seed, min_frames)
         device = prompt.prefill.device
         positions = torch.arange(length, device=device).unsqueeze(0)
         view = CacheView.causal(self.cache, positions, length, rows_slots=torch.tensor([row], device=device))

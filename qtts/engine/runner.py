@@ -1,0 +1,86 @@
+"""CUDA-graph capture of the frame step, one graph per (batch size, attended length bucket).
+
+A frame is ~1,000 small kernels at batch 1; replaying them as one graph removes the launch
+overhead that dominates single-stream decoding. Off CUDA the runner just calls the step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .step import FrameStep
+
+MIN_ATTEND_BUCKET = 64
+
+
+def attend_bucket(needed: int, max_len: int) -> int:
+    """Smallest power of two >= needed (at least MIN_ATTEND_BUCKET), capped at the cache size."""
+    bucket = MIN_ATTEND_BUCKET
+    while bucket < needed:
+        bucket *= 2
+    return min(bucket, max_len)
+
+
+class GraphRunner:
+    """Drop-in for FrameStep in the decode loops: same prefill/state, graphed frame_step."""
+
+    def __init__(self, step: FrameStep, use_graphs: bool | None = None):
+        self.step = step
+        device = step.codes.device
+        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._warm: set[tuple[int, int]] = set()
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    @property
+    def state(self):
+        return self.step.state
+
+    @property
+    def eos_id(self) -> int:
+        return self.step.eos_id
+
+    @property
+    def rows(self) -> int:
+        return self.step.rows
+
+    @property
+    def max_len(self) -> int:
+        return self.step.max_len
+
+    def prefill(self, row, prompt, sampling, seed, min_frames: int = 2) -> None:
+        self.step.prefill(row, prompt, sampling, seed, min_frames)
+
+    @torch.no_grad()
+    def frame_step(self, batch: int, attend_length: int) -> torch.Tensor:
+        length = attend_bucket(attend_length, self.step.max_len)
+        if not self.use_graphs:
+            return self.step.frame_step(batch, length)
+        key = (batch, length)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return self.step.codes[:batch]
+        if key not in self._warm:
+            # The first call is a real step run on a side stream; it also warms up kernels.
+            self._warm.add(key)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                codes = self.step.frame_step(batch, length)
+            torch.cuda.current_stream().wait_stream(side)
+            return codes
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self.step.frame_step(batch, length)
+        self._graphs[key] = graph
+        graph.replay()
+        return self.step.codes[:batch]
+
+    def warmup(self, batch: int, lengths: list[int]) -> None:
+        """Capture graphs ahead of time (each capture needs one real step first).
+
+        Warm-up steps write into the row state, so call this before any prefill that matters.
+        """
+        for length in lengths:
+            for _ in range(2):
+                self.frame_step(batch, length)
