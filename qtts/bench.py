@@ -1,0 +1,102 @@
+"""Single-stream speed: ms per frame, RTF, first (audible) audio latency, memory, bandwidth."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .api import TTS
+
+BENCH_TEXT = ("The quick brown fox jumps over the lazy dog while the morning sun rises slowly over the quiet hills, "
+              "and the people of the village begin another ordinary day.")
+SHORT_TEXT = "Hello, how are you today?"
+AUDIBLE_THRESHOLD = 1e-3  # first sample above this magnitude counts as audible
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _request(tts: TTS, text: str, frames: int | None, **kw):
+    mode = {"speaker": tts.speakers[0]} if tts.model_type == "custom_voice" else {}
+    if tts.model_type == "voice_design":
+        mode = {"instruct": "A calm, warm narrator."}
+    forced = {} if frames is None else {"max_frames": frames, "min_frames": frames}
+    return tts.request(text, language="english", seed=0, **mode, **forced, **kw)
+
+
+def weight_bytes_per_frame(tts: TTS) -> int:
+    """Bytes of weights one frame reads: the talker layers + head once, the predictor 15 times."""
+    talker = tts.talker
+    size = lambda module: sum(p.numel() * p.element_size() for p in module.parameters())  # noqa: E731
+    layers = size(talker.model.layers) + size(talker.codec_head)
+    predictor = talker.code_predictor
+    per_step = size(predictor.model.layers) + size(predictor.small_to_mtp_projection)
+    heads = size(predictor.lm_head)
+    return layers + predictor.num_steps * per_step + heads
+
+
+def bench_throughput(tts: TTS, frames: int, repeats: int = 3) -> dict:
+    """Whole-clip generation of exactly `frames` frames, codec decode included."""
+    request = _request(tts, BENCH_TEXT, frames)
+    tts.generate(request)  # warm-up: graph capture, allocator
+    results = []
+    for _ in range(repeats):
+        _sync(tts.device)
+        start = time.perf_counter()
+        (codes, _), = tts.generate_codes([request])
+        _sync(tts.device)
+        loop_s = time.perf_counter() - start
+        tts.decode_codes(codes)
+        _sync(tts.device)
+        results.append((loop_s, time.perf_counter() - start))
+    loop_s, total_s = min(results)
+    audio_s = frames / 12.5
+    ms_per_frame = 1000 * loop_s / frames
+    return {"frames": frames, "ms_per_frame": ms_per_frame, "rtf": audio_s / total_s,
+            "rtf_codes_only": audio_s / loop_s, "wall_s": total_s,
+            "weight_bytes_per_frame": weight_bytes_per_frame(tts),
+            "achieved_gb_per_s": weight_bytes_per_frame(tts) / (ms_per_frame / 1000) / 1e9}
+
+
+def bench_first_audio(tts: TTS, chunk_frames: tuple[int, ...], requests: int, frames: int = 25) -> dict:
+    """Latency from the API call to the first chunk and to the first audible sample."""
+    first, audible = [], []
+    for index in range(requests + 2):
+        request = _request(tts, SHORT_TEXT, frames)
+        _sync(tts.device)
+        start = time.perf_counter()
+        first_at = audible_at = None
+        for chunk in tts.stream(request, chunk_frames=chunk_frames):
+            now = time.perf_counter()
+            first_at = first_at if first_at is not None else now
+            if audible_at is None and np.abs(chunk).max(initial=0) > AUDIBLE_THRESHOLD:
+                audible_at = now
+        if index >= 2:  # the first two are warm-up
+            first.append(1000 * (first_at - start))
+            audible.append(1000 * ((audible_at or time.perf_counter()) - start))
+    return {"chunk_frames": list(chunk_frames), "requests": requests,
+            "first_audio_ms": {"p50": percentile(first, 50), "p95": percentile(first, 95), "min": min(first)},
+            "first_audible_ms": {"p50": percentile(audible, 50), "p95": percentile(audible, 95),
+                                 "min": min(audible)}}
+
+
+def run(tts: TTS, frames: int = 250, requests: int = 20,
+        schedules: tuple[tuple[int, ...], ...] = ((1, 2, 4, 8, 12), (2, 4, 8), (4,), (8,))) -> dict:
+    if tts.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(tts.device)
+    result = {"device": torch.cuda.get_device_name(tts.device) if tts.device.type == "cuda" else "cpu",
+              "dtype": str(tts.dtype).replace("torch.", ""), "graphs": tts.use_graphs,
+              "model_type": tts.model_type, "hidden": tts.config.talker.hidden_size,
+              "throughput": bench_throughput(tts, frames)}
+    result["first_audio"] = [bench_first_audio(tts, schedule, requests) for schedule in schedules]
+    if tts.device.type == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(tts.device) / 2**30
+    return result
+
