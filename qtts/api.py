@@ -16,6 +16,7 @@ from .engine.generate import RowPlan, decode_rows, default_frame_cap
 from .engine.prompt import build_prompt, resolve_mode
 from .engine.request import SamplingParams, SpeechRequest
 from .engine.runner import GraphRunner
+from .kernels import kernels_enabled
 from .engine.step import FrameStep
 from .errors import InvalidRequestError, WrongModelTypeError
 from .models.codec_decoder import StreamingCodecDecoder, load_codec_decoder
@@ -75,6 +76,9 @@ class TTS:
         talker = Talker(self.config.talker)
         load_module(talker, read_tensors(folder, "talker."), f"{folder}/model.safetensors")
         self.talker = talker.to(device=device, dtype=dtype).eval()
+        if kernels_enabled(device):
+            self.talker.model.fuse()
+            self.talker.code_predictor.model.fuse()
         self.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
         self._speaker_encoder = None
         self._codec_encoder = None

@@ -79,6 +79,30 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
+        self.qkv_weight: torch.Tensor | None = None
+
+    def fuse_projections(self) -> None:
+        """One q|k|v weight for a single GEMM; the three projections become views into it."""
+        fused = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).detach()
+        sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+        for proj, part in zip((self.q_proj, self.k_proj, self.v_proj), fused.split(sizes)):
+            proj.weight = nn.Parameter(part, requires_grad=False)
+        self.qkv_weight = fused
+
+    def forward_decode_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
+                             layer: int) -> torch.Tensor:
+        """One token per row (x: (B, H)), rows are cache slots 0..B-1; four kernels plus two GEMMs."""
+        from ..kernels.attention import decode_attention_fused
+        from ..kernels.rope import qk_norm_rope_fused
+
+        positions = view.write_positions.view(-1)
+        qkv = F.linear(x, self.qkv_weight)
+        q = qk_norm_rope_fused(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, positions,
+                               view.cache.keys[layer], view.cache.values[layer], self.q_norm.eps,
+                               self.num_heads, self.num_kv_heads)
+        out = decode_attention_fused(q, view.cache.keys[layer], view.cache.values[layer], positions,
+                                     view.attend_length)
+        return self.o_proj(out.reshape(x.shape[0], -1))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                 layer: int) -> torch.Tensor:

@@ -23,6 +23,16 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, view, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward_decode_fused(self, update, residual, cos, sin, view: CacheView, layer: int):
+        """(update, residual) → (update, residual): each layer's output is added in the next norm."""
+        from ..kernels.norm import rms_norm_fused
+
+        normed, residual = rms_norm_fused(update, self.input_layernorm.weight, self.input_layernorm.eps, residual)
+        attn = self.self_attn.forward_decode_fused(normed, cos, sin, view, layer)
+        normed, residual = rms_norm_fused(attn, self.post_attention_layernorm.weight,
+                                          self.post_attention_layernorm.eps, residual)
+        return self.mlp.forward_fused(normed), residual
+
 
 class DecoderStack(nn.Module):
     """Layers + final norm. Input embeddings in, normed hidden states out."""
@@ -34,8 +44,29 @@ class DecoderStack(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
+        self.fused = False
+
+    def fuse(self) -> None:
+        """Switch single-token steps to the fused Triton kernels (CUDA only)."""
+        for layer in self.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
+        self.fused = True
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, view: CacheView) -> torch.Tensor:
         cos, sin = self.rotary(positions, x.dtype)
+        if self.fused and x.shape[1] == 1 and view.rows_slots is None:
+            return self._forward_decode_fused(x, cos, sin, view)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, view, index)
         return self.norm(x)
+
+    def _forward_decode_fused(self, x, cos, sin, view: CacheView) -> torch.Tensor:
+        from ..kernels.norm import rms_norm_fused
+
+        update, residual = x[:, 0], None
+        cos, sin = cos[:, 0], sin[:, 0]
+        for index, layer in enumerate(self.layers):
+            update, residual = layer.forward_decode_fused(update, residual, cos, sin, view, index)
+        normed, _ = rms_norm_fused(update, self.norm.weight, self.norm.eps, residual)
+        return normed.unsqueeze(1)
