@@ -8,7 +8,8 @@ import torch
 
 from .prompt import Prompt
 from .request import SamplingParams
-from .step import FrameStep
+from .runner import GraphRunner
+from .step import FrameStep, SamplingFlags
 
 FRAMES_PER_SECOND = 12.5
 
@@ -39,9 +40,10 @@ class FrameEvent:
     finish_reason: str | None = None  # "stop" (EOS) or "length" (cap reached)
 
 
-def decode_rows(step: FrameStep, plans: list[RowPlan]) -> Iterator[list[FrameEvent]]:
+def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan]) -> Iterator[list[FrameEvent]]:
     """Prefill every row, then yield each frame's events until all rows have finished."""
     batch = len(plans)
+    step.flags = SamplingFlags.of([plan.sampling for plan in plans])
     for row, plan in enumerate(plans):
         step.prefill(row, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
     positions = [plan.prompt.prefill.shape[0] for plan in plans]

@@ -1,4 +1,4 @@
-"""CUDA-graph capture of the frame step, one graph per (batch size, attended length bucket).
+"""CUDA-graph capture of the frame step, one graph per (batch size, attended length bucket, sampling flags).
 
 A frame is ~1,000 small kernels at batch 1; replaying them as one graph removes the launch
 overhead that dominates single-stream decoding. Off CUDA the runner just calls the step.
@@ -27,13 +27,21 @@ class GraphRunner:
         self.step = step
         device = step.codes.device
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._warm: set[tuple[int, int]] = set()
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._warm: set[tuple] = set()
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
     @property
     def state(self):
         return self.step.state
+
+    @property
+    def flags(self):
+        return self.step.flags
+
+    @flags.setter
+    def flags(self, value) -> None:
+        self.step.flags = value
 
     @property
     def eos_id(self) -> int:
@@ -55,7 +63,7 @@ class GraphRunner:
         length = attend_bucket(attend_length, self.step.max_len)
         if not self.use_graphs:
             return self.step.frame_step(batch, length)
-        key = (batch, length)
+        key = (batch, length, self.step.flags)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()

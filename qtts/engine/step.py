@@ -84,8 +84,28 @@ class RowState:
             params.top_p[row] = getattr(sampling, prefix + "top_p")
 
 
+@dataclass(frozen=True)
+class SamplingFlags:
+    """Which sampling work any row needs; host-side, so graphs are captured per combination."""
+
+    talker_sampling: bool = True
+    talker_top_p: bool = True
+    predictor_sampling: bool = True
+    predictor_top_p: bool = True
+
+    @classmethod
+    def of(cls, params: list[SamplingParams]) -> "SamplingFlags":
+        return cls(talker_sampling=any(p.do_sample for p in params),
+                   talker_top_p=any(p.do_sample and p.top_p < 1 for p in params),
+                   predictor_sampling=any(p.subtalker_do_sample for p in params),
+                   predictor_top_p=any(p.subtalker_do_sample and p.subtalker_top_p < 1 for p in params))
+
+
 class FrameStep:
-    """Prefill and per-frame decoding for a fixed number of rows over a static KV cache."""
+    """Prefill and per-frame decoding for a fixed number of rows over a static KV cache.
+
+    `flags` must cover every active row's sampling parameters (the engine sets it).
+    """
 
     def __init__(self, talker: Talker, cfg: ModelConfig, rows: int, max_len: int, max_text: int):
         self.talker, self.cfg = talker, cfg
@@ -106,6 +126,7 @@ class FrameStep:
         self.eos_only = torch.zeros_like(suppress)
         self.eos_only[cfg.talker.codec_eos_id] = True
         self.eos_id = cfg.talker.codec_eos_id
+        self.flags = SamplingFlags()
         predictor_positions = torch.arange(groups, device=device)
         self._predictor_positions = predictor_positions.expand(rows, groups)
 
@@ -118,7 +139,8 @@ class FrameStep:
         scores = scores.masked_fill(self.suppress | (too_early & self.eos_only), float("-inf"))
         params = SamplingTensors(*(getattr(s.talker_sampling, f)[rows] for f in
                                    ("do_sample", "temperature", "top_k", "top_p")))
-        token = sample(scores, params, s.seeds[rows], s.frame_index[rows], TALKER_STREAM)
+        token = sample(scores, params, s.seeds[rows], s.frame_index[rows], TALKER_STREAM,
+                       self.flags.talker_sampling, self.flags.talker_top_p)
         s.seen[rows] = s.seen[rows].scatter(1, token.unsqueeze(1), True)
         return token
 
@@ -150,13 +172,14 @@ class FrameStep:
         positions = self._predictor_positions[:batch, :2]
         view = CacheView.causal(self.predictor_cache, positions, 2)
         logits = predictor.step(first, positions, view, head=0)
-        codes = [sample(logits.float(), params, seeds, steps, 1)]
+        flags = (self.flags.predictor_sampling, self.flags.predictor_top_p)
+        codes = [sample(logits.float(), params, seeds, steps, 1, *flags)]
         for k in range(1, predictor.num_steps):
             positions = self._predictor_positions[:batch, k + 1: k + 2]
             view = CacheView.causal(self.predictor_cache, positions, k + 2)
             rows = predictor.embed_code(k, codes[-1]).unsqueeze(1)
             logits = predictor.step(rows, positions, view, head=k)
-            codes.append(sample(logits.float(), params, seeds, steps, k + 1))
+            codes.append(sample(logits.float(), params, seeds, steps, k + 1, *flags))
         return torch.stack(codes, dim=1)
 
     @torch.no_grad()

@@ -62,14 +62,19 @@ def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalized, scores)
 
 
-def warp(scores: torch.Tensor, params: SamplingTensors) -> torch.Tensor:
-    """Temperature → top-k → top-p, masking removed tokens with -inf."""
+def warp(scores: torch.Tensor, params: SamplingTensors, use_top_p: bool = True) -> torch.Tensor:
+    """Temperature → top-k → top-p, masking removed tokens with -inf.
+
+    use_top_p=False skips the top-p pass (exact when every row has top_p == 1).
+    """
     vocab = scores.shape[-1]
     scores = scores / params.temperature.unsqueeze(1)
     sorted_desc = scores.sort(dim=-1, descending=True).values
     k = torch.where(params.top_k > 0, params.top_k.clamp(max=vocab), torch.full_like(params.top_k, vocab))
     kth = sorted_desc.gather(1, (k - 1).unsqueeze(1))
     scores = scores.masked_fill(scores < kth, float("-inf"))
+    if not use_top_p:
+        return scores
     # top-p as transformers does it: drop the low tail whose mass is <= 1 - top_p.
     ascending, order = scores.sort(dim=-1, descending=False)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
@@ -80,10 +85,15 @@ def warp(scores: torch.Tensor, params: SamplingTensors) -> torch.Tensor:
 
 
 def sample(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
-           stream: int) -> torch.Tensor:
-    """(B,) token ids: argmax for greedy rows, a seeded draw from softmax(warped) for the others."""
+           stream: int, any_sampling: bool = True, use_top_p: bool = True) -> torch.Tensor:
+    """(B,) token ids: argmax for greedy rows, a seeded draw from softmax(warped) for the others.
+
+    any_sampling=False (every row greedy) and use_top_p=False (no row uses top-p) skip work.
+    """
     greedy = scores.argmax(dim=-1)
-    warped = warp(scores, params)
+    if not any_sampling:
+        return greedy
+    warped = warp(scores, params, use_top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, stream, scores.shape[-1])))
     drawn = (warped + gumbel).argmax(dim=-1)
     return torch.where(params.do_sample, drawn, greedy)
