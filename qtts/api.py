@@ -64,7 +64,7 @@ class TTS:
     """A loaded Qwen3-TTS 12Hz model (Base, CustomVoice or VoiceDesign)."""
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, max_len: int = 4096,
-                 use_graphs: bool | None = None):
+                 use_graphs: bool | None = None, fused_kernels: bool | None = None):
         self.folder, self.device, self.dtype = folder, device, dtype
         self.max_len = max_len
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
@@ -76,7 +76,7 @@ class TTS:
         talker = Talker(self.config.talker)
         load_module(talker, read_tensors(folder, "talker."), f"{folder}/model.safetensors")
         self.talker = talker.to(device=device, dtype=dtype).eval()
-        if kernels_enabled(device):
+        if kernels_enabled(device) if fused_kernels is None else fused_kernels:
             self.talker.model.fuse()
             self.talker.code_predictor.model.fuse()
         self.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
@@ -86,11 +86,16 @@ class TTS:
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, max_len: int = 4096,
-                        use_graphs: bool | None = None) -> "TTS":
-        """Load a checkpoint folder or hub id. max_len bounds prompt + generated frames of one request;
-        use_graphs (default: on CUDA) replays each frame as a captured CUDA graph."""
+                        use_graphs: bool | None = None, fused_kernels: bool | None = None) -> "TTS":
+        """Load a checkpoint folder or hub id.
+
+        max_len bounds prompt + generated frames of one request; use_graphs (default: on CUDA)
+        replays each frame as a captured CUDA graph; fused_kernels (default: on CUDA with Triton)
+        runs single-token steps through the fused kernels.
+        """
         device = pick_device(device)
-        return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device), max_len, use_graphs)
+        return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device), max_len, use_graphs,
+                   fused_kernels)
 
     # ----- facts ------------------------------------------------------------------------------
     @property

@@ -1,0 +1,53 @@
+"""Single-stream speed of qtts on random-weight checkpoints at the real shapes.
+
+usage: python benchmarks/bench_speed.py --sizes 0.6b,1.7b [--frames 250] [--requests 20] [--out FILE]
+Writes JSON (default benchmarks/results/speed_<device>.json) and prints it. The upstream and
+faster-qwen3-tts anchors come from ../shared/bench/bench_anchor.py on the same checkpoints.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qtts import bench  # noqa: E402
+from qtts.api import TTS  # noqa: E402
+from qtts.testing.fixtures import fixture_dir  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="0.6b,1.7b")
+    parser.add_argument("--type", default="custom_voice")
+    parser.add_argument("--frames", type=int, default=250)
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--eager", action="store_true", help="also time without CUDA graphs")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    results = {"device": name, "torch": torch.__version__, "runs": []}
+    for size in args.sizes.split(","):
+        folder = fixture_dir(args.type, size)
+        variants = [True, False] if args.eager else [None]
+        for graphs in variants:
+            tts = TTS.from_pretrained(folder, device=device, use_graphs=graphs)
+            run = {"size": size, **bench.run(tts, frames=args.frames, requests=args.requests)}
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            del tts
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    out = Path(args.out or f"benchmarks/results/speed_{name.replace(' ', '_')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], out.name).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
