@@ -1,0 +1,130 @@
+"""Token match rate of qtts against upstream qwen-tts at the real shapes in bf16 (random weights).
+
+usage: python benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32
+Greedy decoding on both sides, same checkpoint; reports per mode the frames matched before the
+first difference and the fraction of equal codes, for qtts's fast path and its eager path.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.oracle import require_oracle  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog while the morning sun rises over the hills."
+
+
+def compare(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
+    n = min(len(ours), len(theirs))
+    equal_frames = (ours[:n].cpu() == theirs[:n].cpu()).all(dim=1)
+    prefix = int(equal_frames.long().cumprod(0).sum()) if n else 0
+    rate = float((ours[:n].cpu() == theirs[:n].cpu()).float().mean()) if n else 0.0
+    return {"frames_ours": len(ours), "frames_upstream": len(theirs), "matching_prefix": prefix,
+            "code_match_rate": rate}
+
+
+def reference_audio():
+    t = np.arange(48000) / 24000
+    return (0.3 * np.sin(2 * np.pi * 170 * t) * (1 + 0.5 * np.sin(6 * t))).astype(np.float32), 24000
+
+
+def cases(model_type: str, size: str):
+    base = dict(language="english")
+    if model_type == "custom_voice":
+        for nsm in (True, False):
+            yield f"custom_voice nsm={nsm}", dict(base, speaker="aiden", non_streaming_mode=nsm)
+            yield f"custom_voice auto nsm={nsm}", dict(speaker="aiden", language="auto", non_streaming_mode=nsm)
+            if size == "1.7b":
+                yield f"custom_voice+instruct nsm={nsm}", dict(base, speaker="aiden", instruct="Speak softly.",
+                                                               non_streaming_mode=nsm)
+    elif model_type == "voice_design":
+        for nsm in (True, False):
+            yield f"voice_design nsm={nsm}", dict(base, instruct="A warm female narrator.", non_streaming_mode=nsm)
+    else:
+        for icl in (False, True):
+            for nsm in (True, False):
+                yield f"clone icl={icl} nsm={nsm}", dict(base, icl=icl, non_streaming_mode=nsm)
+
+
+def upstream_codes(model, captured, model_type, kw, frames):
+    greedy = dict(do_sample=False, subtalker_dosample=False, max_new_tokens=frames + 1)
+    kw = dict(kw)
+    if model_type == "custom_voice":
+        model.generate_custom_voice(TEXT, **kw, **greedy)
+    elif model_type == "voice_design":
+        model.generate_voice_design(TEXT, **kw, **greedy)
+    else:
+        icl = kw.pop("icl")
+        wav, sr = reference_audio()
+        items = model.create_voice_clone_prompt(ref_audio=(wav, sr), ref_text="A reference." if icl else None,
+                                                x_vector_only_mode=not icl)
+        model.generate_voice_clone(TEXT, voice_clone_prompt=items, **kw, **greedy)
+    return captured[-1][0]
+
+
+def ours_codes(tts, model_type, kw, frames):
+    kw = dict(kw)
+    if model_type == "base":
+        icl = kw.pop("icl")
+        wav, sr = reference_audio()
+        kw["voice"] = tts.create_voice(wav, reference_text="A reference." if icl else None, sample_rate=sr)
+    return tts.generate(tts.request(TEXT, greedy=True, max_frames=frames, **kw)).codes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="0.6b,1.7b")
+    parser.add_argument("--types", default="custom_voice,voice_design,base")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--out", default="benchmarks/results/gpu_parity.json")
+    args = parser.parse_args()
+    require_oracle()
+    from qwen_tts import Qwen3TTSModel
+
+    from qtts.api import TTS
+    from qtts.testing.fixtures import fixture_dir
+
+    report = {"device": torch.cuda.get_device_name(), "dtype": "bfloat16", "frames": args.frames, "cases": []}
+    for size in args.sizes.split(","):
+        for model_type in args.types.split(","):
+            if model_type == "voice_design" and size == "0.6b":
+                continue  # there is no 0.6B VoiceDesign model
+            folder = fixture_dir(model_type, size)
+            upstream = Qwen3TTSModel.from_pretrained(str(folder), device_map="cuda", dtype=torch.bfloat16,
+                                                     attn_implementation="sdpa")
+            captured = []
+            original = upstream.model.generate
+
+            def capture(*a, _original=original, **k):
+                codes, hidden = _original(*a, **k)
+                captured.append([c.clone() for c in codes])
+                return codes, hidden
+
+            upstream.model.generate = capture
+            fast = TTS.from_pretrained(folder, device="cuda", dtype="bf16")
+            eager = TTS.from_pretrained(folder, device="cuda", dtype="bf16", use_graphs=False, fused_kernels=False)
+            for name, kw in cases(model_type, size):
+                theirs = upstream_codes(upstream, captured, model_type, kw, args.frames)
+                row = {"size": size, "case": name,
+                       "fast": compare(ours_codes(fast, model_type, kw, args.frames), theirs),
+                       "eager": compare(ours_codes(eager, model_type, kw, args.frames), theirs)}
+                report["cases"].append(row)
+                print(json.dumps(row), flush=True)
+            del upstream, fast, eager
+            torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], out.name).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
