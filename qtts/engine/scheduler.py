@@ -1,0 +1,64 @@
+"""Who runs next: how many waiting requests to prefill, and which streams get audio decoded first.
+
+Audio is played in real time, so a stream's urgency is its client-side playback buffer: the audio
+already sent minus the time since its first chunk. A stream that has sent nothing yet is the most
+urgent of all (its listener is waiting in silence), then the one closest to running dry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOT_STARTED = float("-inf")  # buffer of a stream that has sent no audio yet
+
+
+def playback_buffer_s(audio_sent_s: float, first_chunk_at: float | None, now: float) -> float:
+    """Seconds of audio the client still holds, assuming it plays from the first chunk on."""
+    if first_chunk_at is None:
+        return NOT_STARTED
+    return audio_sent_s - (now - first_chunk_at)
+
+
+@dataclass
+class ChunkCandidate:
+    """A stream with frames waiting to be decoded into audio."""
+
+    stream: object
+    pending_frames: int
+    buffer_s: float  # from playback_buffer_s
+    due: bool  # its chunk schedule says decode now (enough frames, or its generation ended)
+
+
+class Scheduler:
+    """FIFO admission with a per-frame prefill cap, and deadline-ordered chunk decoding.
+
+    max_prefills_per_frame bounds the prefills run between two frames, so a burst of arrivals
+    cannot stall the streams already playing; while any playing stream's buffer is below
+    low_buffer_s only one prefill runs per frame. max_decode_streams (None: no limit) bounds
+    the streams decoded per frame; the most urgent are chosen, the others wait a frame.
+    """
+
+    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2,
+                 max_decode_streams: int | None = None):
+        if max_batch < 1 or max_prefills_per_frame < 1:
+            raise ValueError("max_batch and max_prefills_per_frame must be >= 1")
+        if max_decode_streams is not None and max_decode_streams < 1:
+            raise ValueError("max_decode_streams must be >= 1 or None")
+        self.max_batch = max_batch
+        self.max_prefills_per_frame = max_prefills_per_frame
+        self.low_buffer_s = low_buffer_s
+        self.max_decode_streams = max_decode_streams
+
+    def admissions(self, waiting: int, active: int, lowest_buffer_s: float | None) -> int:
+        """How many waiting requests (taken first come, first served) to prefill before the next frame.
+
+        lowest_buffer_s: the smallest playback buffer among streams already playing, None if none plays.
+        """
+        cap = self.max_prefills_per_frame
+        if lowest_buffer_s is not None and lowest_buffer_s < self.low_buffer_s:
+            cap = 1
+        return max(0, min(waiting, self.max_batch - active, cap))
+
+    def pick_chunks(self, candidates: list[ChunkCandidate]) -> list[ChunkCandidate]:
+        """The due candidates to decode this frame, most urgent (lowest buffer) first."""
+        due = sorted((c for c in candidates if c.due), key=lambda c: c.buffer_s)
+        return due if self.max_decode_streams is None else due[: self.max_decode_streams]

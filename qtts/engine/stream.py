@@ -1,0 +1,129 @@
+"""One submitted request's audio as the engine produces it: iterate it from a thread or from asyncio."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import numpy as np
+
+from .request import SpeechRequest
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+    try:
+        loop.call_soon_threadsafe(_wake, future)
+    except RuntimeError:  # that reader's event loop has closed; nobody waits any more
+        pass
+
+
+class Stream:
+    """Audio chunks of one request: float32 mono at 24 kHz, in order, then the end.
+
+    Iteration raises the request's error if it failed and simply ends when it finished or was
+    cancelled; `finish_reason` says which ("stop", "length", "cancelled" or "error").
+    Times (`created_at`, `first_chunk_at`) are `time.perf_counter()` seconds.
+    """
+
+    def __init__(self, request: SpeechRequest, chunk_frames: tuple[int, ...], on_cancel: Callable[[], None]):
+        self.id = uuid.uuid4().hex
+        self.request = request
+        self.chunk_frames = chunk_frames
+        self.created_at = time.perf_counter()
+        self.first_chunk_at: float | None = None
+        self.frames = 0  # codec frames generated so far (12.5 per second of audio)
+        self.finish_reason: str | None = None
+        self.error: Exception | None = None
+        self.cancel_requested = False
+        self._on_cancel = on_cancel
+        self._chunks: deque[np.ndarray] = deque()
+        self._changed = threading.Condition()
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Stop generating: iteration ends now, the row and codec slot are freed at the next frame boundary."""
+        self.cancel_requested = True
+        if self.finish("cancelled"):
+            self._on_cancel()
+
+    # ----- engine side --------------------------------------------------------------------------
+    def push(self, chunk: np.ndarray) -> None:
+        """Hand one decoded chunk to the reader (ignored once the stream has finished)."""
+        with self._changed:
+            if self.finish_reason is not None:
+                return
+            if self.first_chunk_at is None:
+                self.first_chunk_at = time.perf_counter()
+            self._chunks.append(chunk)
+            self._notify()
+
+    def finish(self, reason: str, error: Exception | None = None) -> bool:
+        """End the stream once (later calls are ignored; returns whether this one counted).
+
+        Chunks already pushed are still read, except after a cancellation, which drops them.
+        """
+        with self._changed:
+            if self.finish_reason is not None:
+                return False
+            self.finish_reason, self.error = reason, error
+            if reason == "cancelled":
+                self._chunks.clear()
+            self._notify()
+            return True
+
+    def _notify(self) -> None:
+        self._changed.notify_all()
+        for loop, future in self._async_waiters:
+            _wake_soon(loop, future)
+        self._async_waiters.clear()
+
+    # ----- reader side --------------------------------------------------------------------------
+    def _take(self) -> np.ndarray | None:
+        """The next chunk, None at the end (raising the error of a failed request); call with the lock held."""
+        if self._chunks:
+            return self._chunks.popleft()
+        if self.error is not None:
+            raise self.error
+        return None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._chunks or self.finish_reason is not None)
+                chunk = self._take()
+            if chunk is None:
+                return
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._changed:
+                ready = bool(self._chunks) or self.finish_reason is not None
+                chunk = self._take() if ready else None
+                if not ready:
+                    future = loop.create_future()
+                    self._async_waiters.append((loop, future))
+            if not ready:
+                try:
+                    await future
+                finally:
+                    with self._changed:
+                        if (loop, future) in self._async_waiters:
+                            self._async_waiters.remove((loop, future))
+            elif chunk is None:
+                return
+            else:
+                yield chunk

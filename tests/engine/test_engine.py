@@ -1,0 +1,270 @@
+"""Continuous batching: every request sounds exactly as it would alone, whoever shares its batch."""
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from qtts.api import TTS
+from qtts.engine.engine import Engine
+from qtts.engine.prompt import build_prompt
+from qtts.engine.request import SpeechRequest
+from qtts.errors import InvalidRequestError, OverloadedError, UnknownSpeakerError
+
+TEXTS = ["Hello there.", "A somewhat longer sentence to speak aloud.", "Short.", "One two three four five.",
+         "The quick brown fox.", "Good morning to you all."]
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_custom_voice):
+    return TTS.from_pretrained(tiny_custom_voice, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def eos_tts(tiny_custom_voice):
+    """A model that stops early: EOS outranks the first code greedy decoding picks for TEXTS[0]."""
+    tts = TTS.from_pretrained(tiny_custom_voice, device="cpu")
+    token = int(tts.generate(_request(tts, TEXTS[0], greedy=True, max_frames=1)).codes[0, 0])
+    with torch.no_grad():
+        head = tts.talker.codec_head.weight
+        head[tts.config.talker.codec_eos_id] = head[token] * 1.5
+    return tts
+
+
+@pytest.fixture
+def engine_factory(tts):
+    engines = []
+
+    def make(**options) -> Engine:
+        engine = Engine(tts, **options)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop()
+
+
+def _request(tts, text, **options):
+    return tts.request(text, speaker=tts.speakers[0], language="english", **options)
+
+
+def _audio(stream) -> np.ndarray:
+    chunks = list(stream)
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def _assert_same_as_solo(tts, request, stream, audio):
+    solo = tts.generate(request)
+    assert stream.finish_reason == solo.finish_reason
+    assert stream.frames == solo.codes.shape[0]
+    assert audio.shape == solo.samples.shape
+    np.testing.assert_allclose(audio, solo.samples, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_buckets", [None, (4,)], ids=["exact batch", "padded to 4 rows"])
+def test_concurrent_greedy_requests_equal_their_solo_runs(tts, engine_factory, batch_buckets):
+    engine = engine_factory(max_batch=4, chunk_frames=(1, 2, 3), batch_buckets=batch_buckets)
+    engine.start()
+    requests = [_request(tts, text, greedy=True, max_frames=frames)
+                for text, frames in zip(TEXTS, (12, 5, 17, 8, 3, 10))]
+    streams = [engine.submit(r) for r in requests[:2]]
+    first = iter(streams[0])
+    head = [next(first)]  # later requests join a batch that is already running
+    streams += [engine.submit(r, chunk_frames=(2, 5)) for r in requests[2:]]
+    audio = [np.concatenate(head + list(first))] + [_audio(s) for s in streams[1:]]
+    for request, stream, samples in zip(requests, streams, audio):
+        _assert_same_as_solo(tts, request, stream, samples)
+    stats = engine.stats()
+    assert stats["active"] == 0 and stats["queued"] == 0 and stats["completed"] == len(requests)
+
+
+def test_requests_that_stop_early_leave_and_others_take_their_rows(eos_tts):
+    engine = Engine(eos_tts, max_batch=2, chunk_frames=(2,))
+    engine.start()
+    try:
+        requests = [_request(eos_tts, text, greedy=True, max_frames=frames)
+                    for text, frames in zip(TEXTS, (20, 2, 20, 1, 20, 3))]
+        requests.append(_request(eos_tts, TEXTS[0], greedy=True, min_frames=0))  # ends before its first frame
+        streams = [engine.submit(r) for r in requests]
+        for request, stream in zip(requests, streams):
+            _assert_same_as_solo(eos_tts, request, stream, _audio(stream))
+    finally:
+        engine.stop()
+    reasons = [s.finish_reason for s in streams]
+    assert "stop" in reasons[:-1] and "length" in reasons
+    assert streams[-1].finish_reason == "stop" and streams[-1].frames == 0
+
+
+def test_first_chunk_follows_the_schedule(tts, engine_factory):
+    engine = engine_factory(chunk_frames=(1, 4))
+    engine.start()
+    stream = engine.submit(_request(tts, TEXTS[1], greedy=True, max_frames=10))
+    sizes = [len(chunk) // 1920 for chunk in stream]
+    assert sizes == [1, 4, 4, 1]
+    assert stream.first_chunk_at is not None and stream.first_chunk_at >= stream.created_at
+
+
+def test_a_seeded_sampled_request_does_not_depend_on_its_batch_mates(tts, engine_factory):
+    request = _request(tts, TEXTS[0], seed=1234, max_frames=12)
+    engine = engine_factory(max_batch=4)
+    engine.start()
+    alone = _audio(engine.submit(request))
+    mates = [engine.submit(_request(tts, text, seed=seed, max_frames=15)) for seed, text in enumerate(TEXTS[1:4])]
+    together = _audio(engine.submit(request))
+    for mate in mates:
+        _audio(mate)
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(alone, tts.generate(request).samples, rtol=0, atol=1e-5)
+
+
+def test_cancelling_frees_the_row_and_the_others_continue(tts, engine_factory):
+    engine = engine_factory(max_batch=2, chunk_frames=(1,))
+    engine.start()
+    doomed = engine.submit(_request(tts, TEXTS[0], greedy=True, max_frames=20))
+    kept_request = _request(tts, TEXTS[1], greedy=True, max_frames=16)
+    kept = engine.submit(kept_request)
+    waiting_request = _request(tts, TEXTS[2], greedy=True, max_frames=6)
+    waiting = engine.submit(waiting_request)  # no free row until the cancelled one leaves
+    next(iter(doomed))
+    doomed.cancel()
+    assert list(doomed) == [] and doomed.finish_reason == "cancelled" and doomed.error is None
+    _assert_same_as_solo(tts, kept_request, kept, _audio(kept))
+    _assert_same_as_solo(tts, waiting_request, waiting, _audio(waiting))
+    stats = engine.stats()
+    assert stats["cancelled"] == 1 and stats["completed"] == 2 and stats["active"] == 0
+
+
+def test_a_full_queue_answers_overloaded(tts, engine_factory):
+    engine = engine_factory(max_queue=2)  # not started: everything waits
+    waiting = [engine.submit(_request(tts, text, max_frames=4)) for text in TEXTS[:2]]
+    with pytest.raises(OverloadedError):
+        engine.submit(_request(tts, TEXTS[2], max_frames=4))
+    assert engine.stats()["queued"] == 2
+    engine.stop()
+    assert [s.finish_reason for s in waiting] == ["cancelled", "cancelled"]
+    assert [list(s) for s in waiting] == [[], []]
+
+
+def _prompt_length(tts, request) -> int:
+    return build_prompt(tts.talker, tts.config, tts.tokenizer, request).prefill.shape[0]
+
+
+def test_an_invalid_request_fails_alone(tts, engine_factory):
+    good_request = _request(tts, TEXTS[0], greedy=True, max_frames=6)
+    engine = engine_factory(max_len=_prompt_length(tts, good_request) + 10)
+    with pytest.raises(UnknownSpeakerError):
+        engine.submit(SpeechRequest(text="hi", speaker="nobody"))
+    engine.start()
+    good = engine.submit(good_request)
+    too_long = engine.submit(_request(tts, " ".join(TEXTS * 4), greedy=True, max_frames=6))
+    with pytest.raises(InvalidRequestError, match="max_len"):
+        list(too_long)
+    assert too_long.finish_reason == "error" and isinstance(too_long.error, InvalidRequestError)
+    _assert_same_as_solo(tts, good_request, good, _audio(good))
+    again = engine.submit(good_request)  # the loop survived
+    _assert_same_as_solo(tts, good_request, again, _audio(again))
+    assert engine.stats()["failed"] == 1
+
+
+def test_the_frame_cap_is_clamped_to_max_len(tts, engine_factory):
+    request = _request(tts, TEXTS[0], greedy=True, max_frames=200)
+    engine = engine_factory(max_len=_prompt_length(tts, request) + 12)
+    engine.start()
+    stream = engine.submit(request)
+    audio = _audio(stream)
+    assert stream.finish_reason == "length" and stream.frames == 10 and len(audio) == 10 * 1920
+
+
+def test_stop_cancels_everything_in_flight(tts, engine_factory):
+    engine = engine_factory(max_batch=2)
+    engine.start()
+    streams = [engine.submit(_request(tts, text, max_frames=20)) for text in TEXTS[:4]]
+    next(iter(streams[0]))
+    engine.stop()
+    assert all(s.done for s in streams)
+    assert streams[0].finish_reason == "cancelled" and streams[3].finish_reason == "cancelled"
+    assert engine.stats()["active"] == 0 and engine.stats()["queued"] == 0
+    engine.start()  # and it can start again
+    again = engine.submit(_request(tts, TEXTS[0], max_frames=3))
+    assert len(_audio(again)) == 3 * 1920
+
+
+def test_async_iteration_does_not_block_the_event_loop(tts, engine_factory):
+    engine = engine_factory(max_batch=2)
+    engine.start()
+    requests = [_request(tts, text, greedy=True, max_frames=frames) for text, frames in zip(TEXTS, (7, 4))]
+
+    async def collect(stream):
+        return np.concatenate([chunk async for chunk in stream])
+
+    async def main():
+        ticks = 0
+        streams = [engine.submit(r) for r in requests]
+        tasks = [asyncio.create_task(collect(s)) for s in streams]
+        while not all(t.done() for t in tasks):
+            ticks += 1
+            await asyncio.sleep(0.001)
+        return streams, [t.result() for t in tasks], ticks
+
+    streams, audio, ticks = asyncio.run(main())
+    assert ticks > 1
+    for request, stream, samples in zip(requests, streams, audio):
+        _assert_same_as_solo(tts, request, stream, samples)
+
+
+def test_many_readers_on_threads(tts, engine_factory):
+    engine = engine_factory(max_batch=4)
+    engine.start()
+    requests = [_request(tts, text, greedy=True, max_frames=5 + i) for i, text in enumerate(TEXTS)]
+    results = [None] * len(requests)
+
+    def read(index):
+        results[index] = _audio(engine.submit(requests[index]))
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for request, samples in zip(requests, results):
+        np.testing.assert_allclose(samples, tts.generate(request).samples, rtol=0, atol=1e-5)
+
+
+def test_an_async_reader_that_gives_up_leaves_the_stream_readable(tts, engine_factory):
+    engine = engine_factory()  # not started yet: the first read has to wait
+    request = _request(tts, TEXTS[0], greedy=True, max_frames=4)
+    stream = engine.submit(request)
+
+    async def impatient():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(anext(aiter(stream)), timeout=0.05)
+
+    asyncio.run(impatient())  # its event loop is closed afterwards
+    engine.start()
+    _assert_same_as_solo(tts, request, stream, _audio(stream))
+
+
+def test_cloned_voices_with_and_without_reference_codes_match_their_solo_runs(tiny_base):
+    tts = TTS.from_pretrained(tiny_base, device="cpu")
+    seconds = np.arange(24000, dtype=np.float32) / 24000
+    reference = 0.3 * np.sin(2 * np.pi * 220 * seconds) * np.sin(2 * np.pi * 3 * seconds)
+    icl_voice = tts.create_voice(reference, "A short reference sentence.", sample_rate=24000)
+    xvector_voice = tts.create_voice(reference, sample_rate=24000)
+    requests = [tts.request(text, voice=voice, language="english", greedy=True, max_frames=frames)
+                for text, voice, frames in ((TEXTS[1], icl_voice, 9), (TEXTS[0], xvector_voice, 6),
+                                            (TEXTS[3], icl_voice, 4))]
+    engine = Engine(tts, max_batch=2, chunk_frames=(1, 3))
+    engine.start()
+    try:
+        streams = [engine.submit(r) for r in requests]
+        audio = [_audio(s) for s in streams]
+    finally:
+        engine.stop()
+    for request, samples in zip(requests, audio):
+        solo = np.concatenate(list(tts.stream(request)))
+        np.testing.assert_allclose(samples, solo, rtol=0, atol=1e-5)
+        # the whole-clip path cuts the reference at a float ratio, sometimes one sample early
+        whole = tts.generate(request).samples
+        np.testing.assert_allclose(samples, whole[len(whole) - len(samples):], rtol=0, atol=1e-5)

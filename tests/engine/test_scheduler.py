@@ -1,0 +1,42 @@
+"""The scheduler admits first come, first served within its caps and decodes the hungriest stream first."""
+import pytest
+
+from qtts.engine.scheduler import NOT_STARTED, ChunkCandidate, Scheduler, playback_buffer_s
+
+
+def test_playback_buffer_is_audio_sent_minus_time_played():
+    assert playback_buffer_s(2.0, first_chunk_at=10.0, now=10.5) == pytest.approx(1.5)
+    assert playback_buffer_s(0.5, first_chunk_at=10.0, now=11.0) == pytest.approx(-0.5)  # underrun
+    assert playback_buffer_s(0.0, first_chunk_at=None, now=11.0) == NOT_STARTED
+
+
+def test_admissions_respect_free_rows_and_the_prefill_cap():
+    scheduler = Scheduler(max_batch=4, max_prefills_per_frame=2, low_buffer_s=0.2)
+    assert scheduler.admissions(waiting=5, active=0, lowest_buffer_s=None) == 2
+    assert scheduler.admissions(waiting=5, active=3, lowest_buffer_s=None) == 1
+    assert scheduler.admissions(waiting=5, active=4, lowest_buffer_s=None) == 0
+    assert scheduler.admissions(waiting=0, active=0, lowest_buffer_s=None) == 0
+    assert scheduler.admissions(waiting=5, active=0, lowest_buffer_s=1.0) == 2
+
+
+def test_a_stream_running_dry_limits_prefills_to_one_per_frame():
+    scheduler = Scheduler(max_batch=8, max_prefills_per_frame=3, low_buffer_s=0.2)
+    assert scheduler.admissions(waiting=5, active=2, lowest_buffer_s=0.05) == 1
+
+
+def test_chunks_are_picked_new_streams_first_then_by_lowest_buffer():
+    candidates = [ChunkCandidate("comfortable", 4, 1.5, due=True),
+                  ChunkCandidate("new", 1, NOT_STARTED, due=True),
+                  ChunkCandidate("not due", 1, -1.0, due=False),
+                  ChunkCandidate("hungry", 2, 0.1, due=True)]
+    picked = [c.stream for c in Scheduler(max_batch=4).pick_chunks(candidates)]
+    assert picked == ["new", "hungry", "comfortable"]
+    capped = Scheduler(max_batch=4, max_decode_streams=2).pick_chunks(candidates)
+    assert [c.stream for c in capped] == ["new", "hungry"]
+
+
+def test_bad_limits_are_refused():
+    with pytest.raises(ValueError):
+        Scheduler(max_batch=0)
+    with pytest.raises(ValueError):
+        Scheduler(max_batch=2, max_decode_streams=0)
