@@ -1,0 +1,119 @@
+"""The FastAPI app: OpenAI-compatible speech, voices, a websocket for incremental text, health and metrics.
+
+Endpoints (all under /v1 need the API key when one is set):
+  POST /v1/audio/speech             OpenAI speech (speech.py)
+  WS   /v1/audio/speech/stream      text in as an LLM writes it, audio out (ws.py)
+  POST/GET /v1/voices, GET/DELETE /v1/voices/{id}   clone voices (voices_api.py)
+  GET  /v1/models, /health, /metrics, / (a small live demo page)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from .metrics import RequestCounter, ServerMetrics
+from .openai import ApiError
+from .state import ServerSettings, ServerState
+from .voices_store import VoiceStore
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("qtts.server")
+
+
+def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
+    """An app serving `tts`; it starts the engine (a new continuous-batching Engine unless one is given)
+    when it starts up and stops it when it shuts down."""
+    from . import speech, voices_api, ws
+
+    if engine is None:
+        from ..engine.engine import Engine
+
+        engine = Engine(tts, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                        chunk_frames=settings.chunk_frames, max_len=tts.max_len)
+    voices = VoiceStore(settings.voices_dir)
+    started = int(time.time())
+    state = ServerState(settings=settings, tts=tts, engine=engine, voices=voices,
+                        metrics=ServerMetrics(engine.stats))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        state.ready = True
+        log.info("serving %s (%s) with %s", settings.model_name, tts.model_type, tts.device)
+        try:
+            yield
+        finally:
+            state.ready = False
+            engine.stop()
+            voices.close()
+
+    app = FastAPI(title="qtts", summary="Qwen3-TTS speech server", lifespan=lifespan)
+    app.state.qtts = state
+    app.add_middleware(RequestCounter, metrics=state.metrics)
+    _add_error_handlers(app)
+    authorized = [Depends(_require_api_key)]
+    app.include_router(speech.router, dependencies=authorized)
+    app.include_router(voices_api.router, dependencies=authorized)
+    app.include_router(ws.router)  # checks the key itself: browsers cannot send headers on websockets
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not state.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": settings.model_name, "model_type": tts.model_type,
+                             **{k: v for k, v in engine.stats().items() if isinstance(v, (int, float, str))}})
+
+    @app.get("/v1/models", dependencies=authorized)
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": started,
+                                            "owned_by": "qtts", "model_type": tts.model_type,
+                                            "languages": tts.languages, "voices": tts.speakers}]}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
+
+
+async def _require_api_key(request: Request) -> None:
+    request.app.state.qtts.check_api_key(request.headers.get("authorization"))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI's `{"error": {...}}` JSON."""
+
+    def respond(exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return respond(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return respond(ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None,
+                                headers=dict(exc.headers or {})))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = str(first["loc"][-1]) if first["loc"] else None
+        return respond(ApiError(400, f"invalid {param}: {first['msg']}", param, "invalid_value"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return respond(ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error"))

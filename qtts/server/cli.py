@@ -1,0 +1,59 @@
+"""`qtts serve`: load a checkpoint and serve it over HTTP and websockets with uvicorn."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+
+def default_voices_dir() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "qtts" / "voices"
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `serve` subcommand to the `qtts` command's subparsers."""
+    p = subparsers.add_parser("serve", help="serve the OpenAI-compatible speech API, a websocket and a demo page")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    p.add_argument("--model-name", default=None, help="the id /v1/models reports (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--api-key", default=os.environ.get("QTTS_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $QTTS_API_KEY; none: open)")
+    p.add_argument("--max-batch", type=int, default=32, help="streams generated together")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that before 429")
+    p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
+    p.add_argument("--max-input-chars", type=int, default=4096, help="longest `input` accepted")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest voice reference upload")
+    p.add_argument("--max-upload-seconds", type=float, default=60, help="longest voice reference")
+    p.add_argument("--voices-dir", type=Path, default=None,
+                   help=f"where clone voices are stored (default: {default_voices_dir()})")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """Load the model, build the app and serve until interrupted (Ctrl-C stops in-flight streams)."""
+    import uvicorn
+
+    from ..api import TTS
+    from .app import create_app
+    from .state import ServerSettings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len)
+    settings = ServerSettings(
+        voices_dir=args.voices_dir or default_voices_dir(),
+        model_name=args.model_name or Path(str(args.model)).name,
+        api_key=args.api_key or None,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_input_chars=args.max_input_chars,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_upload_seconds=args.max_upload_seconds,
+    )
+    uvicorn.run(create_app(tts, settings), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)

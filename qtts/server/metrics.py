@@ -1,0 +1,95 @@
+"""Prometheus metrics of one server: latency and speed of each request, and the engine's load.
+
+Each app has its own registry, so several apps (tests, restarts) never clash.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+FIRST_AUDIO_BUCKETS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
+
+
+class _EngineCollector:
+    """Reads the engine's stats at scrape time: queue depth, active streams, frames/s, completed."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.stats = stats
+
+    def collect(self):
+        stats = self.stats()
+        for key, help_text in (("queued", "requests waiting for a slot"),
+                               ("active", "streams being generated"),
+                               ("frames_per_second", "codec frames generated per second, all streams")):
+            yield GaugeMetricFamily(f"qtts_engine_{key}", help_text, value=float(stats.get(key, 0)))
+        yield CounterMetricFamily("qtts_engine_completed", "requests the engine finished",
+                                  value=float(stats.get("completed", 0)))
+
+
+class ServerMetrics:
+    """The server's metrics; `render()` is the /metrics body."""
+
+    def __init__(self, engine_stats: Callable[[], dict]):
+        self.registry = CollectorRegistry()
+        self.first_audio = Histogram("qtts_first_audio_seconds", "from request arrival to the first audio chunk",
+                                     ["endpoint"], buckets=FIRST_AUDIO_BUCKETS, registry=self.registry)
+        self.real_time_factor = Histogram("qtts_real_time_factor",
+                                          "generation wall time divided by audio duration (below 1 is faster "
+                                          "than real time)", ["endpoint"], buckets=RTF_BUCKETS,
+                                          registry=self.registry)
+        self.requests = Counter("qtts_requests", "finished requests by endpoint and HTTP status "
+                                "(499: the client went away)", ["endpoint", "status"], registry=self.registry)
+        self.audio_seconds = Counter("qtts_audio_seconds", "seconds of audio sent", ["endpoint"],
+                                     registry=self.registry)
+        self.registry.register(_EngineCollector(engine_stats))
+
+    def count(self, endpoint: str, status: int) -> None:
+        """Count one finished request (or websocket utterance) with its status."""
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def speed(self, endpoint: str, audio_seconds: float, elapsed_s: float) -> None:
+        """Record the audio one request produced and how fast."""
+        if audio_seconds > 0:
+            self.audio_seconds.labels(endpoint).inc(audio_seconds)
+            self.real_time_factor.labels(endpoint).observe(elapsed_s / audio_seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The /metrics body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestCounter:
+    """ASGI middleware: counts every HTTP request by route and status.
+
+    A response whose body never finished counts as 499 (the client went away) or 500 (it failed).
+    """
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = {"status": 500, "complete": False, "failed": False}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                seen["complete"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            seen["failed"] = True
+            raise
+        finally:
+            status = seen["status"]
+            if not seen["complete"] and status < 400:
+                status = 500 if seen["failed"] else 499
+            route = scope.get("route")
+            self.metrics.count(getattr(route, "path", "unmatched"), status)

@@ -1,0 +1,55 @@
+"""What every endpoint shares: the settings, the model, the engine, the voice store and the metrics."""
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .metrics import ServerMetrics
+from .openai import ApiError
+from .voices_store import VoiceStore
+
+
+@dataclass
+class ServerSettings:
+    """Limits and identity of one server (the `qtts serve` flags)."""
+
+    voices_dir: Path
+    model_name: str = "qwen3-tts"
+    api_key: str | None = None
+    max_batch: int = 32
+    max_queue: int = 256
+    max_input_chars: int = 4096
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_seconds: float = 60.0
+    chunk_frames: tuple[int, ...] = (1, 2, 4, 8, 12)
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    tts: object  # qtts.api.TTS
+    engine: object  # qtts.engine.engine.Engine
+    voices: VoiceStore
+    metrics: ServerMetrics
+    ready: bool = False
+    voice_encoder_lock: threading.Lock = field(default_factory=threading.Lock)  # one reference at a time
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise ApiError(503, "the server is starting or shutting down; retry shortly", code="not_ready",
+                           headers={"Retry-After": "1"})
+
+    def check_api_key(self, authorization: str | None, query_key: str | None = None) -> None:
+        """Raise 401 unless the request carries the API key (Bearer header, or `api_key` query for websockets)."""
+        expected = self.settings.api_key
+        if not expected:
+            return
+        given = query_key
+        if authorization and authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        if not given:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", code="missing_api_key")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(401, "incorrect API key", code="invalid_api_key")

@@ -1,0 +1,115 @@
+"""Stored clone voices: metadata in SQLite, each voice prompt in its own safetensors file.
+
+Layout of the folder: `voices.sqlite3` and `<voice id>.safetensors`. A voice is written to its file
+first and listed in the database after, so a crash never lists a voice without a file.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..voices import VoicePrompt
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, name_key TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL,
+    transcript TEXT, reference_seconds REAL NOT NULL)"""
+_VOICE_ID = re.compile(r"voice_[0-9a-f]{16}")
+
+
+@dataclass(frozen=True)
+class VoiceRecord:
+    """One stored voice as the API lists it."""
+
+    id: str
+    name: str
+    created_at: int
+    transcript: str | None
+    reference_seconds: float
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "object": "voice", "name": self.name, "type": "clone",
+                "created_at": self.created_at, "transcript": self.transcript,
+                "icl": bool(self.transcript), "reference_seconds": round(self.reference_seconds, 3)}
+
+
+class DuplicateVoiceError(ValueError):
+    """A voice with this name is already stored."""
+
+
+class VoiceStore:
+    """Thread-safe store of clone voices under one folder; survives restarts."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._prompts: dict[str, VoicePrompt] = {}
+        self._db = sqlite3.connect(str(self.folder / "voices.sqlite3"), check_same_thread=False)
+        with self._lock, self._db:
+            self._db.execute(_SCHEMA)
+
+    def add(self, name: str, prompt: VoicePrompt, reference_seconds: float) -> VoiceRecord:
+        """Store a voice under a new id; raises DuplicateVoiceError if the name is taken."""
+        record = VoiceRecord(id="voice_" + secrets.token_hex(8), name=name, created_at=int(time.time()),
+                             transcript=prompt.reference_text, reference_seconds=reference_seconds)
+        with self._lock:
+            if self._find_locked(name) is not None:
+                raise DuplicateVoiceError(f"a voice named {name!r} already exists; delete it or pick another name")
+            path = self._path(record.id)
+            partial = path.with_suffix(".partial")
+            prompt.save(partial)
+            partial.replace(path)
+            with self._db:
+                self._db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
+                                 (record.id, record.name, name.casefold(), record.created_at, record.transcript,
+                                  record.reference_seconds))
+            self._prompts[record.id] = prompt
+        return record
+
+    def list(self) -> list[VoiceRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, name, created_at, transcript, reference_seconds FROM voices "
+                                    "ORDER BY created_at, name").fetchall()
+        return [VoiceRecord(*row) for row in rows]
+
+    def find(self, id_or_name: str) -> VoiceRecord | None:
+        """The voice with this id, or else with this name (case-insensitive)."""
+        with self._lock:
+            return self._find_locked(id_or_name)
+
+    def prompt(self, voice_id: str) -> VoicePrompt:
+        """The voice prompt of a stored voice (read once, then cached)."""
+        with self._lock:
+            if voice_id not in self._prompts:
+                self._prompts[voice_id] = VoicePrompt.load(self._path(voice_id))
+            return self._prompts[voice_id]
+
+    def delete(self, voice_id: str) -> bool:
+        """Remove a voice; False if there was none with this id."""
+        with self._lock:
+            with self._db:
+                removed = self._db.execute("DELETE FROM voices WHERE id = ?", (voice_id,)).rowcount
+            if removed:
+                self._prompts.pop(voice_id, None)
+                self._path(voice_id).unlink(missing_ok=True)
+        return removed > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _find_locked(self, id_or_name: str) -> VoiceRecord | None:
+        row = self._db.execute("SELECT id, name, created_at, transcript, reference_seconds FROM voices "
+                               "WHERE id = ? OR name_key = ? ORDER BY id = ? DESC LIMIT 1",
+                               (id_or_name, id_or_name.casefold(), id_or_name)).fetchone()
+        return VoiceRecord(*row) if row else None
+
+    def _path(self, voice_id: str) -> Path:
+        if not _VOICE_ID.fullmatch(voice_id):
+            raise KeyError(f"not a voice id: {voice_id!r}")
+        return self.folder / f"{voice_id}.safetensors"

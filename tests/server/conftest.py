@@ -1,0 +1,83 @@
+"""Real servers on loopback for the server tests: uvicorn in a thread, the real engine, tiny checkpoints."""
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+
+from qtts.api import TTS
+from qtts.server.app import create_app
+from qtts.server.state import ServerSettings
+
+FAST = {"max_frames": 8, "greedy": True}  # extra body fields that keep a request to a few frames
+# The codec decodes concurrent streams as one batch, whose float rounding can move a 16-bit sample
+# by one step; different codes would differ by thousands.
+PCM_TOLERANCE = 2
+
+
+def assert_same_audio(expected: bytes, actual: bytes) -> None:
+    """Same length and the same 16-bit samples up to the batching tolerance."""
+    a, b = (np.frombuffer(x, "<i2").astype(np.int32) for x in (expected, actual))
+    assert len(a) == len(b) > 0
+    assert np.abs(a - b).max() <= PCM_TOLERANCE
+
+
+class LiveServer:
+    """`create_app` served by uvicorn on 127.0.0.1 and a free port until `close()`."""
+
+    def __init__(self, tts: TTS, voices_dir: Path, **settings):
+        self.app = create_app(tts, ServerSettings(voices_dir=voices_dir, **settings))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    ws_ping_interval=None))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/audio/speech/stream"
+
+    @property
+    def engine(self):
+        return self.app.state.qtts.engine
+
+    def wait_idle(self, timeout_s: float = 10.0) -> dict:
+        """Engine stats once no stream is active or queued (the test fails if that never happens)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self.engine.stats()
+            if stats["active"] == 0 and stats["queued"] == 0:
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"engine still busy after {timeout_s} s: {stats}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def custom_voice_tts(tiny_custom_voice):
+    return TTS.from_pretrained(tiny_custom_voice, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def custom_voice_server(custom_voice_tts, tmp_path_factory):
+    server = LiveServer(custom_voice_tts, tmp_path_factory.mktemp("voices"), model_name="tiny-custom-voice")
+    yield server
+    server.close()

@@ -1,0 +1,220 @@
+"""POST /v1/audio/speech through the official openai client and plain HTTP, on a real server."""
+import base64
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import soundfile as sf
+
+from tests.server.conftest import FAST, LiveServer, assert_same_audio
+
+SAMPLES_PER_FRAME = 1920
+
+
+@pytest.fixture(scope="module")
+def client(custom_voice_server):
+    return openai.OpenAI(base_url=custom_voice_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def speaker(custom_voice_tts):
+    return custom_voice_tts.speakers[0]
+
+
+def pcm(server, text, speaker):
+    response = httpx.post(server.url + "/v1/audio/speech", timeout=60,
+                          json={"input": text, "voice": speaker, "response_format": "pcm", **FAST})
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_openai_client_create_returns_a_wav(client, speaker):
+    response = client.audio.speech.create(model="tts-1", voice=speaker.upper(), input="Hello there.",
+                                          response_format="wav", extra_body=FAST)
+    samples, sample_rate = sf.read(io.BytesIO(response.content), dtype="int16")
+    assert sample_rate == 24000
+    assert 0 < len(samples) <= 8 * SAMPLES_PER_FRAME and len(samples) % SAMPLES_PER_FRAME == 0
+
+
+def test_openai_streaming_response_yields_the_same_audio(client, custom_voice_server, speaker):
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice=speaker, input="Streaming works.",
+                                                            response_format="pcm", extra_body=FAST) as response:
+        assert response.headers["content-type"] == "audio/pcm"
+        pieces = list(response.iter_bytes())
+    assert_same_audio(pcm(custom_voice_server, "Streaming works.", speaker), b"".join(pieces))
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac"])
+def test_compressed_formats(client, speaker, fmt):
+    import av
+
+    audio = client.audio.speech.create(model="tts-1", voice=speaker, input="Hi.", response_format=fmt,
+                                       extra_body=FAST).content
+    with av.open(io.BytesIO(audio)) as container:
+        assert sum(frame.samples for frame in container.decode(audio=0)) > 0
+
+
+def test_sse_events_carry_the_audio_and_usage(custom_voice_server, speaker):
+    response = httpx.post(custom_voice_server.url + "/v1/audio/speech", timeout=60,
+                          json={"input": "Events.", "voice": speaker, "response_format": "pcm",
+                                "stream_format": "sse", **FAST})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    done = events[-1]
+    assert done["type"] == "speech.audio.done"
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert_same_audio(pcm(custom_voice_server, "Events.", speaker), audio)
+    usage = done["usage"]
+    assert usage["output_tokens"] == len(audio) // (2 * SAMPLES_PER_FRAME)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] and usage["input_tokens"] > 0
+
+
+def test_models_health_metrics_and_demo_page(custom_voice_server, client, speaker):
+    assert [m.id for m in client.models.list().data] == ["tiny-custom-voice"]
+    health = httpx.get(custom_voice_server.url + "/health", timeout=60)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    pcm(custom_voice_server, "Counted.", speaker)
+    metrics = httpx.get(custom_voice_server.url + "/metrics", timeout=60).text
+    for name in ("qtts_first_audio_seconds_count", "qtts_real_time_factor_count", "qtts_engine_queued",
+                 "qtts_engine_active", "qtts_engine_frames_per_second"):
+        assert name in metrics
+    assert 'qtts_requests_total{endpoint="/v1/audio/speech",status="200"}' in metrics
+    page = httpx.get(custom_voice_server.url + "/", timeout=60)
+    assert page.status_code == 200 and "/v1/audio/speech/stream" in page.text
+
+
+BAD_REQUESTS = [
+    # (description, json body or raw (content, content type), expected status, expected param)
+    ("empty input", {"input": "  "}, 400, "input"),
+    ("input over the limit", {"input": "a" * 4097}, 400, "input"),
+    ("missing input", {}, 400, "input"),
+    ("unknown voice", {"input": "Hi.", "voice": "nobody"}, 400, "voice"),
+    ("no voice", {"input": "Hi.", "voice": None}, 400, "voice"),
+    ("unsupported speed", {"input": "Hi.", "speed": 2.0}, 400, "speed"),
+    ("speed out of range", {"input": "Hi.", "speed": 9.0}, 400, "speed"),
+    ("unknown format", {"input": "Hi.", "response_format": "ogg"}, 400, "response_format"),
+    ("unknown stream format", {"input": "Hi.", "stream_format": "chunks"}, 400, "stream_format"),
+    ("unknown field", {"input": "Hi.", "temprature": 0.5}, 400, "temprature"),
+    ("unknown language", {"input": "Hi.", "language": "klingon"}, 400, "language"),
+    ("negative temperature", {"input": "Hi.", "temperature": -1}, 400, "temperature"),
+    ("top_p of zero", {"input": "Hi.", "top_p": 0}, 400, "top_p"),
+    ("max_frames of zero", {"input": "Hi.", "max_frames": 0}, 400, "max_frames"),
+    ("not JSON", (b"{input:", "application/json"), 400, None),
+    ("JSON that is not an object", (b"[1, 2]", "application/json"), 400, None),
+    ("form body", (b"input=hi", "application/x-www-form-urlencoded"), 415, None),
+    ("body too large", (b'{"input": "' + b"a" * 100_000 + b'"}', "application/json"), 413, None),
+]
+
+
+@pytest.mark.parametrize("description, body, status, param", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_openai_errors(custom_voice_server, speaker, description, body, status, param):
+    url = custom_voice_server.url + "/v1/audio/speech"
+    if isinstance(body, dict):
+        response = httpx.post(url, json={"voice": speaker, **body}, timeout=60)
+    else:
+        content, content_type = body
+        response = httpx.post(url, content=content, headers={"content-type": content_type}, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] and error["param"] == param
+
+
+def test_unknown_route_is_a_json_404(custom_voice_server):
+    response = httpx.get(custom_voice_server.url + "/v1/nothing", timeout=60)
+    assert response.status_code == 404 and response.json()["error"]["message"]
+
+
+def test_api_key_is_required_when_set(custom_voice_tts, tmp_path, speaker):
+    server = LiveServer(custom_voice_tts, tmp_path, api_key="secret")
+    try:
+        body = {"input": "Hi.", "voice": speaker, **FAST}
+        assert httpx.post(server.url + "/v1/audio/speech", json=body, timeout=60).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.post(server.url + "/v1/audio/speech", json=body, headers=wrong, timeout=60).status_code == 401
+        assert httpx.get(server.url + "/v1/voices", timeout=60).status_code == 401
+        assert httpx.get(server.url + "/health", timeout=60).status_code == 200
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="secret", max_retries=0)
+        assert client.audio.speech.create(model="m", voice=speaker, input="Hi.", extra_body=FAST).content
+    finally:
+        server.close()
+
+
+def test_not_ready_is_503(custom_voice_tts, tmp_path, speaker):
+    from fastapi.testclient import TestClient
+
+    from qtts.server.app import create_app
+    from qtts.server.state import ServerSettings
+
+    client = TestClient(create_app(custom_voice_tts, ServerSettings(voices_dir=tmp_path)))  # lifespan not run
+    assert client.get("/health").status_code == 503
+    response = client.post("/v1/audio/speech", json={"input": "Hi.", "voice": speaker})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+
+def test_engine_failure_is_a_500_and_the_server_lives_on(custom_voice_server, speaker, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated engine fault")
+
+    monkeypatch.setattr(custom_voice_server.engine, "submit", broken)
+    response = httpx.post(custom_voice_server.url + "/v1/audio/speech", json={"input": "Hi.", "voice": speaker},
+                          timeout=60)
+    assert response.status_code == 500 and "simulated engine fault" in response.json()["error"]["message"]
+    monkeypatch.undo()
+    assert pcm(custom_voice_server, "Still alive.", speaker)
+
+
+def test_overload_is_429_with_retry_after(custom_voice_tts, tmp_path, speaker):
+    server = LiveServer(custom_voice_tts, tmp_path, max_batch=1, max_queue=1)
+    url = server.url + "/v1/audio/speech"
+    long = {"input": "A long one.", "voice": speaker, "response_format": "pcm", "max_frames": 4000}
+
+    def first_chunk_status():
+        with httpx.stream("POST", url, json=long, timeout=60) as response:
+            chunks = response.iter_raw()  # kept: a dropped iterator closes the response
+            next(chunks)
+            return response.status_code
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            with httpx.stream("POST", url, json=long, timeout=60) as running:
+                chunks = running.iter_raw()
+                next(chunks)
+                waiting = pool.submit(first_chunk_status)
+                deadline = time.monotonic() + 10
+                while server.engine.stats()["queued"] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                rejected = httpx.post(url, json=long, timeout=60)
+                assert rejected.status_code == 429 and rejected.headers["retry-after"] == "1"
+                assert rejected.json()["error"]["type"] == "rate_limit_error"
+            assert waiting.result(timeout=30) == 200  # the queued request got the freed row
+        server.wait_idle()
+    finally:
+        server.close()
+
+
+def test_client_disconnect_cancels_its_stream(custom_voice_server, speaker):
+    body = {"input": "Nobody listens to this.", "voice": speaker, "response_format": "pcm", "max_frames": 4000}
+    with httpx.Client(base_url=custom_voice_server.url, timeout=60) as http:
+        with http.stream("POST", "/v1/audio/speech", json=body) as response:
+            chunks = response.iter_raw()  # kept: a dropped iterator closes the response
+            next(chunks)
+            assert custom_voice_server.engine.stats()["active"] == 1
+    started = time.monotonic()
+    custom_voice_server.wait_idle(timeout_s=5)
+    assert time.monotonic() - started < 5
+    metrics = httpx.get(custom_voice_server.url + "/metrics", timeout=60).text
+    assert 'qtts_requests_total{endpoint="/v1/audio/speech",status="499"}' in metrics
+
+
+def test_concurrent_greedy_requests_equal_their_solo_results(custom_voice_server, speaker):
+    texts = ["The first sentence.", "A second, different one!", "Number three?", "And a fourth."]
+    solo = [pcm(custom_voice_server, text, speaker) for text in texts]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        together = list(pool.map(lambda text: pcm(custom_voice_server, text, speaker), texts))
+    for alone, batched in zip(solo, together):
+        assert_same_audio(alone, batched)

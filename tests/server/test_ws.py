@@ -1,0 +1,146 @@
+"""The websocket: incremental text in, audio per sentence out, errors, cancel and disconnect."""
+import base64
+import json
+
+import httpx
+import numpy as np
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.server.conftest import FAST, LiveServer, assert_same_audio
+
+
+def send(ws, **message):
+    ws.send(json.dumps(message))
+
+
+def receive_json(ws, wanted=None):
+    """The next JSON event (of type `wanted`, skipping audio and other events when given)."""
+    while True:
+        message = ws.recv(timeout=30)
+        if isinstance(message, str):
+            event = json.loads(message)
+            if wanted is None or event["type"] == wanted:
+                return event
+
+
+def collect(ws):
+    """Events and audio bytes per utterance until the server closes the session."""
+    events, audio = [], {}
+    current = None
+    for message in ws:
+        if isinstance(message, bytes):
+            audio[current] = audio.get(current, b"") + message
+            continue
+        event = json.loads(message)
+        events.append(event)
+        if event["type"] == "audio.start":
+            current = event["utterance"]
+        elif event["type"] == "audio.delta":
+            audio[event["utterance"]] = audio.get(event["utterance"], b"") + base64.b64decode(event["audio"])
+    return events, audio
+
+
+def http_pcm(server, text, speaker):
+    response = httpx.post(server.url + "/v1/audio/speech", timeout=60,
+                          json={"input": text, "voice": speaker, "response_format": "pcm", **FAST})
+    return response.content
+
+
+@pytest.fixture(scope="module")
+def speaker(custom_voice_tts):
+    return custom_voice_tts.speakers[0]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_text_pieces_become_sentences_spoken_in_order(custom_voice_server, speaker, binary):
+    with connect(custom_voice_server.ws_url) as ws:
+        assert receive_json(ws)["type"] == "session.created"
+        send(ws, type="session.update", voice=speaker, binary=binary, **FAST)
+        assert receive_json(ws)["session"]["voice"] == speaker
+        for piece in ["Hello", " there. How", " are you? Fine", " thanks"]:
+            send(ws, type="input.text", text=piece)
+        send(ws, type="input.done")
+        events, audio = collect(ws)
+        assert ws.close_code == 1000
+    kinds = [e["type"] for e in events]
+    assert kinds.count("audio.start") == 3 and kinds[-1] == "session.done"
+    done = [e for e in events if e["type"] == "audio.done"]
+    assert [e["text"] for e in done] == ["Hello there.", "How are you?", "Fine thanks"]
+    assert [e["utterance"] for e in done] == [0, 1, 2]
+    for event in done:
+        assert_same_audio(http_pcm(custom_voice_server, event["text"], speaker), audio[event["utterance"]])
+
+
+def test_bad_messages_get_errors_and_the_session_goes_on(custom_voice_server, speaker):
+    with connect(custom_voice_server.ws_url) as ws:
+        receive_json(ws)
+        ws.send("not json")
+        assert receive_json(ws)["type"] == "error"
+        send(ws, type="dance")
+        assert receive_json(ws)["error"]["param"] == "type"
+        send(ws, type="session.update", voice="nobody")
+        assert receive_json(ws)["error"]["param"] == "voice"
+        send(ws, type="session.update", voice=speaker, temperature=-2)
+        assert receive_json(ws)["error"]["param"] == "temperature"
+        send(ws, type="input.text", text=42)
+        assert receive_json(ws)["error"]["param"] == "text"
+        ws.send(b"\x00binary")
+        assert receive_json(ws)["type"] == "error"
+        send(ws, type="session.update", voice=speaker, **FAST)
+        receive_json(ws, "session.updated")
+        send(ws, type="input.text", text="Still here.")
+        send(ws, type="input.flush")
+        assert receive_json(ws, "audio.done")["text"] == "Still here."
+
+
+def test_cancel_stops_speaking_and_frees_the_slots(custom_voice_server, speaker):
+    with connect(custom_voice_server.ws_url) as ws:
+        receive_json(ws)
+        send(ws, type="session.update", voice=speaker, max_frames=4000)
+        receive_json(ws, "session.updated")
+        send(ws, type="input.text", text="One long sentence. Another one. And more ")
+        assert receive_json(ws, "audio.start")["utterance"] == 0
+        send(ws, type="cancel")
+        assert receive_json(ws, "cancelled")["utterances"] == [0, 1]
+        custom_voice_server.wait_idle(timeout_s=5)
+        send(ws, type="session.update", max_frames=4)
+        receive_json(ws, "session.updated")
+        send(ws, type="input.text", text="After the cancel. ")
+        assert receive_json(ws, "audio.done")["utterance"] == 2
+
+
+def test_disconnect_cancels_generation(custom_voice_server, speaker):
+    with connect(custom_voice_server.ws_url) as ws:
+        receive_json(ws)
+        send(ws, type="session.update", voice=speaker, max_frames=4000)
+        send(ws, type="input.text", text="Talking to nobody. Still talking. ")
+        receive_json(ws, "audio.start")
+    custom_voice_server.wait_idle(timeout_s=5)
+
+
+def test_api_key_on_the_websocket(custom_voice_tts, tmp_path, speaker):
+    server = LiveServer(custom_voice_tts, tmp_path, api_key="secret")
+    try:
+        with pytest.raises(InvalidStatus):
+            connect(server.ws_url).close()
+        with pytest.raises(InvalidStatus):
+            connect(server.ws_url + "?api_key=wrong").close()
+        with connect(server.ws_url + "?api_key=secret") as ws:
+            assert receive_json(ws)["type"] == "session.created"
+        with connect(server.ws_url, additional_headers={"Authorization": "Bearer secret"}) as ws:
+            assert receive_json(ws)["type"] == "session.created"
+    finally:
+        server.close()
+
+
+def test_websocket_pcm_is_16_bit_samples(custom_voice_server, speaker):
+    with connect(custom_voice_server.ws_url) as ws:
+        receive_json(ws)
+        send(ws, type="session.update", voice=speaker, **FAST)
+        send(ws, type="input.text", text="Samples.")
+        send(ws, type="input.done")
+        _, audio = collect(ws)
+    samples = np.frombuffer(audio[0], "<i2")
+    assert len(samples) % 1920 == 0 and 0 < len(samples) <= 8 * 1920
