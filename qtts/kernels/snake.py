@@ -25,13 +25,13 @@ def _snake_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(x_ptr, alpha_ptr, beta_ptr, out_ptr, channels, length, stride_batch, stride_channel,
-               BLOCK: tl.constexpr):
+    def kernel(x_ptr, alpha_ptr, beta_ptr, out_ptr, channels, length, x_stride_batch, x_stride_channel,
+               out_stride_batch, out_stride_channel, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         batch, channel = row // channels, row % channels
         t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = t < length
-        x = tl.load(x_ptr + batch * stride_batch + channel * stride_channel + t, mask=mask, other=0.0)
+        x = tl.load(x_ptr + batch * x_stride_batch + channel * x_stride_channel + t, mask=mask, other=0.0)
         frequency = tl.exp(tl.load(alpha_ptr + channel).to(tl.float32))
         magnitude = 1.0 / (tl.exp(tl.load(beta_ptr + channel).to(tl.float32)) + 1e-9)
         x32 = x.to(tl.float32)
@@ -40,20 +40,26 @@ def _snake_kernel():
         reduced = tl.fma(turns, -6.2831854820251465, phase)
         reduced = tl.fma(turns, 1.7484556000744487e-07, reduced)
         sine = tl.sin(reduced)
-        tl.store(out_ptr + row * length + t, (x32 + magnitude * sine * sine).to(x.dtype), mask=mask)
+        out = out_ptr + batch * out_stride_batch + channel * out_stride_channel + t
+        tl.store(out, (x32 + magnitude * sine * sine).to(out_ptr.dtype.element_ty), mask=mask)
 
     return kernel
 
 
-def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """As snake_beta_reference, in one pass over x; returns a contiguous tensor."""
+def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, out: torch.Tensor | None = None,
+                     block: int = 1024) -> torch.Tensor:
+    """As snake_beta_reference, in one pass over x; into `out` when given (same shape, unit stride in time)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     batch, channels, length = x.shape
-    out = torch.empty(batch, channels, length, device=x.device, dtype=x.dtype)
+    if out is None:
+        out = torch.empty(batch, channels, length, device=x.device, dtype=x.dtype)
+    elif out.shape != x.shape or out.stride(-1) != 1:
+        raise ValueError(f"out must have shape {tuple(x.shape)} and unit stride in time")
     if out.numel() == 0:
         return out
     block = min(block, max(16, 1 << (length - 1).bit_length()))
     grid = (batch * channels, -(-length // block))
-    _snake_kernel()[grid](x, alpha, beta, out, channels, length, x.stride(0), x.stride(1), BLOCK=block)
+    _snake_kernel()[grid](x, alpha, beta, out, channels, length, x.stride(0), x.stride(1), out.stride(0),
+                          out.stride(1), BLOCK=block)
     return out

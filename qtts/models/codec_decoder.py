@@ -167,8 +167,10 @@ class CodecDecoder(nn.Module):
         x = self.pre_conv(self.embed(codes), histories).transpose(1, 2)
         x = self.pre_transformer(x, state.keys, state.values, rows, positions).transpose(1, 2)
         state.positions.index_copy_(0, rows, positions + frames)
-        for layer in (*(m for pair in self.upsample for m in pair), *self.decoder):
+        for layer in (*(m for pair in self.upsample for m in pair), *self.decoder[:-2]):
             x = layer(x, histories)
+        final_snake, output_conv = self.decoder[-2:]
+        x = output_conv(x, histories, activation=final_snake)
         return x.clamp(min=-1, max=1)[:, 0], state
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:

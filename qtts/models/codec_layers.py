@@ -7,6 +7,8 @@ zero padding == a zero history).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -28,6 +30,23 @@ class ConvHistories:
         self.tensors[index].index_copy_(0, self.rows, value)
 
 
+Activation = Callable[..., torch.Tensor]  # activation(x, out=buffer) writes activation(x) into buffer
+
+
+def _with_history(layer: "CausalConv1d | CausalConvTranspose1d", x: torch.Tensor, histories: ConvHistories,
+                  activation: Activation | None) -> torch.Tensor:
+    """[history, activation(x)] as one (B, C, h + L) tensor; the activation writes straight into it (no cat)."""
+    batch, channels, length = x.shape
+    full = torch.empty(batch, channels, layer.history + length, device=x.device, dtype=x.dtype)
+    full[..., :layer.history] = histories.read(layer.history_index)
+    if activation is None:
+        full[..., layer.history:] = x
+    else:
+        activation(x, out=full[..., layer.history:])
+    histories.write(layer.history_index, full[..., -layer.history:])
+    return full
+
+
 class CausalConv1d(nn.Module):
     """Conv1d (stride 1) with (kernel-1)*dilation samples of left context."""
 
@@ -37,12 +56,11 @@ class CausalConv1d(nn.Module):
         self.history = (kernel_size - 1) * dilation
         self.history_index = -1  # assigned by the decoder that owns the layer
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None) -> torch.Tensor:
+        """conv(activation(x)) continued from this layer's history."""
         if self.history == 0:
-            return self.conv(x)
-        full = torch.cat([histories.read(self.history_index), x], dim=-1)
-        histories.write(self.history_index, full[..., -self.history:])
-        return self.conv(full)
+            return self.conv(x if activation is None else activation(x))
+        return self.conv(_with_history(self, x, histories, activation))
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -59,14 +77,13 @@ class CausalConvTranspose1d(nn.Module):
         self.history = -(-(kernel_size - stride) // stride)
         self.history_index = -1
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None) -> torch.Tensor:
+        """conv_transpose(activation(x)) continued from this layer's history, stride · L samples."""
         length = x.shape[-1] * self.stride
         if self.history == 0:
-            return self.conv(x)[..., :length]
-        full = torch.cat([histories.read(self.history_index), x], dim=-1)
-        histories.write(self.history_index, full[..., -self.history:])
+            return self.conv(x if activation is None else activation(x))[..., :length]
         start = self.history * self.stride
-        return self.conv(full)[..., start:start + length]
+        return self.conv(_with_history(self, x, histories, activation))[..., start:start + length]
 
 
 class SnakeBeta(nn.Module):
@@ -77,10 +94,12 @@ class SnakeBeta(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """SnakeBeta(x), written into `out` (same shape, unit stride in time) when given."""
         if kernels_enabled(x.device):
-            return snake_beta_fused(x, self.alpha, self.beta)
-        return snake_beta_reference(x, self.alpha, self.beta)
+            return snake_beta_fused(x, self.alpha, self.beta, out=out)
+        y = snake_beta_reference(x, self.alpha, self.beta)
+        return y if out is None else out.copy_(y)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -111,8 +130,8 @@ class ResidualUnit(nn.Module):
         self.conv2 = CausalConv1d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
-        h = self.conv1(self.act1(x), histories)
-        return x + self.conv2(self.act2(h), histories)
+        h = self.conv1(x, histories, activation=self.act1)
+        return x + self.conv2(h, histories, activation=self.act2)
 
 
 class VocoderBlock(nn.Module):
@@ -124,6 +143,8 @@ class VocoderBlock(nn.Module):
         self.block = nn.ModuleList([SnakeBeta(in_dim), CausalConvTranspose1d(in_dim, out_dim, 2 * rate, rate), *units])
 
     def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
-        for layer in self.block:
-            x = layer(x, histories)
+        snake, upsample, *units = self.block
+        x = upsample(x, histories, activation=snake)
+        for unit in units:
+            x = unit(x, histories)
         return x
