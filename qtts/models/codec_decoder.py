@@ -122,10 +122,10 @@ class CodecDecoder(nn.Module):
         self.register_buffer("code_embeddings", None, persistent=False)
 
     def refresh_codebooks(self) -> None:
-        """Rebuild the projected codebook table from the codebook weights (call after changing them).
+        """Rebuild the projected codebook table from the codebook weights; call after changing them.
 
         Computed in fp32, then stored in the parameters' dtype: one rounding per entry, where upstream
-        in bf16 divides and projects in bf16 on every call.
+        in bf16 divides and projects in bf16 on every call. CUDA graphs captured before keep the old table.
         """
         with torch.no_grad():
             dtype = self.pre_conv.conv.weight.dtype

@@ -134,6 +134,27 @@ def test_forward_matches_upstream_past_the_72_frame_window():
     assert _max_diff(ours(codes), upstream(codes)) <= FP32_TOLERANCE
 
 
+@pytest.mark.oracle
+@pytest.mark.slow
+@torch.no_grad()
+def test_real_shapes_match_upstream_one_pass_and_chunked():
+    from tests.oracle import require_oracle
+
+    require_oracle()
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Decoder
+
+    cfg = CodecDecoderConfig()
+    upstream = Qwen3TTSTokenizerV2Decoder(upstream_config(cfg)).eval()
+    randomize(upstream, seed=4)
+    ours = CodecDecoder(cfg).eval()
+    load_module(ours, upstream.state_dict(), "upstream decoder")
+    assert sum(p.numel() for p in ours.parameters()) == 114_323_137 - 2 * 256 * 512  # audit minus input_proj
+    codes = random_codes(cfg, batch=1, frames=4, seed=4)
+    whole = ours(codes)
+    assert _max_diff(whole, upstream(codes)) <= FP32_TOLERANCE
+    assert _max_diff(_decode_chunked(ours, codes, [1, 3]), whole[:, 0]) <= FP32_TOLERANCE
+
+
 def _schedules(total: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     schedules = [[1] * total, [total], [2, 1, 5, 3, total - 11]]
