@@ -69,6 +69,7 @@ class TTS:
         self.max_len = max_len
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
         self._single_row: GraphRunner | None = None
+        self._single_stream: StreamingCodecDecoder | None = None
         self.config = load_model_config(folder)
         self.codec_config = load_codec_config(folder / "speech_tokenizer")
         self.generation_defaults = load_generation_defaults(folder)
@@ -188,7 +189,7 @@ class TTS:
 
         on_frame, if given, is called once per decoded frame step (for progress bars).
         """
-        plans = self._plans(requests)
+        plans = self.plans(requests)
         step = self._frame_step(plans)
         frames: list[list[torch.Tensor]] = [[] for _ in plans]
         reasons = ["length"] * len(plans)
@@ -237,9 +238,9 @@ class TTS:
         """
         if not chunk_frames or min(chunk_frames) < 1:
             raise ValueError("chunk_frames must be positive frame counts, e.g. (1, 2, 4, 8)")
-        plans = self._plans([request])
+        plans = self.plans([request])
         step = self._frame_step(plans)
-        decoder = StreamingCodecDecoder(self.codec_decoder, max_streams=1)
+        decoder = self._stream_decoder(chunk_frames)
         slot = decoder.allocate()
         if request.voice is not None and request.voice.icl:
             decoder.decode([slot], request.voice.reference_codes.to(self.device).T.unsqueeze(0))
@@ -256,7 +257,18 @@ class TTS:
                 pending, chunk_index = [], chunk_index + 1
         decoder.free(slot)
 
-    def _plans(self, requests: list[SpeechRequest]) -> list[RowPlan]:
+    def _stream_decoder(self, chunk_frames: tuple[int, ...]) -> StreamingCodecDecoder:
+        """One persistent single-stream codec decoder, so its CUDA graphs are captured once per chunk size."""
+        if self._single_stream is None:
+            self._single_stream = StreamingCodecDecoder(self.codec_decoder, max_streams=1,
+                                                        use_graphs=self.use_graphs, graph_chunk_frames=())
+        self._single_stream.graph_chunk_frames |= set(chunk_frames)
+        if self._single_stream.active:  # a stream abandoned mid-way still holds the slot
+            self._single_stream.free(0)
+        return self._single_stream
+
+    def plans(self, requests: list[SpeechRequest]) -> list[RowPlan]:
+        """Prompt, seed and frame cap of each request: what a frame step needs to run it."""
         plans = []
         for req in requests:
             prompt = build_prompt(self.talker, self.config, self.tokenizer, req)

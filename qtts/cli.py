@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .errors import QttsError
+from .server.cli import add_serve_parser, run_serve
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 
@@ -57,9 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(voices)
     fixture = sub.add_parser("fixture", help="write a random-weight checkpoint in the official layout")
     fixture.add_argument("--type", default="custom_voice", choices=("base", "custom_voice", "voice_design"))
-    fixture.add_argument("--size", default="tiny", choices=("tiny", "0.6b", "1.7b"))
+    fixture.add_argument("--size", default="tiny", choices=("tiny", "tiny-0.6b", "0.6b", "1.7b"))
     fixture.add_argument("--seed", type=int, default=0)
     fixture.add_argument("--out", required=True)
+    bench = sub.add_parser("bench", help="time one stream: ms per frame, RTF, first (audible) audio latency")
+    _add_model_options(bench)
+    bench.add_argument("--frames", type=int, default=250, help="frames of the throughput run")
+    bench.add_argument("--requests", type=int, default=20, help="requests per first-audio measurement")
+    add_serve_parser(sub)
     return parser
 
 
@@ -131,10 +137,20 @@ def _fixture(args) -> None:
     print(f"wrote a random-weight {args.size} {args.type} checkpoint to {folder}")
 
 
+def _bench(args) -> None:
+    import json
+
+    from . import bench
+    from .api import TTS
+
+    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    print(json.dumps(bench.run(tts, frames=args.frames, requests=args.requests), indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"speak": _generate, "design": _generate, "clone": _generate, "voices": _voices,
-                "fixture": _fixture}
+                "fixture": _fixture, "bench": _bench, "serve": run_serve}
     try:
         handlers[args.command](args)
     except (QttsError, ValueError, FileNotFoundError) as exc:

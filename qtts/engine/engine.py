@@ -224,7 +224,7 @@ class Engine:
 
     def _start(self, stream: Stream) -> None:
         """Prefill a request into the next free row and give it a codec slot."""
-        plan = self.tts._plans([stream.request])[0]
+        plan = self.tts.plans([stream.request])[0]
         length = plan.prompt.prefill.shape[0]
         room = self.max_len - length - 2
         if room < 1:
