@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
+# checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
+# usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
+#   stages: tests parity speed anchor codec serve
+# benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/qtts-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 QTTS_FIXTURE_CACHE=/tmp/qtts-fixtures
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($(date +%T))"
+  local start=$SECONDS
+  timeout "$limit" "$@"
+  echo "=== $name exit $? after $((SECONDS - start)) s"
+}
+
+fixtures() {  # fixtures TYPE:SIZE ... (written in parallel)
+  local pids=()
+  for spec in "$@"; do
+    python3 -c "from qtts.testing.fixtures import fixture_dir; fixture_dir('${spec%%:*}', '${spec##*:}')" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+
+for name in "$@"; do
+  case $name in
+    tests) stage tests 240 python3 -m pytest -q -x -m gpu tests -p no:cacheprovider ;;
+    parity)
+      stage fixtures 180 fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
+      stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;
+    speed)
+      stage fixtures 180 fixtures custom_voice:0.6b custom_voice:1.7b
+      stage speed 300 python3 benchmarks/bench_speed.py --sizes 0.6b,1.7b --requests 20 ;;
+    anchor)
+      stage fixtures 180 fixtures custom_voice:0.6b custom_voice:1.7b
+      for size in 0.6b 1.7b; do
+        folder=$(python3 -c "from qtts.testing.fixtures import fixture_dir; print(fixture_dir('custom_voice', '$size'))")
+        stage "anchor $size" 240 python3 benchmarks/anchor/bench_anchor.py "$folder" \
+          --steps 100 --out "$OUT/anchor_$size.json"
+      done ;;
+    codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
+    serve)
+      stage fixtures 180 fixtures custom_voice:1.7b
+      stage serve 540 python3 benchmarks/bench_serve.py --size 1.7b --type custom_voice ;;
+    *) echo "unknown stage $name" ;;
+  esac
+done
