@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -47,11 +47,23 @@ class SynthesisOptions(BaseModel):
     subtalker_top_k: int | None = Field(default=None, ge=0)
     subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
     max_frames: int | None = Field(default=None, ge=1)
+    min_frames: int | None = Field(default=None, ge=0)  # no EOS before this; = max_frames forces the length
     greedy: bool = False
+
+    @field_validator("min_frames")
+    @classmethod
+    def _min_frames_within_max(cls, value: int | None, info: ValidationInfo) -> int | None:
+        cap = info.data.get("max_frames")
+        if value is not None and cap is not None and value > cap:
+            raise ValueError(f"min_frames ({value}) is above max_frames ({cap})")
+        return value
 
     def sampling(self) -> dict:
         """Keyword arguments for `TTS.request` (None means the checkpoint's default)."""
-        return {name: getattr(self, name) for name in SynthesisOptions.model_fields if name != "language"}
+        options = {name: getattr(self, name) for name in SynthesisOptions.model_fields if name != "language"}
+        if options["min_frames"] is None:
+            del options["min_frames"]  # TTS.request's own default (upstream's 2)
+        return options
 
 
 class SpeechBody(SynthesisOptions):

@@ -58,6 +58,19 @@ def test_compressed_formats(client, speaker, fmt):
         assert sum(frame.samples for frame in container.decode(audio=0)) > 0
 
 
+def test_min_frames_reaches_the_engine_and_forces_the_length(custom_voice_server, speaker, monkeypatch):
+    submitted = []
+    submit = custom_voice_server.engine.submit
+    monkeypatch.setattr(custom_voice_server.engine, "submit",
+                        lambda request, **kw: submitted.append(request) or submit(request, **kw))
+    body = {"input": "Exactly this long.", "voice": speaker, "response_format": "pcm", "min_frames": 6,
+            "max_frames": 6}
+    response = httpx.post(custom_voice_server.url + "/v1/audio/speech", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert len(response.content) == 2 * 6 * SAMPLES_PER_FRAME
+    assert [(r.min_frames, r.max_frames) for r in submitted] == [(6, 6)]
+
+
 def test_sse_events_carry_the_audio_and_usage(custom_voice_server, speaker):
     response = httpx.post(custom_voice_server.url + "/v1/audio/speech", timeout=60,
                           json={"input": "Events.", "voice": speaker, "response_format": "pcm",
@@ -104,6 +117,8 @@ BAD_REQUESTS = [
     ("negative temperature", {"input": "Hi.", "temperature": -1}, 400, "temperature"),
     ("top_p of zero", {"input": "Hi.", "top_p": 0}, 400, "top_p"),
     ("max_frames of zero", {"input": "Hi.", "max_frames": 0}, 400, "max_frames"),
+    ("negative min_frames", {"input": "Hi.", "min_frames": -1}, 400, "min_frames"),
+    ("min_frames above max_frames", {"input": "Hi.", "min_frames": 9, "max_frames": 8}, 400, "min_frames"),
     ("not JSON", (b"{input:", "application/json"), 400, None),
     ("JSON that is not an object", (b"[1, 2]", "application/json"), 400, None),
     ("form body", (b"input=hi", "application/x-www-form-urlencoded"), 415, None),
