@@ -13,6 +13,7 @@ from . import audio as audio_io
 from .checkpoint import resolve_checkpoint
 from .config import SAMPLE_RATE, load_codec_config, load_generation_defaults, load_model_config
 from .engine.generate import RowPlan, decode_rows, default_frame_cap
+from .engine.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
 from .engine.prompt import build_prompt, resolve_mode
 from .engine.request import SamplingParams, SpeechRequest
 from .engine.runner import GraphRunner
@@ -64,9 +65,12 @@ class TTS:
     """A loaded Qwen3-TTS 12Hz model (Base, CustomVoice or VoiceDesign)."""
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, max_len: int = 4096,
-                 use_graphs: bool | None = None, fused_kernels: bool | None = None):
+                 use_graphs: bool | None = None, fused_kernels: bool | None = None,
+                 prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB):
         self.folder, self.device, self.dtype = folder, device, dtype
         self.max_len = max_len
+        # shared by the single-row path and any Engine on this model; None when turned off
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
         self._single_row: GraphRunner | None = None
         self._single_stream: StreamingCodecDecoder | None = None
@@ -87,16 +91,18 @@ class TTS:
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, max_len: int = 4096,
-                        use_graphs: bool | None = None, fused_kernels: bool | None = None) -> "TTS":
+                        use_graphs: bool | None = None, fused_kernels: bool | None = None,
+                        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB) -> "TTS":
         """Load a checkpoint folder or hub id.
 
         max_len bounds prompt + generated frames of one request; use_graphs (default: on CUDA)
         replays each frame as a captured CUDA graph; fused_kernels (default: on CUDA with Triton)
-        runs single-token steps through the fused kernels.
+        runs single-token steps through the fused kernels; prefix_cache_mb bounds the device memory
+        of the cache of voice-prompt K/V (0 turns it off; see `prefix_cache.stats()`).
         """
         device = pick_device(device)
         return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device), max_len, use_graphs,
-                   fused_kernels)
+                   fused_kernels, prefix_cache_mb)
 
     # ----- facts ------------------------------------------------------------------------------
     @property
@@ -288,10 +294,12 @@ class TTS:
             plan.max_frames = min(plan.max_frames, room)
         if len(plans) == 1:
             if self._single_row is None:
-                step = FrameStep(self.talker, self.config, rows=1, max_len=self.max_len, max_text=self.max_len)
+                step = FrameStep(self.talker, self.config, rows=1, max_len=self.max_len, max_text=self.max_len,
+                                 prefix_cache=self.prefix_cache)
                 self._single_row = GraphRunner(step, self.use_graphs)
             return self._single_row
         longest = max(p.prompt.prefill.shape[0] + p.max_frames for p in plans)
         max_text = max(max(1, p.prompt.trailing.shape[0]) for p in plans)
-        step = FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 2, max_text=max_text)
+        step = FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 2, max_text=max_text,
+                         prefix_cache=self.prefix_cache)
         return GraphRunner(step, use_graphs=False)

@@ -100,7 +100,8 @@ class Engine:
         self.batch_buckets = sorted(set(min(b, max_batch) for b in batch_buckets) | {max_batch})
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.scheduler = scheduler or Scheduler(max_batch)
-        step = FrameStep(tts.talker, tts.config, rows=max_batch, max_len=max_len, max_text=max_len)
+        step = FrameStep(tts.talker, tts.config, rows=max_batch, max_len=max_len, max_text=max_len,
+                         prefix_cache=tts.prefix_cache)
         self.runner = GraphRunner(step, tts.use_graphs)
         self.codec = StreamingCodecDecoder(tts.codec_decoder, max_streams=max_batch, use_graphs=tts.use_graphs,
                                            graph_chunk_frames=self.chunk_frames)

@@ -19,11 +19,16 @@ from .request import SpeechRequest
 
 @dataclass
 class Prompt:
-    """prefill: (L, H) rows; trailing: (n, H) text rows added at decode steps 0..n-1; pad_row: (H,) after."""
+    """prefill: (L, H) rows; trailing: (n, H) text rows added at decode steps 0..n-1; pad_row: (H,) after.
+
+    shared_length: how many leading prefill rows depend only on the voice (speaker or clone voice,
+    language, instruct), not on the text; always < L, so a prefill runs at least one row.
+    """
 
     prefill: torch.Tensor
     trailing: torch.Tensor
     pad_row: torch.Tensor
+    shared_length: int = 0
 
 
 def resolve_mode(cfg: ModelConfig, request: SpeechRequest) -> SpeechRequest:
@@ -108,6 +113,7 @@ def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, req
     role = talker.embed_text(input_ids[:, :3])
     text_side = torch.cat((pad_row.expand(-1, codec_rows.shape[1] - 2, -1), bos_row), dim=1)
     parts += [role, text_side + codec_rows[:, :-1]]
+    shared = sum(part.shape[1] for part in parts)
 
     text_ids = input_ids[:, 3:-5]
     voice = request.voice
@@ -116,6 +122,9 @@ def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, req
         rows, trailing = _icl_rows(talker, tcfg, text_ids, ref_ids, voice.reference_codes.to(device),
                                    pad_row, eos_row, request.non_streaming_mode)
         parts.append(rows)
+        # the reference transcript's rows come first; in streaming mode only those laid on reference frames
+        codec_len = voice.reference_codes.shape[0] + 1
+        shared += ref_ids.shape[1] if request.non_streaming_mode else min(ref_ids.shape[1], codec_len)
     elif request.non_streaming_mode:
         text_rows = torch.cat((talker.embed_text(text_ids), eos_row), dim=1)
         parts.append(text_rows + talker.embed_codec(ids([tcfg.codec_pad_id] * text_rows.shape[1])))
@@ -124,7 +133,9 @@ def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, req
     else:
         parts.append(talker.embed_text(input_ids[:, 3:4]) + codec_rows[:, -1:])
         trailing = torch.cat((talker.embed_text(input_ids[:, 4:-5]), eos_row), dim=1)
-    return Prompt(prefill=torch.cat(parts, dim=1)[0], trailing=trailing[0], pad_row=pad_row[0, 0])
+    prefill = torch.cat(parts, dim=1)[0]
+    return Prompt(prefill=prefill, trailing=trailing[0], pad_row=pad_row[0, 0],
+                  shared_length=min(shared, prefill.shape[0] - 1))
 
 
 def _icl_rows(talker: Talker, tcfg, text_ids, ref_ids, ref_codes, pad_row, eos_row, non_streaming):

@@ -13,6 +13,7 @@ from ..config import ModelConfig
 from ..layers.attention import CacheView, KVCache
 from ..layers.sampler import SamplingTensors, apply_repetition_penalty, sample
 from ..models.talker import Talker
+from .prefix_cache import PrefixCache, PrefixEntry, prefix_key
 from .prompt import Prompt
 from .request import SamplingParams
 
@@ -104,11 +105,14 @@ class SamplingFlags:
 class FrameStep:
     """Prefill and per-frame decoding for a fixed number of rows over a static KV cache.
 
-    `flags` must cover every active row's sampling parameters (the engine sets it).
+    `flags` must cover every active row's sampling parameters (the engine sets it). With a
+    prefix_cache, prefill reuses the K/V of a prompt's shared rows (Prompt.shared_length).
     """
 
-    def __init__(self, talker: Talker, cfg: ModelConfig, rows: int, max_len: int, max_text: int):
+    def __init__(self, talker: Talker, cfg: ModelConfig, rows: int, max_len: int, max_text: int,
+                 prefix_cache: PrefixCache | None = None):
         self.talker, self.cfg = talker, cfg
+        self.prefix_cache = prefix_cache
         weight = talker.codec_head.weight
         device, dtype = weight.device, weight.dtype
         tl, pl = cfg.talker.layers, cfg.talker.predictor.layers
@@ -146,20 +150,43 @@ class FrameStep:
 
     @torch.no_grad()
     def prefill(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int, min_frames: int = 2) -> None:
-        """Run a prompt into slot `row` and sample the first frame's codebook 0."""
+        """Run a prompt into slot `row` and sample the first frame's codebook 0.
+
+        With a prefix cache the shared rows always run as their own call (or come from the
+        cache), so a request's result does not depend on whether its voice was cached.
+        """
         length = prompt.prefill.shape[0]
         if length + 1 > self.max_len:
             raise ValueError(f"prompt of {length} positions does not fit the cache of {self.max_len}")
         s = self.state
         s.set_row(row, prompt, sampling, seed, min_frames)
-        device = prompt.prefill.device
-        positions = torch.arange(length, device=device).unsqueeze(0)
-        view = CacheView.causal(self.cache, positions, length, rows_slots=torch.tensor([row], device=device))
-        hidden = self.talker(prompt.prefill.unsqueeze(0), positions, view)
+        start = self._restore_prefix(row, prompt) if self.prefix_cache is not None else 0
+        hidden = self._run_prompt_rows(row, prompt.prefill[start:], start)
         s.past_hidden[row] = hidden[0, -1]
         s.positions[row] = length
         token = self._sample_c0(self.talker.logits(hidden[:, -1]), slice(row, row + 1))
         s.c0[row] = token[0]
+
+    def _restore_prefix(self, row: int, prompt: Prompt) -> int:
+        """Fill slot `row` with the K/V of the prompt's shared rows; returns how many positions it holds."""
+        shared = prompt.shared_length
+        if shared == 0:
+            return 0
+        key = prefix_key(prompt.prefill[:shared])
+        entry = self.prefix_cache.lookup(key)
+        if entry is None:
+            self._run_prompt_rows(row, prompt.prefill[:shared], 0)
+            self.prefix_cache.store(key, PrefixEntry.from_slot(self.cache, row, shared))
+        else:
+            entry.copy_into(self.cache, row)
+        return shared
+
+    def _run_prompt_rows(self, row: int, rows: torch.Tensor, start: int) -> torch.Tensor:
+        """Talker hidden states (1, n, H) of prompt rows (n, H) at positions start.., written into slot `row`."""
+        end = start + rows.shape[0]
+        positions = torch.arange(start, end, device=rows.device).unsqueeze(0)
+        view = CacheView.causal(self.cache, positions, end, rows_slots=torch.tensor([row], device=rows.device))
+        return self.talker(rows.unsqueeze(0), positions, view)
 
     # ----- one frame ------------------------------------------------------------------------
     def predict_codebooks(self, batch: int) -> torch.Tensor:
