@@ -24,7 +24,8 @@ stage() {  # stage NAME SECONDS COMMAND...
   echo "=== $name exit $? after $((SECONDS - start)) s"
 }
 
-fixtures() {  # fixtures TYPE:SIZE ... (written in parallel)
+fixtures() {  # fixtures TYPE:SIZE ... (written in parallel, once per machine)
+  echo "=== fixtures $* ($(date +%T))"
   local pids=()
   for spec in "$@"; do
     python3 -c "from qtts.testing.fixtures import fixture_dir; fixture_dir('${spec%%:*}', '${spec##*:}')" &
@@ -35,15 +36,15 @@ fixtures() {  # fixtures TYPE:SIZE ... (written in parallel)
 
 for name in "$@"; do
   case $name in
-    tests) stage tests 240 python3 -m pytest -q -x -m gpu tests -p no:cacheprovider ;;
+    tests) stage tests 240 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider ;;
     parity)
-      stage fixtures 180 fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
+      fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
       stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;
     speed)
-      stage fixtures 180 fixtures custom_voice:0.6b custom_voice:1.7b
+      fixtures custom_voice:0.6b custom_voice:1.7b
       stage speed 300 python3 benchmarks/bench_speed.py --sizes 0.6b,1.7b --requests 20 ;;
     anchor)
-      stage fixtures 180 fixtures custom_voice:0.6b custom_voice:1.7b
+      fixtures custom_voice:0.6b custom_voice:1.7b
       for size in 0.6b 1.7b; do
         folder=$(python3 -c "from qtts.testing.fixtures import fixture_dir; print(fixture_dir('custom_voice', '$size'))")
         stage "anchor $size" 240 python3 benchmarks/anchor/bench_anchor.py "$folder" \
@@ -51,7 +52,7 @@ for name in "$@"; do
       done ;;
     codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
     serve)
-      stage fixtures 180 fixtures custom_voice:1.7b
+      fixtures custom_voice:1.7b
       stage serve 540 python3 benchmarks/bench_serve.py --size 1.7b --type custom_voice ;;
     *) echo "unknown stage $name" ;;
   esac

@@ -87,6 +87,37 @@ def bench_first_audio(tts: TTS, chunk_frames: tuple[int, ...], requests: int, fr
                                  "min": min(audible)}}
 
 
+def first_audio_breakdown(tts: TTS, repeats: int = 10) -> dict:
+    """Median ms of each stage before the first 1-frame chunk: prompt, prefill, first frame, codec."""
+    stages: dict[str, list[float]] = {"prompt_ms": [], "prefill_ms": [], "first_frame_ms": [], "codec_ms": []}
+    for index in range(repeats + 2):
+        request = _request(tts, SHORT_TEXT, 25)
+        marks = [time.perf_counter()]
+
+        def mark() -> None:
+            _sync(tts.device)
+            marks.append(time.perf_counter())
+
+        _sync(tts.device)
+        marks = [time.perf_counter()]
+        plan, = tts.plans([request])
+        mark()
+        runner = tts._frame_step([plan])
+        runner.prefill(0, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
+        mark()
+        codes = runner.frame_step(1, plan.prompt.prefill.shape[0] + 1)
+        mark()
+        decoder = tts._stream_decoder((1,))
+        slot = decoder.allocate()
+        decoder.decode([slot], codes[:1].unsqueeze(-1))
+        decoder.free(slot)
+        mark()
+        if index >= 2:
+            for name, start, end in zip(stages, marks, marks[1:]):
+                stages[name].append(1000 * (end - start))
+    return {name: percentile(values, 50) for name, values in stages.items()}
+
+
 def run(tts: TTS, frames: int = 250, requests: int = 20,
         schedules: tuple[tuple[int, ...], ...] = ((1, 2, 4, 8, 12), (2, 4, 8), (4,), (8,))) -> dict:
     if tts.device.type == "cuda":
@@ -96,6 +127,7 @@ def run(tts: TTS, frames: int = 250, requests: int = 20,
               "model_type": tts.model_type, "hidden": tts.config.talker.hidden_size,
               "throughput": bench_throughput(tts, frames)}
     result["first_audio"] = [bench_first_audio(tts, schedule, requests) for schedule in schedules]
+    result["first_audio_breakdown"] = first_audio_breakdown(tts)
     if tts.device.type == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated(tts.device) / 2**30
     return result

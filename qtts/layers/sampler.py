@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels import kernels_enabled
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -90,9 +92,13 @@ def sample(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, s
 
     any_sampling=False (every row greedy) and use_top_p=False (no row uses top-p) skip work.
     """
-    greedy = scores.argmax(dim=-1)
     if not any_sampling:
-        return greedy
+        return scores.argmax(dim=-1)
+    if not use_top_p and scores.is_cuda and kernels_enabled(scores.device):
+        from ..kernels.sampling import sample_fused
+
+        return sample_fused(scores, params, seeds, steps, stream)
+    greedy = scores.argmax(dim=-1)
     warped = warp(scores, params, use_top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, stream, scores.shape[-1])))
     drawn = (warped + gumbel).argmax(dim=-1)
