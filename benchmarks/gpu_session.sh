@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: tests parity speed anchor codec serve
+#   stages: tests parity speed anchor codec serve serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,13 @@ for name in "$@"; do
     codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
     serve)
       fixtures custom_voice:1.7b
-      stage serve 540 python3 benchmarks/bench_serve.py --size 1.7b --type custom_voice ;;
+      stage serve 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 64 --duration 20 ;;
+    serve-open)
+      fixtures custom_voice:1.7b
+      stage serve-open 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 64 --concurrency '' ;;
+    serve-closed)
+      fixtures custom_voice:1.7b
+      stage serve-closed 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --rates '' ;;
     *) echo "unknown stage $name" ;;
   esac
 done
