@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: tests parity speed anchor codec serve serve-open serve-closed
+#   stages: tests parity parity-short speed anchor codec serve serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,10 +36,17 @@ fixtures() {  # fixtures TYPE:SIZE ... (written in parallel, once per machine)
 
 for name in "$@"; do
   case $name in
-    tests) stage tests 240 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider ;;
+    tests) stage tests 120 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider ;;
     parity)
       fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
       stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;
+    parity-short)  # what fits after the benchmarks in one call
+      fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b voice_design:1.7b
+      stage parity 240 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --types custom_voice,base,voice_design ;;
+    serve-short)
+      fixtures custom_voice:1.7b
+      stage serve 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 10 \
+        --rates 1,4,10,20,40,60 --concurrency 1,16,64,128 ;;
     speed)
       fixtures custom_voice:0.6b custom_voice:1.7b
       stage speed 300 python3 benchmarks/bench_speed.py --sizes 0.6b,1.7b --requests 20 ;;
@@ -48,7 +55,7 @@ for name in "$@"; do
       for size in 0.6b 1.7b; do
         folder=$(python3 -c "from qtts.testing.fixtures import fixture_dir; print(fixture_dir('custom_voice', '$size'))")
         stage "anchor $size" 240 python3 benchmarks/anchor/bench_anchor.py "$folder" \
-          --steps 100 --out "$OUT/anchor_$size.json"
+          --steps 80 --out "$OUT/anchor_$size.json"
       done ;;
     codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
     serve)

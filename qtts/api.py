@@ -199,7 +199,7 @@ class TTS:
         step = self._frame_step(plans)
         frames: list[list[torch.Tensor]] = [[] for _ in plans]
         reasons = ["length"] * len(plans)
-        for events in decode_rows(step, plans):
+        for events in decode_rows(step, plans, lookahead=True):
             if on_frame is not None:
                 on_frame()
             for event in events:

@@ -40,8 +40,14 @@ class FrameEvent:
     finish_reason: str | None = None  # "stop" (EOS) or "length" (cap reached)
 
 
-def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan]) -> Iterator[list[FrameEvent]]:
-    """Prefill every row, then yield each frame's events until all rows have finished."""
+def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: bool = False
+                ) -> Iterator[list[FrameEvent]]:
+    """Prefill every row, then yield each frame's events until all rows have finished.
+
+    lookahead: launch frame k+1 before waiting for frame k, so the device never idles while
+    the host reads the EOS flags (one wasted frame at the end); without it each frame is
+    yielded as soon as it is done, which suits streaming's first chunk.
+    """
     batch = len(plans)
     step.flags = SamplingFlags.of([plan.sampling for plan in plans])
     for row, plan in enumerate(plans):
@@ -50,8 +56,10 @@ def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan]) -> Iterator
     emitted = [0] * batch
     live = [True] * batch
     eos = step.eos_id
-    while any(live):
-        current_c0 = step.state.c0[:batch].tolist()
+    next_c0 = _NextCodebook0(step, batch)
+    current_c0 = step.state.c0[:batch].tolist()
+    launched = None
+    while True:
         events = []
         for row in range(batch):
             if not live[row]:
@@ -66,10 +74,48 @@ def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan]) -> Iterator
             if events:
                 yield events
             return
-        codes = step.frame_step(batch, attend_length=max(positions) + 1)
+        if launched is None:
+            launched = _launch(step, batch, positions, next_c0)
+        codes, ready = launched
+        launched = _launch(step, batch, positions, next_c0) if lookahead else None
+        current_c0 = ready()
         for row in range(batch):
-            positions[row] += 1
             if live[row]:
                 emitted[row] += 1
-                events.append(FrameEvent(row, codes[row].clone()))
+                events.append(FrameEvent(row, codes[row]))
         yield events
+
+
+def _launch(step, batch: int, positions: list[int], next_c0: "_NextCodebook0"):
+    """Queue one frame for every row: its codes (a private copy) and a callable giving the next c0s."""
+    codes = step.frame_step(batch, attend_length=max(positions) + 1).clone()
+    for row in range(batch):
+        positions[row] += 1
+    return codes, next_c0.fetch()
+
+
+class _NextCodebook0:
+    """Copies the sampled codebook 0 of the rows to the host without stalling the device queue."""
+
+    def __init__(self, step, batch: int):
+        self.step, self.batch = step, batch
+        self.cuda = step.state.c0.is_cuda
+        pin = self.cuda
+        self.buffers = [torch.empty(batch, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.turn = 0
+
+    def fetch(self):
+        if not self.cuda:
+            values = self.step.state.c0[: self.batch].tolist()
+            return lambda: values
+        buffer = self.buffers[self.turn]
+        self.turn ^= 1
+        buffer.copy_(self.step.state.c0[: self.batch], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def ready() -> list[int]:
+            done.synchronize()
+            return buffer.tolist()
+
+        return ready

@@ -131,6 +131,8 @@ class FrameStep:
         self.eos_only[cfg.talker.codec_eos_id] = True
         self.eos_id = cfg.talker.codec_eos_id
         self.flags = SamplingFlags()
+        # (row, rows, start) -> last hidden (1, H); the graph runner installs a graphed one
+        self.prompt_runner = None
         predictor_positions = torch.arange(groups, device=device)
         self._predictor_positions = predictor_positions.expand(rows, groups)
 
@@ -161,10 +163,10 @@ class FrameStep:
         s = self.state
         s.set_row(row, prompt, sampling, seed, min_frames)
         start = self._restore_prefix(row, prompt) if self.prefix_cache is not None else 0
-        hidden = self._run_prompt_rows(row, prompt.prefill[start:], start)
-        s.past_hidden[row] = hidden[0, -1]
+        last = self._run_prompt_rows(row, prompt.prefill[start:], start)
+        s.past_hidden[row] = last[0]
         s.positions[row] = length
-        token = self._sample_c0(self.talker.logits(hidden[:, -1]), slice(row, row + 1))
+        token = self._sample_c0(self.talker.logits(last), slice(row, row + 1))
         s.c0[row] = token[0]
 
     def _restore_prefix(self, row: int, prompt: Prompt) -> int:
@@ -182,6 +184,12 @@ class FrameStep:
         return shared
 
     def _run_prompt_rows(self, row: int, rows: torch.Tensor, start: int) -> torch.Tensor:
+        """Talker hidden state (1, H) of the last of prompt rows (n, H) at positions start..; K/V go to slot `row`."""
+        if self.prompt_runner is not None:
+            return self.prompt_runner(row, rows, start)
+        return self.prompt_rows_eager(row, rows, start)[:, -1]
+
+    def prompt_rows_eager(self, row: int, rows: torch.Tensor, start: int) -> torch.Tensor:
         """Talker hidden states (1, n, H) of prompt rows (n, H) at positions start.., written into slot `row`."""
         end = start + rows.shape[0]
         positions = torch.arange(start, end, device=rows.device).unsqueeze(0)

@@ -14,18 +14,39 @@ def _load(folder, dtype, fast):
     return TTS.from_pretrained(folder, device="cuda", dtype=dtype, use_graphs=fast, fused_kernels=fast)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_greedy_fast_path_matches_eager(tiny_custom_voice, dtype):
-    fast, eager = _load(tiny_custom_voice, dtype, True), _load(tiny_custom_voice, dtype, False)
+@pytest.fixture
+def exact_fp32():
+    """fp32 on CUDA is only comparable with TF32 off (cuDNN convolutions use it by default)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_greedy_fast_path_matches_eager_fp32(tiny_custom_voice, exact_fp32):
+    fast, eager = _load(tiny_custom_voice, "fp32", True), _load(tiny_custom_voice, "fp32", False)
     for non_streaming in (True, False):
         kw = dict(speaker="aiden", language="english", greedy=True, max_frames=48, non_streaming_mode=non_streaming)
-        a = fast.generate(fast.request(TEXT, **kw)).codes
-        b = eager.generate(eager.request(TEXT, **kw)).codes
-        if dtype == "fp32":
+        for _ in range(3):  # eager warm-up, graph capture, replay
+            a = fast.generate(fast.request(TEXT, **kw)).codes
+            b = eager.generate(eager.request(TEXT, **kw)).codes
             assert torch.equal(a, b)
-        else:  # bf16 kernels round differently in places; report, and demand a long common prefix
-            same = (a[: len(b)] == b[: len(a)]).all(dim=1).long().cumprod(0).sum().item()
-            assert same >= 16, f"fast and eager diverge after {same} frames"
+
+
+def test_bf16_fast_prefill_tracks_eager(tiny_custom_voice):
+    """bf16 tokens of random-weight models flip on rounding (their logits are nearly flat), so bf16
+    compares the prefill hidden state: graphed and padded against eager, within bf16 rounding."""
+    fast, eager = _load(tiny_custom_voice, "bf16", True), _load(tiny_custom_voice, "bf16", False)
+    request = fast.request(TEXT, speaker="aiden", language="english", greedy=True, max_frames=8)
+    hidden = []
+    for tts in (fast, eager):
+        plan, = tts.plans([request])
+        runner = tts._frame_step([plan])
+        for _ in range(3):
+            runner.prefill(0, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
+        hidden.append(runner.state.past_hidden[0].float().clone())
+    error = (hidden[0] - hidden[1]).norm() / hidden[1].norm()
+    assert error < 2e-2, f"relative error {error:.3g}"
 
 
 def test_sampling_reproducible_with_seed(tiny_custom_voice):
@@ -36,7 +57,7 @@ def test_sampling_reproducible_with_seed(tiny_custom_voice):
     assert np.array_equal(first.samples, second.samples)
 
 
-def test_stream_equals_whole_clip(tiny_custom_voice):
+def test_stream_equals_whole_clip(tiny_custom_voice, exact_fp32):
     fast = _load(tiny_custom_voice, "fp32", True)
     request = fast.request(TEXT, speaker="aiden", greedy=True, max_frames=30)
     whole = fast.generate(request).samples
