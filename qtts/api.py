@@ -259,7 +259,7 @@ class TTS:
             target = chunk_frames[min(chunk_index, len(chunk_frames) - 1)]
             if pending and (len(pending) >= target or finished):
                 codes = torch.stack(pending).clamp(0, limit).T.unsqueeze(0)
-                yield decoder.decode([slot], codes).reshape(-1).float().cpu().numpy()
+                yield decoder.decode([slot], codes, last=finished).reshape(-1).float().cpu().numpy()
                 pending, chunk_index = [], chunk_index + 1
         decoder.free(slot)
 

@@ -156,9 +156,11 @@ class Engine:
 
     def stats(self) -> dict:
         """Load and throughput: active/queued streams, frames_per_second, and finished counts."""
+        cache = self.tts.prefix_cache.stats() if self.tts.prefix_cache is not None else {}
         return {"active": len(self._rows) + len(self._draining), "queued": len(self._queue),
                 "generating": len(self._rows), "frames_per_second": self._rate.rate(time.perf_counter()),
-                "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts}
+                "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
+                **{f"prefix_cache_{key}": value for key, value in cache.items()}}
 
     # ----- the loop -----------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -293,12 +295,13 @@ class Engine:
                                      playback_buffer_s(job.samples_sent / self.tts.sample_rate,
                                                        job.stream.first_chunk_at, now), job.chunk_due())
                       for job in self._rows + self._draining if job.pending]
-        groups: dict[int, list[_Job]] = {}
+        groups: dict[tuple[int, bool], list[_Job]] = {}
         for candidate in self.scheduler.pick_chunks(candidates):
-            groups.setdefault(candidate.pending_frames, []).append(candidate.stream)
-        for jobs in groups.values():
+            job = candidate.stream
+            groups.setdefault((candidate.pending_frames, job.end_reason is not None), []).append(job)
+        for (_, last), jobs in groups.items():
             codes = torch.stack([torch.stack(job.pending, dim=1) for job in jobs])  # (B, 16, t)
-            waves = self.codec.decode([job.slot for job in jobs], codes.clamp(0, self.code_limit))
+            waves = self.codec.decode([job.slot for job in jobs], codes.clamp(0, self.code_limit), last=last)
             for job, samples in zip(jobs, waves.float().cpu().numpy()):
                 job.pending = []
                 job.chunks_sent += 1

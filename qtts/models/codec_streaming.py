@@ -76,8 +76,12 @@ class StreamingCodecDecoder:
         self.state.reset(torch.tensor([slot], device=self.device))
 
     @torch.no_grad()
-    def decode(self, slots: list[int] | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Next chunk (B, 16, t) of the streams in `slots` (B distinct allocated slots) → (B, t·1920) samples."""
+    def decode(self, slots: list[int] | torch.Tensor, codes: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """Next chunk (B, 16, t) of the streams in `slots` (B distinct allocated slots) → (B, t·1920) samples.
+
+        last: these streams end with this chunk, so a length without a graph may be padded to the
+        next graphed one; the decoder is causal, so the real frames' samples do not change.
+        """
         if isinstance(slots, list):
             self._check_allocated(slots)
         slots = torch.as_tensor(slots, dtype=torch.long).to(self.device)
@@ -86,6 +90,11 @@ class StreamingCodecDecoder:
             raise ValueError(f"codes must be (B={batch}, {self.decoder.cfg.num_quantizers}, t); "
                              f"got {tuple(codes.shape)}")
         codes = codes.to(self.device)
+        longer = sorted(n for n in self.graph_chunk_frames if n > frames)
+        if last and self.use_graphs and frames not in self.graph_chunk_frames and longer:
+            padding = codes[..., -1:].expand(-1, -1, longer[0] - frames)
+            wave = self.decode(slots, torch.cat([codes, padding], dim=-1))
+            return wave[:, : wave.shape[1] // longer[0] * frames]
         if self.use_graphs and frames in self.graph_chunk_frames and batch <= self.batch_buckets[-1]:
             bucket = next(b for b in self.batch_buckets if b >= batch)
             graph = self._graphs.get((bucket, frames))

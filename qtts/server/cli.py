@@ -26,6 +26,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="streams generated together")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that before 429")
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
+    p.add_argument("--prefix-cache-mb", type=float, default=256,
+                   help="memory for the K/V of reused voice prompt prefixes (0: off)")
     p.add_argument("--max-input-chars", type=int, default=4096, help="longest `input` accepted")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest voice reference upload")
     p.add_argument("--max-upload-seconds", type=float, default=60, help="longest voice reference")
@@ -44,7 +46,8 @@ def run_serve(args: argparse.Namespace) -> None:
     from .state import ServerSettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len)
+    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len,
+                               prefix_cache_mb=args.prefix_cache_mb)
     settings = ServerSettings(
         voices_dir=args.voices_dir or default_voices_dir(),
         model_name=args.model_name or Path(str(args.model)).name,

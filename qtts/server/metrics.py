@@ -27,6 +27,12 @@ class _EngineCollector:
             yield GaugeMetricFamily(f"qtts_engine_{key}", help_text, value=float(stats.get(key, 0)))
         yield CounterMetricFamily("qtts_engine_completed", "requests the engine finished",
                                   value=float(stats.get("completed", 0)))
+        for key, help_text in (("hits", "voice prompt prefixes found in the K/V cache"),
+                               ("misses", "voice prompt prefixes prefilled and stored")):
+            yield CounterMetricFamily(f"qtts_prefix_cache_{key}", help_text,
+                                      value=float(stats.get(f"prefix_cache_{key}", 0)))
+        yield GaugeMetricFamily("qtts_prefix_cache_bytes", "bytes of prompt-prefix K/V held",
+                                value=float(stats.get("prefix_cache_bytes", 0)))
 
 
 class ServerMetrics:

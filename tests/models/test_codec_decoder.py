@@ -324,3 +324,25 @@ def test_cuda_graphs_match_eager():
     assert set(graphed._graphs) == {(4, 1), (4, 2)}  # batch 3 padded to the bucket of 4
     lone = graphed.decode([graphed_slots[0]], codes[:1, :, 11:12])
     assert _max_diff(lone, eager.decode([eager_slots[0]], codes[:1, :, 11:12])) <= FP32_TOLERANCE
+
+
+@torch.no_grad()
+def test_a_last_chunk_is_padded_to_a_graphed_length_and_trimmed():
+    decoder = ours_random(tiny_config(window=8))
+    streams = StreamingCodecDecoder(decoder, max_streams=1, graph_chunk_frames=(4,))
+    calls = []
+
+    class ReplaysEagerly:  # stands in for a captured chunk graph off CUDA
+        def run(self, slots, codes):
+            calls.append(codes.shape[-1])
+            return streams._decode_rows(slots, codes)
+
+    streams.use_graphs = True
+    streams._capture = lambda bucket, frames: ReplaysEagerly()
+    codes = random_codes(decoder.cfg, batch=1, frames=11, seed=9)
+    slot = streams.allocate()
+    pieces = [streams.decode([slot], codes[..., :4]), streams.decode([slot], codes[..., 4:8]),
+              streams.decode([slot], codes[..., 8:], last=True)]
+    assert calls == [4, 4, 4]
+    assert pieces[-1].shape[-1] == 3 * SAMPLES_PER_FRAME
+    assert _max_diff(torch.cat(pieces, dim=-1), decoder(codes)[:, 0]) <= FP32_TOLERANCE

@@ -94,7 +94,8 @@ def test_models_health_metrics_and_demo_page(custom_voice_server, client, speake
     pcm(custom_voice_server, "Counted.", speaker)
     metrics = httpx.get(custom_voice_server.url + "/metrics", timeout=60).text
     for name in ("qtts_first_audio_seconds_count", "qtts_real_time_factor_count", "qtts_engine_queued",
-                 "qtts_engine_active", "qtts_engine_frames_per_second"):
+                 "qtts_engine_active", "qtts_engine_frames_per_second", "qtts_prefix_cache_misses_total",
+                 "qtts_prefix_cache_bytes"):
         assert name in metrics
     assert 'qtts_requests_total{endpoint="/v1/audio/speech",status="200"}' in metrics
     page = httpx.get(custom_voice_server.url + "/", timeout=60)
