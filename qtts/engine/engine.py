@@ -299,14 +299,30 @@ class Engine:
         for candidate in self.scheduler.pick_chunks(candidates):
             job = candidate.stream
             groups.setdefault((candidate.pending_frames, job.end_reason is not None), []).append(job)
+        decoded: list[tuple[list[_Job], torch.Tensor]] = []
         for (_, last), jobs in groups.items():
             codes = torch.stack([torch.stack(job.pending, dim=1) for job in jobs])  # (B, 16, t)
             waves = self.codec.decode([job.slot for job in jobs], codes.clamp(0, self.code_limit), last=last)
-            for job, samples in zip(jobs, waves.float().cpu().numpy()):
+            decoded.append((jobs, waves.float().reshape(-1)))
+        if not decoded:
+            self._close_drained()
+            return
+        # one device-to-host copy for every group: each blocking copy releases the GIL, and taking it
+        # back from a busy server thread can cost a whole switch interval
+        samples = torch.cat([waves for _, waves in decoded]).cpu().numpy()
+        offset = 0
+        for jobs, waves in decoded:
+            rows = samples[offset: offset + waves.numel()].reshape(len(jobs), -1)
+            offset += waves.numel()
+            for job, chunk in zip(jobs, rows):
                 job.pending = []
                 job.chunks_sent += 1
-                job.samples_sent += samples.shape[0]
-                job.stream.push(samples)
+                job.samples_sent += chunk.shape[0]
+                job.stream.push(chunk)
+        self._close_drained()
+
+    def _close_drained(self) -> None:
+        """End the streams whose generation ended and whose last chunk is out."""
         for job in [j for j in self._draining if not j.pending]:
             self._draining.remove(job)
             self._close(job, job.end_reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 
@@ -45,6 +46,9 @@ def run_serve(args: argparse.Namespace) -> None:
     from .app import create_app
     from .state import ServerSettings
 
+    # The engine thread gives up the GIL at every device sync; with the default 5 ms switch interval a
+    # busy event loop (many open streams) can hold it that long each time it gets it.
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len,
                                prefix_cache_mb=args.prefix_cache_mb)
