@@ -10,7 +10,6 @@ benchmarks/results/codec_<device>.json; only with --out under --smoke) and print
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qtts.bench import save_results  # noqa: E402
 from qtts.config import FRAME_MS, CodecDecoderConfig  # noqa: E402
 from qtts.models.codec_decoder import CodecDecoder, StreamingCodecDecoder  # noqa: E402
 
@@ -170,11 +170,7 @@ def main() -> None:
     print(text)
     if args.smoke and not args.out:
         return
-    out = Path(args.out or ROOT / f"benchmarks/results/codec_{name.replace(' ', '_')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], out.name).write_text(text)
+    save_results(results, args.out or ROOT / f"benchmarks/results/codec_{name.replace(' ', '_')}.json")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from qtts.bench import save_results  # noqa: E402
+
 SAMPLE_RATE = 24000
 FRAMES_PER_SECOND = 12.5
 SAMPLES_PER_FRAME = 1920
@@ -416,11 +418,7 @@ def main() -> None:
     def save(line: dict | None = None) -> None:
         if line is not None:
             print(json.dumps(line), flush=True)
-        text = json.dumps(result, indent=1)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        if os.environ.get("OUT"):
-            Path(os.environ["OUT"], out.name).write_text(text)
+        save_results(result, out)
 
     run = asyncio.run
     try:

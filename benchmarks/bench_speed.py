@@ -6,7 +6,6 @@ faster-qwen3-tts anchors come from ../shared/bench/bench_anchor.py on the same c
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -42,11 +41,7 @@ def main() -> None:
             del tts
             if device == "cuda":
                 torch.cuda.empty_cache()
-    out = Path(args.out or f"benchmarks/results/speed_{name.replace(' ', '_')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], out.name).write_text(json.dumps(results, indent=1))
+    bench.save_results(results, args.out or f"benchmarks/results/speed_{name.replace(' ', '_')}.json")
 
 
 if __name__ == "__main__":

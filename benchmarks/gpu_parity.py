@@ -6,7 +6,6 @@ first difference and the fraction of equal codes, in fp32 (TF32 off) and in bf16
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -104,6 +103,7 @@ def main() -> None:
     from qwen_tts import Qwen3TTSModel
 
     from qtts.api import TTS
+    from qtts.bench import save_results
     from qtts.testing.fixtures import fixture_dir
 
     # fp32 is the exactness check (TF32 off on both sides); bf16 tokens of random-weight models
@@ -134,19 +134,11 @@ def main() -> None:
                     row["control_upstream_bf16_vs_fp32"] = compare(theirs16, theirs32)
                 report["cases"].append(row)
                 print(json.dumps(row), flush=True)
-                write(report, args.out)
+                save_results(report, args.out)
             up16 = ours16 = None
             del up32, ours32
             if device == "cuda":
                 torch.cuda.empty_cache()
-
-
-def write(report: dict, out: str) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], out.name).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

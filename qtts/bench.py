@@ -1,7 +1,10 @@
 """Single-stream speed: ms per frame, RTF, first (audible) audio latency, memory, bandwidth."""
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +15,17 @@ BENCH_TEXT = ("The quick brown fox jumps over the lazy dog while the morning sun
               "and the people of the village begin another ordinary day.")
 SHORT_TEXT = "Hello, how are you today?"
 AUDIBLE_THRESHOLD = 1e-3  # first sample above this magnitude counts as audible
+
+
+def save_results(data: dict, path: str | Path) -> Path:
+    """Write benchmark results as JSON, and a copy into $OUT when a GPU session sets it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1)
+    path.write_text(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], path.name).write_text(text)
+    return path
 
 
 def _sync(device: torch.device) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from .errors import QttsError
 from .server.cli import add_serve_parser, run_serve
