@@ -21,7 +21,7 @@ from .generate import RowPlan
 from .prompt import resolve_mode
 from .request import SpeechRequest
 from .rows import move_row
-from .runner import GraphRunner
+from .runner import GraphRunner, attend_bucket
 from .scheduler import ChunkCandidate, Scheduler, playback_buffer_s
 from .step import FrameStep, SamplingFlags
 from .stream import Stream
@@ -124,6 +124,31 @@ class Engine:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="qtts-engine", daemon=True)
             self._thread.start()
+
+    @torch.no_grad()
+    def warmup(self, max_attend: int = 1024) -> None:
+        """Capture the CUDA graphs requests will need (every batch bucket with attended lengths up to
+        max_attend, prompt prefill, codec chunks), so no request waits behind a capture.
+
+        Call it before start(); it writes garbage into every row, and does nothing without graphs.
+        """
+        if not self.tts.use_graphs or self._thread is not None:
+            return
+        started = time.perf_counter()
+        state = self.runner.state
+        self.runner.flags = SamplingFlags.of([self.tts.sampling()])
+        lengths = sorted({attend_bucket(n, self.max_len) for n in (64, 128, 256, 512, 1024, 2048, 4096)
+                          if n <= max_attend})
+        for batch in self.batch_buckets:
+            for length in lengths:
+                for _ in range(2):  # eager warm-up, then capture
+                    state.positions[:batch] = 0
+                    self.runner.frame_step(batch, length)
+        if self.runner.step.prompt_runner is not None:
+            self.runner.step.prompt_runner.warmup()
+        self.codec.warmup()
+        torch.cuda.synchronize(self.tts.device)
+        log.info("captured CUDA graphs in %.1f s", time.perf_counter() - started)
 
     def stop(self) -> None:
         """Cancel every queued and active request and wait for the loop thread to end."""

@@ -153,6 +153,18 @@ class PromptGraphs:
             graph.replay()
         return self.out.clone()
 
+    def warmup(self, max_rows: int = 256) -> None:
+        """Capture the graphs of prompt calls of up to max_rows rows starting near position 0.
+
+        Runs garbage rows into slot 0, so call it before any request has a row.
+        """
+        rows = torch.zeros(1, self.rows.shape[1], device=self.rows.device, dtype=self.rows.dtype)
+        padded = 1
+        while padded <= min(max_rows, MAX_GRAPHED_PROMPT, self.step.max_len):
+            for _ in range(2):  # eager warm-up, then capture
+                self(0, rows.expand(padded, -1), 0)
+            padded *= 2
+
     def _forward(self, padded: int, attend_length: int) -> None:
         positions = (self.start + torch.arange(padded, device=self.start.device)).unsqueeze(0)
         view = CacheView.causal(self.step.cache, positions, attend_length, rows_slots=self.slot)

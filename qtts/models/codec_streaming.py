@@ -103,6 +103,15 @@ class StreamingCodecDecoder:
             return graph.run(slots, codes)
         return self._decode_rows(slots, codes)
 
+    def warmup(self) -> None:
+        """Capture every (batch bucket, chunk length) graph now instead of on first use (CUDA graphs only)."""
+        if not self.use_graphs:
+            return
+        for bucket in self.batch_buckets:
+            for frames in sorted(self.graph_chunk_frames):
+                if (bucket, frames) not in self._graphs:
+                    self._graphs[(bucket, frames)] = self._capture(bucket, frames)
+
     def _check_allocated(self, slots: list[int]) -> None:
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots must be distinct, got {slots}")
