@@ -61,6 +61,10 @@ for name in "$@"; do
     serve)
       fixtures custom_voice:1.7b
       stage serve 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 64 --duration 20 ;;
+    serve-quick)  # the saturation region only, for a short device budget
+      fixtures custom_voice:1.7b
+      stage serve 150 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
+        --rates 10,20,30 --concurrency '' --stop-p95-ms 100000 ;;
     serve-open)
       fixtures custom_voice:1.7b
       stage serve-open 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 64 --concurrency '' ;;
