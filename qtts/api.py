@@ -240,7 +240,8 @@ class TTS:
         """Audio chunks while frames are generated; chunk k holds chunk_frames[k] frames (the last size repeats).
 
         The codec decoder keeps its causal state between chunks, so the concatenated chunks equal
-        the whole-utterance decode of the same codes.
+        the whole-utterance decode of the same codes. One stream at a time per TTS (it reuses one
+        decode row and codec slot); serve concurrent streams with an Engine.
         """
         if not chunk_frames or min(chunk_frames) < 1:
             raise ValueError("chunk_frames must be positive frame counts, e.g. (1, 2, 4, 8)")
@@ -298,8 +299,10 @@ class TTS:
                                  prefix_cache=self.prefix_cache)
                 self._single_row = GraphRunner(step, self.use_graphs)
             return self._single_row
-        longest = max(p.prompt.prefill.shape[0] + p.max_frames for p in plans)
+        # every row advances until the last one ends (plus one lookahead frame), so size for the
+        # longest prompt and the largest frame cap together
+        longest = max(p.prompt.prefill.shape[0] for p in plans) + max(p.max_frames for p in plans)
         max_text = max(max(1, p.prompt.trailing.shape[0]) for p in plans)
-        step = FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 2, max_text=max_text,
+        step = FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 3, max_text=max_text,
                          prefix_cache=self.prefix_cache)
         return GraphRunner(step, use_graphs=False)

@@ -100,8 +100,7 @@ class _NextCodebook0:
     def __init__(self, step, batch: int):
         self.step, self.batch = step, batch
         self.cuda = step.state.c0.is_cuda
-        pin = self.cuda
-        self.buffers = [torch.empty(batch, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.buffers = [torch.empty(batch, dtype=torch.int64, pin_memory=self.cuda) for _ in range(2)]
         self.turn = 0
 
     def fetch(self):
@@ -110,9 +109,10 @@ class _NextCodebook0:
             return lambda: values
         buffer = self.buffers[self.turn]
         self.turn ^= 1
-        buffer.copy_(self.step.state.c0[: self.batch], non_blocking=True)
+        c0 = self.step.state.c0[: self.batch]
+        buffer.copy_(c0, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(c0.device))
 
         def ready() -> list[int]:
             done.synchronize()

@@ -146,7 +146,7 @@ class FrameStep:
         params = SamplingTensors(*(getattr(s.talker_sampling, f)[rows] for f in
                                    ("do_sample", "temperature", "top_k", "top_p")))
         token = sample(scores, params, s.seeds[rows], s.frame_index[rows], TALKER_STREAM,
-                       self.flags.talker_sampling, self.flags.talker_top_p)
+                       self.flags.talker_sampling, self.flags.talker_top_p, fused=self.talker.model.fused)
         s.seen[rows] = s.seen[rows].scatter(1, token.unsqueeze(1), True)
         return token
 
@@ -207,7 +207,7 @@ class FrameStep:
         positions = self._predictor_positions[:batch, :2]
         view = CacheView.causal(self.predictor_cache, positions, 2)
         logits = predictor.step(first, positions, view, head=0)
-        flags = (self.flags.predictor_sampling, self.flags.predictor_top_p)
+        flags = (self.flags.predictor_sampling, self.flags.predictor_top_p, self.talker.model.fused)
         codes = [sample(logits.float(), params, seeds, steps, 1, *flags)]
         for k in range(1, predictor.num_steps):
             positions = self._predictor_positions[:batch, k + 1: k + 2]

@@ -32,7 +32,7 @@ def _sample_kernel():
         scores = tl.load(scores_ptr + row * stride + cols, mask=valid, other=float("-inf")).to(tl.float32)
         greedy = tl.argmax(scores, 0)
 
-        x = scores / tl.load(temperature_ptr + row)
+        x = scores / tl.load(temperature_ptr + row) + 0.0  # + 0.0 turns -0.0 into +0.0 for the keys
         # top-k: the k-th largest value is the largest t with #(x >= t) >= k; binary search over
         # the floats' order-preserving integer keys keeps boundary ties, as transformers does.
         bits = x.to(tl.int32, bitcast=True)
@@ -74,6 +74,7 @@ def _unsigned(value: int) -> int:
 def sample_fused(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
                  stream: int) -> torch.Tensor:
     """(B,) tokens as `sampler.sample(..., use_top_p=False)` draws them (same noise; log rounding may differ)."""
+    scores = scores.contiguous()
     batch, vocab = scores.shape
     out = torch.empty(batch, dtype=torch.int64, device=scores.device)
     block = max(16, 1 << (vocab - 1).bit_length())

@@ -87,14 +87,15 @@ def warp(scores: torch.Tensor, params: SamplingTensors, use_top_p: bool = True) 
 
 
 def sample(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
-           stream: int, any_sampling: bool = True, use_top_p: bool = True) -> torch.Tensor:
+           stream: int, any_sampling: bool = True, use_top_p: bool = True, fused: bool = False) -> torch.Tensor:
     """(B,) token ids: argmax for greedy rows, a seeded draw from softmax(warped) for the others.
 
-    any_sampling=False (every row greedy) and use_top_p=False (no row uses top-p) skip work.
+    any_sampling=False (every row greedy) and use_top_p=False (no row uses top-p) skip work;
+    fused runs the Triton kernel on CUDA when top-p is not needed.
     """
     if not any_sampling:
         return scores.argmax(dim=-1)
-    if not use_top_p and scores.is_cuda and kernels_enabled(scores.device):
+    if fused and not use_top_p and scores.is_cuda and kernels_enabled(scores.device):
         from ..kernels.sampling import sample_fused
 
         return sample_fused(scores, params, seeds, steps, stream)

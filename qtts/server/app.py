@@ -44,10 +44,7 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        try:
-            engine.warmup()
-        except Exception:  # graphs are then captured on first use, as without a warm-up
-            log.exception("CUDA graph warm-up failed; continuing without it")
+        engine.warmup()  # a failure here leaves the device unusable: better not to start
         engine.start()
         state.ready = True
         log.info("serving %s (%s) with %s", settings.model_name, tts.model_type, tts.device)

@@ -2,8 +2,8 @@
 import torch
 
 from qtts.api import TTS
-from qtts.engine import runner as runner_module
-from qtts.engine.runner import PromptGraphs, prompt_bucket
+from qtts.engine import prompt_graphs as prompt_graphs_module
+from qtts.engine.prompt_graphs import PromptGraphs, prompt_bucket
 
 TEXT = "Padding rows must never change what the real rows compute."
 
@@ -23,7 +23,7 @@ def test_prompt_bucket():
 
 
 def test_padded_prompt_rows_give_the_eager_tokens(tiny_custom_voice, monkeypatch):
-    monkeypatch.setattr(runner_module, "capture_graph", lambda fn, pool: _ReplayCallsFunction(fn))
+    monkeypatch.setattr(prompt_graphs_module, "capture_graph", lambda fn, pool: _ReplayCallsFunction(fn))
     plain = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", prefix_cache_mb=0)
     graphed = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32")
     for non_streaming in (True, False):
