@@ -196,7 +196,7 @@ class TTS:
         on_frame, if given, is called once per decoded frame step (for progress bars).
         """
         plans = self.plans(requests)
-        step = self._frame_step(plans)
+        step = self.frame_runner(plans)
         frames: list[list[torch.Tensor]] = [[] for _ in plans]
         reasons = ["length"] * len(plans)
         for events in decode_rows(step, plans, lookahead=True):
@@ -246,8 +246,8 @@ class TTS:
         if not chunk_frames or min(chunk_frames) < 1:
             raise ValueError("chunk_frames must be positive frame counts, e.g. (1, 2, 4, 8)")
         plans = self.plans([request])
-        step = self._frame_step(plans)
-        decoder = self._stream_decoder(chunk_frames)
+        step = self.frame_runner(plans)
+        decoder = self.stream_decoder(chunk_frames)
         slot = decoder.allocate()
         if request.voice is not None and request.voice.icl:
             decoder.decode([slot], request.voice.reference_codes.to(self.device).T.unsqueeze(0))
@@ -264,7 +264,7 @@ class TTS:
                 pending, chunk_index = [], chunk_index + 1
         decoder.free(slot)
 
-    def _stream_decoder(self, chunk_frames: tuple[int, ...]) -> StreamingCodecDecoder:
+    def stream_decoder(self, chunk_frames: tuple[int, ...]) -> StreamingCodecDecoder:
         """One persistent single-stream codec decoder, so its CUDA graphs are captured once per chunk size."""
         if self._single_stream is None:
             self._single_stream = StreamingCodecDecoder(self.codec_decoder, max_streams=1,
@@ -285,7 +285,7 @@ class TTS:
                                  min_frames=req.min_frames))
         return plans
 
-    def _frame_step(self, plans: list[RowPlan]) -> GraphRunner:
+    def frame_runner(self, plans: list[RowPlan]) -> GraphRunner:
         """A step for these rows; one row reuses a persistent step so its graphs are captured once."""
         for plan in plans:
             room = self.max_len - plan.prompt.prefill.shape[0] - 2

@@ -29,7 +29,7 @@ def test_padded_prompt_rows_give_the_eager_tokens(tiny_custom_voice, monkeypatch
     for non_streaming in (True, False):
         request = plain.request(TEXT, speaker="aiden", greedy=True, max_frames=12, non_streaming_mode=non_streaming)
         expected = plain.generate(request).codes
-        step = graphed._frame_step(graphed.plans([request])).step
+        step = graphed.frame_runner(graphed.plans([request])).step
         step.prompt_runner = step.prompt_runner or PromptGraphs(step, pool=None)
         for _ in range(3):  # eager warm-up, capture, replay
             assert torch.equal(graphed.generate(request).codes, expected)

@@ -41,7 +41,7 @@ def test_bf16_fast_prefill_tracks_eager(tiny_custom_voice):
     hidden = []
     for tts in (fast, eager):
         plan, = tts.plans([request])
-        runner = tts._frame_step([plan])
+        runner = tts.frame_runner([plan])
         for _ in range(3):
             runner.prefill(0, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
         hidden.append(runner.state.past_hidden[0].float().clone())
