@@ -7,10 +7,14 @@ the sampler keeps its PyTorch path for batches that use it.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..layers.sampler import _GOLDEN, _MASK64, _MIX1, _MIX2, _STEP, _STREAM, SamplingTensors
+from ..layers.noise import GOLDEN, MASK64, MIX1, MIX2, STEP, STREAM
+
+if TYPE_CHECKING:
+    from ..layers.sampler import SamplingTensors
 
 
 @functools.cache
@@ -51,7 +55,7 @@ def _sample_kernel():
 
         seed = tl.load(seeds_ptr + row).to(tl.uint64, bitcast=True)
         step = tl.load(steps_ptr + row).to(tl.uint64, bitcast=True)
-        x64 = seed * golden + step * step_mul + stream_key  # splitmix64, twice (as sampler.uniform_noise)
+        x64 = seed * golden + step * step_mul + stream_key  # splitmix64, twice (as noise.uniform_noise)
         x64 = (x64 ^ (x64 >> 30)) * mix1
         x64 = (x64 ^ (x64 >> 27)) * mix2
         x64 = (x64 ^ (x64 >> 31)) + (cols.to(tl.uint64) + 1) * golden
@@ -68,7 +72,7 @@ def _sample_kernel():
 
 
 def _unsigned(value: int) -> int:
-    return value & _MASK64
+    return value & MASK64
 
 
 def sample_fused(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
@@ -81,6 +85,6 @@ def sample_fused(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Ten
     _sample_kernel()[(batch,)](
         scores, out, params.do_sample, params.temperature.float().contiguous(), params.top_k.contiguous(),
         seeds.contiguous(), steps.contiguous(), scores.stride(0), vocab,
-        _unsigned(stream * _STREAM), _unsigned(_GOLDEN), _unsigned(_STEP), _unsigned(_MIX1), _unsigned(_MIX2),
+        _unsigned(stream * STREAM), _unsigned(GOLDEN), _unsigned(STEP), _unsigned(MIX1), _unsigned(MIX2),
         BLOCK=block, num_warps=8 if block >= 4096 else 4)
     return out

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from qtts.layers.sampler import SamplingTensors, apply_repetition_penalty, sample, uniform_noise, warp
+from qtts.layers.noise import uniform_noise
+from qtts.layers.sampler import SamplingTensors, apply_repetition_penalty, sample, warp
 
 VOCAB = 64
 CASES = [  # temperature, top_k, top_p
