@@ -112,7 +112,6 @@ def first_audio_breakdown(tts: TTS, repeats: int = 10) -> dict:
     stages: dict[str, list[float]] = {"prompt_ms": [], "prefill_ms": [], "first_frame_ms": [], "codec_ms": []}
     for index in range(repeats + 2):
         request = _request(tts, SHORT_TEXT, 25)
-        marks = [time.perf_counter()]
 
         def mark() -> None:
             _sync(tts.device)

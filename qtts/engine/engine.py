@@ -329,11 +329,16 @@ class Engine:
             codes = torch.stack([torch.stack(job.pending, dim=1) for job in jobs])  # (B, 16, t)
             waves = self.codec.decode([job.slot for job in jobs], codes.clamp(0, self.code_limit), last=last)
             decoded.append((jobs, waves.float().reshape(-1)))
-        if not decoded:
-            self._close_drained()
-            return
-        # one device-to-host copy for every group: each blocking copy releases the GIL, and taking it
-        # back from a busy server thread can cost a whole switch interval
+        if decoded:
+            self._push(decoded)
+        for job in [j for j in self._draining if not j.pending]:
+            self._draining.remove(job)
+            self._close(job, job.end_reason)
+
+    def _push(self, decoded: list[tuple[list[_Job], torch.Tensor]]) -> None:
+        """Hand each job its decoded chunk; the samples of every group come over in one copy, since
+        each blocking copy releases the GIL and taking it back from a busy server thread can cost
+        a whole switch interval."""
         samples = torch.cat([waves for _, waves in decoded]).cpu().numpy()
         offset = 0
         for jobs, waves in decoded:
@@ -344,13 +349,6 @@ class Engine:
                 job.chunks_sent += 1
                 job.samples_sent += chunk.shape[0]
                 job.stream.push(chunk)
-        self._close_drained()
-
-    def _close_drained(self) -> None:
-        """End the streams whose generation ended and whose last chunk is out."""
-        for job in [j for j in self._draining if not j.pending]:
-            self._draining.remove(job)
-            self._close(job, job.end_reason)
 
     def _close(self, job: _Job, reason: str, error: Exception | None = None) -> None:
         """Free a job's codec slot and end its stream (its row is already released)."""

@@ -4,19 +4,11 @@ from __future__ import annotations
 import torch
 
 from ..layers.attention import CacheView
-from .runner import attend_bucket
+from .runner import attend_bucket, capture_graph
 from .step import FrameStep
 
 MAX_GRAPHED_PROMPT = 512  # longer prompt calls run eagerly
 WARMUP_PREFIX_ROWS = 128  # warm-up covers prompt calls that start up to this far in (a cached voice prefix)
-
-
-def capture_graph(fn, pool) -> torch.cuda.CUDAGraph:
-    """fn's kernels captured as one CUDA graph (fn has run once before, outside capture)."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        fn()
-    return graph
 
 
 def prompt_bucket(rows: int) -> int:

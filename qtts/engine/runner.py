@@ -20,6 +20,14 @@ def attend_bucket(needed: int, max_len: int) -> int:
     return min(bucket, max_len)
 
 
+def capture_graph(fn, pool) -> torch.cuda.CUDAGraph:
+    """fn's kernels captured as one CUDA graph (fn has run once before, outside capture)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        fn()
+    return graph
+
+
 class GraphRunner:
     """Drop-in for FrameStep in the decode loops: same prefill/state, graphed frame_step."""
 
@@ -81,9 +89,6 @@ class GraphRunner:
                 codes = self.step.frame_step(batch, length)
             torch.cuda.current_stream().wait_stream(side)
             return codes
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self.step.frame_step(batch, length)
-        self._graphs[key] = graph
+        graph = self._graphs[key] = capture_graph(lambda: self.step.frame_step(batch, length), self._pool)
         graph.replay()
         return self.step.codes[:batch]

@@ -14,6 +14,7 @@ import torch
 from ..kernels import kernels_enabled
 from .noise import uniform_noise
 
+
 @dataclass
 class SamplingTensors:
     """Per-row sampling parameters as device tensors (B,)."""

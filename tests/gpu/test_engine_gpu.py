@@ -8,14 +8,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 TEXTS = ["Hello there.", "A somewhat longer sentence to speak aloud.", "Short.", "One two three four five."]
 
 
-@pytest.fixture
-def exact_fp32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def test_warmed_up_engine_matches_solo_runs(tiny_custom_voice, exact_fp32):
     from qtts.api import TTS
     from qtts.engine.engine import Engine

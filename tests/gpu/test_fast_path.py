@@ -14,15 +14,6 @@ def _load(folder, dtype, fast):
     return TTS.from_pretrained(folder, device="cuda", dtype=dtype, use_graphs=fast, fused_kernels=fast)
 
 
-@pytest.fixture
-def exact_fp32():
-    """fp32 on CUDA is only comparable with TF32 off (cuDNN convolutions use it by default)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def test_greedy_fast_path_matches_eager_fp32(tiny_custom_voice, exact_fp32):
     fast, eager = _load(tiny_custom_voice, "fp32", True), _load(tiny_custom_voice, "fp32", False)
     for non_streaming in (True, False):
