@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: tests parity parity-short speed anchor codec serve serve-short serve-open serve-closed
+#   stages: tests parity parity-short speed anchor codec codec-cudnn profile serve serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +58,12 @@ for name in "$@"; do
           --steps 80 --out "$OUT/anchor_$size.json"
       done ;;
     codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
+    codec-cudnn)
+      stage codec-cudnn 200 python3 benchmarks/bench_codec.py --cudnn-benchmark --batches 1,16,64,128 --chunks 1,4,8 \
+        --out "$OUT/codec_cudnn_benchmark.json" ;;
+    profile)
+      fixtures custom_voice:1.7b
+      stage profile 300 python3 benchmarks/profile_engine.py --size 1.7b ;;
     serve)
       fixtures custom_voice:1.7b
       stage serve 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 64 --duration 20 ;;
