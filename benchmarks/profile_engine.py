@@ -30,7 +30,7 @@ PHASES = ("_drop_cancelled", "_admit", "_step", "_emit_chunks")
 
 def sync() -> None:
     if torch.cuda.is_available():
-        sync()
+        torch.cuda.synchronize()
 
 
 def time_frame_steps(engine: Engine, batches: list[int], attend: int, calls: int = 30) -> dict:
