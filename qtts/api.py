@@ -85,6 +85,9 @@ class TTS:
             self.talker.model.fuse()
             self.talker.code_predictor.model.fuse()
         self.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
+        if device.type == "cuda":
+            # the codec's convolutions see a few fixed shapes; cuDNN's timed pick is ~25% faster (H200)
+            torch.backends.cudnn.benchmark = True
         self._speaker_encoder = None
         self._codec_encoder = None
 

@@ -1,18 +1,24 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
 One background thread runs the loop. Each iteration: drop cancelled requests, prefill a few
-waiting ones into free rows, advance every active row by one frame, retire rows that ended
-(the last active row moves into the freed one, so rows stay 0..batch-1), then decode the
-chunks that are due in one codec call per chunk length, most urgent stream first.
+waiting ones into free rows, launch one frame for every active row, hand out the audio of the
+previous frame while that runs, then retire rows that ended (the last active row moves into the
+freed one, so rows stay 0..batch-1) and launch the codec on the new frame of every row.
+
+The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
+it overlaps the next frame step; the chunk schedule only decides how the decoded audio is grouped
+into the chunks a reader receives.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from ..errors import InvalidRequestError, OverloadedError
@@ -41,15 +47,26 @@ class _Job:
     slot: int
     position: int  # next talker position of its row
     emitted: int = 0
-    pending: list[torch.Tensor] = field(default_factory=list)  # (16,) frames not yet decoded
+    decoded: list[np.ndarray] = field(default_factory=list)  # audio of frames decoded, not yet sent
     chunks_sent: int = 0
     samples_sent: int = 0
-    end_reason: str | None = None  # set when generation ended; audio may still be pending
+    end_reason: str | None = None  # set when generation ended; its last frame may still be decoding
 
     def chunk_due(self) -> bool:
+        """Enough decoded frames for the next chunk, or the last ones (frames decode in order, so once
+        generation has ended the codec call that returns its audio holds its last frame)."""
         schedule = self.stream.chunk_frames
         target = schedule[min(self.chunks_sent, len(schedule) - 1)]
-        return len(self.pending) >= target or self.end_reason is not None
+        return bool(self.decoded) and (len(self.decoded) >= target or self.end_reason is not None)
+
+
+@dataclass
+class _CodecCall:
+    """A codec call in flight: the jobs whose frame it decodes, their samples (host side), its end."""
+
+    jobs: list[_Job]
+    samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
+    done: torch.cuda.Event | None
 
 
 class _RateMeter:
@@ -103,12 +120,18 @@ class Engine:
         step = FrameStep(tts.talker, tts.config, rows=max_batch, max_len=max_len, max_text=max_len,
                          prefix_cache=tts.prefix_cache)
         self.runner = GraphRunner(step, tts.use_graphs)
+        # every call decodes one frame per stream; other lengths (ICL references) run eagerly
         self.codec = StreamingCodecDecoder(tts.codec_decoder, max_streams=max_batch, use_graphs=tts.use_graphs,
-                                           graph_chunk_frames=self.chunk_frames)
+                                           graph_chunk_frames=(1,))
         self.code_limit = tts.codec_config.decoder.codebook_size - 1
+        on_cuda = tts.device.type == "cuda"
+        self._codec_stream = torch.cuda.Stream(tts.device) if on_cuda else None
+        samples_per_frame = tts.codec_config.decoder.samples_per_frame
+        self._samples = torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda)
+        self._in_flight: _CodecCall | None = None
         self._queue: deque[Stream] = deque()
         self._rows: list[_Job] = []  # index == row of the frame step
-        self._draining: list[_Job] = []  # generation ended, last chunk not decoded yet
+        self._draining: list[_Job] = []  # generation ended, last frame still decoding
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -214,9 +237,13 @@ class Engine:
     def _iteration(self) -> None:
         self._drop_cancelled()
         self._admit()
-        if self._rows:
-            self._step()
-        self._emit_chunks()
+        frames = self._launch_step() if self._rows else None
+        self._collect_audio()  # the previous frame's audio, while this frame runs
+        if frames is not None:
+            self._finish_step(frames)
+
+    def _codec_context(self):
+        return torch.cuda.stream(self._codec_stream) if self._codec_stream is not None else contextlib.nullcontext()
 
     def _drop_cancelled(self) -> None:
         with self._wakeup:
@@ -264,38 +291,43 @@ class Engine:
         row = len(self._rows)
         self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows] + [plan.sampling])
         self.runner.prefill(row, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
-        slot = self.codec.allocate()
-        job = _Job(stream, plan, slot, position=length)
         voice = stream.request.voice
-        try:
-            if voice is not None and voice.icl:  # the reference is the decoder's left context
-                self.codec.decode([slot], voice.reference_codes.to(self.tts.device).T.unsqueeze(0))
-        except Exception:
-            self.codec.free(slot)
-            raise
+        with self._codec_context():  # slot state is only touched in codec-stream order
+            slot = self.codec.allocate()
+            try:
+                if voice is not None and voice.icl:  # the reference is the decoder's left context
+                    self.codec.decode([slot], voice.reference_codes.to(self.tts.device).T.unsqueeze(0))
+            except Exception:
+                self.codec.free(slot)
+                raise
+        job = _Job(stream, plan, slot, position=length)
+        # EOS is masked before min_frames samples, so only min_frames=0 can end at the prefill
         if plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:
-            job.end_reason = "stop"
-            self._draining.append(job)
+            self._close(job, "stop")
         else:
             self._rows.append(job)
 
-    def _step(self) -> None:
-        """One frame for every active row, then retire the rows that ended (EOS next, or cap reached)."""
+    def _launch_step(self) -> torch.Tensor:
+        """Launch one frame for every active row; returns a copy of the frames (B, 16) the step will fill."""
         batch = len(self._rows)
         padded = next(b for b in self.batch_buckets if b >= batch)
         # idle padding rows recompute position 0 of their own slot, which no active row reads
         self.runner.state.positions[batch:padded] = 0
         self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows])
         attend_length = max(j.position for j in self._rows) + 1
-        frames = self.runner.frame_step(padded, attend_length)[:batch].clone().unbind(0)
-        next_c0 = self.runner.state.c0[:batch].tolist()
-        self._rate.add(batch, time.perf_counter())
-        for job, frame in zip(self._rows, frames):
-            job.pending.append(frame)
+        # a copy: the codec reads it on its own stream while the next step overwrites the step's codes
+        return self.runner.frame_step(padded, attend_length)[:batch].clone()
+
+    def _finish_step(self, frames: torch.Tensor) -> None:
+        """Count the frame, retire the rows that ended (EOS next, or cap reached), decode the frames."""
+        jobs = list(self._rows)
+        next_c0 = self.runner.state.c0[: len(jobs)].tolist()  # waits for the step
+        self._rate.add(len(jobs), time.perf_counter())
+        for job in jobs:
             job.position += 1
             job.emitted += 1
             job.stream.frames = job.emitted
-        for row in reversed(range(batch)):
+        for row in reversed(range(len(jobs))):
             job = self._rows[row]
             if next_c0[row] == self.runner.eos_id:
                 job.end_reason = "stop"
@@ -304,6 +336,7 @@ class Engine:
             if job.end_reason is not None:
                 self._release_row(row)
                 self._draining.append(job)
+        self._launch_codec(jobs, frames)
 
     def _release_row(self, row: int) -> _Job:
         """Free `row`, moving the last active row into it; returns the job that held it."""
@@ -313,42 +346,49 @@ class Engine:
             self._rows[row] = last
         return job
 
-    def _emit_chunks(self) -> None:
-        """Decode the due chunks, most urgent first, in one codec call per chunk length."""
+    def _launch_codec(self, jobs: list[_Job], frames: torch.Tensor) -> None:
+        """Decode one frame (B, 16) of each job in one call, on the codec stream; collected next iteration."""
+        samples = self._samples[: len(jobs)]
+        done = None
+        with self._codec_context():
+            if self._codec_stream is not None:
+                self._codec_stream.wait_stream(torch.cuda.current_stream(self.tts.device))
+                frames.record_stream(self._codec_stream)
+            waves = self.codec.decode([job.slot for job in jobs], frames.clamp(0, self.code_limit).unsqueeze(-1))
+            samples.copy_(waves, non_blocking=self._codec_stream is not None)
+            if self._codec_stream is not None:
+                done = torch.cuda.Event()
+                done.record(self._codec_stream)
+        self._in_flight = _CodecCall(jobs, samples, done)
+
+    def _collect_audio(self) -> None:
+        """Take the audio of the codec call in flight; send the chunks that are due, most urgent first."""
+        call, self._in_flight = self._in_flight, None
+        if call is None:
+            return
+        if call.done is not None:
+            call.done.synchronize()
+        for job, samples in zip(call.jobs, call.samples.numpy()):
+            job.decoded.append(samples.copy())
         now = time.perf_counter()
-        candidates = [ChunkCandidate(job, len(job.pending),
+        candidates = [ChunkCandidate(job, len(job.decoded),
                                      playback_buffer_s(job.samples_sent / self.tts.sample_rate,
                                                        job.stream.first_chunk_at, now), job.chunk_due())
-                      for job in self._rows + self._draining if job.pending]
-        groups: dict[tuple[int, bool], list[_Job]] = {}
+                      for job in call.jobs]
         for candidate in self.scheduler.pick_chunks(candidates):
-            job = candidate.stream
-            groups.setdefault((candidate.pending_frames, job.end_reason is not None), []).append(job)
-        decoded: list[tuple[list[_Job], torch.Tensor]] = []
-        for (_, last), jobs in groups.items():
-            codes = torch.stack([torch.stack(job.pending, dim=1) for job in jobs])  # (B, 16, t)
-            waves = self.codec.decode([job.slot for job in jobs], codes.clamp(0, self.code_limit), last=last)
-            decoded.append((jobs, waves.float().reshape(-1)))
-        if decoded:
-            self._push(decoded)
-        for job in [j for j in self._draining if not j.pending]:
-            self._draining.remove(job)
-            self._close(job, job.end_reason)
+            self._push(candidate.stream)
+        for job in call.jobs:
+            if job.end_reason is not None and job in self._draining:  # its last frame is out
+                self._draining.remove(job)
+                self._close(job, job.end_reason)
 
-    def _push(self, decoded: list[tuple[list[_Job], torch.Tensor]]) -> None:
-        """Hand each job its decoded chunk; the samples of every group come over in one copy, since
-        each blocking copy releases the GIL and taking it back from a busy server thread can cost
-        a whole switch interval."""
-        samples = torch.cat([waves for _, waves in decoded]).cpu().numpy()
-        offset = 0
-        for jobs, waves in decoded:
-            rows = samples[offset: offset + waves.numel()].reshape(len(jobs), -1)
-            offset += waves.numel()
-            for job, chunk in zip(jobs, rows):
-                job.pending = []
-                job.chunks_sent += 1
-                job.samples_sent += chunk.shape[0]
-                job.stream.push(chunk)
+    def _push(self, job: _Job) -> None:
+        """Send a job's decoded audio as its next chunk."""
+        chunk = np.concatenate(job.decoded) if len(job.decoded) > 1 else job.decoded[0]
+        job.decoded = []
+        job.chunks_sent += 1
+        job.samples_sent += chunk.shape[0]
+        job.stream.push(chunk)
 
     def _close(self, job: _Job, reason: str, error: Exception | None = None) -> None:
         """Free a job's codec slot and end its stream (its row is already released)."""
@@ -362,6 +402,7 @@ class Engine:
         stream.finish(reason, error)
 
     def _fail_all(self, error: Exception) -> None:
+        self._in_flight = None
         jobs, self._rows, self._draining = self._rows + self._draining, [], []
         for job in jobs:
             self._close(job, "error", error)
@@ -371,6 +412,7 @@ class Engine:
             queued, self._queue = list(self._queue), deque()
         for stream in queued:
             self._finish(stream, "cancelled")
+        self._in_flight = None
         jobs, self._rows, self._draining = self._rows + self._draining, [], []
         for job in jobs:
             self._close(job, "cancelled")

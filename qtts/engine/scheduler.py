@@ -1,4 +1,4 @@
-"""Who runs next: how many waiting requests to prefill, and which streams get audio decoded first.
+"""Who runs next: how many waiting requests to prefill, and whose audio chunk is sent first.
 
 Audio is played in real time, so a stream's urgency is its client-side playback buffer: the audio
 already sent minus the time since its first chunk. A stream that has sent nothing yet is the most
@@ -29,24 +29,19 @@ class ChunkCandidate:
 
 
 class Scheduler:
-    """FIFO admission with a per-frame prefill cap, and deadline-ordered chunk decoding.
+    """FIFO admission with a per-frame prefill cap, and deadline-ordered chunk delivery.
 
     max_prefills_per_frame bounds the prefills run between two frames, so a burst of arrivals
     cannot stall the streams already playing; while any playing stream's buffer is below
-    low_buffer_s only one prefill runs per frame. max_decode_streams (None: no limit) bounds
-    the streams decoded per frame; the most urgent are chosen, the others wait a frame.
+    low_buffer_s only one prefill runs per frame.
     """
 
-    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2,
-                 max_decode_streams: int | None = None):
+    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2):
         if max_batch < 1 or max_prefills_per_frame < 1:
             raise ValueError("max_batch and max_prefills_per_frame must be >= 1")
-        if max_decode_streams is not None and max_decode_streams < 1:
-            raise ValueError("max_decode_streams must be >= 1 or None")
         self.max_batch = max_batch
         self.max_prefills_per_frame = max_prefills_per_frame
         self.low_buffer_s = low_buffer_s
-        self.max_decode_streams = max_decode_streams
 
     def admissions(self, waiting: int, active: int, lowest_buffer_s: float | None) -> int:
         """How many waiting requests (taken first come, first served) to prefill before the next frame.
@@ -59,6 +54,5 @@ class Scheduler:
         return max(0, min(waiting, self.max_batch - active, cap))
 
     def pick_chunks(self, candidates: list[ChunkCandidate]) -> list[ChunkCandidate]:
-        """The due candidates to decode this frame, most urgent (lowest buffer) first."""
-        due = sorted((c for c in candidates if c.due), key=lambda c: c.buffer_s)
-        return due if self.max_decode_streams is None else due[: self.max_decode_streams]
+        """The due candidates to send this frame, most urgent (lowest buffer) first."""
+        return sorted((c for c in candidates if c.due), key=lambda c: c.buffer_s)
