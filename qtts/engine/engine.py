@@ -350,10 +350,10 @@ class Engine:
         """Decode one frame (B, 16) of each job in one call, on the codec stream; collected next iteration."""
         samples = self._samples[: len(jobs)]
         done = None
+        if self._codec_stream is not None:
+            self._codec_stream.wait_stream(torch.cuda.current_stream(self.tts.device))  # the step's stream
+            frames.record_stream(self._codec_stream)
         with self._codec_context():
-            if self._codec_stream is not None:
-                self._codec_stream.wait_stream(torch.cuda.current_stream(self.tts.device))
-                frames.record_stream(self._codec_stream)
             waves = self.codec.decode([job.slot for job in jobs], frames.clamp(0, self.code_limit).unsqueeze(-1))
             samples.copy_(waves, non_blocking=self._codec_stream is not None)
             if self._codec_stream is not None:
