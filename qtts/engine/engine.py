@@ -1,9 +1,9 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
-One background thread runs the loop. Each iteration: drop cancelled requests, prefill a few
-waiting ones into free rows, launch one frame for every active row, hand out the audio of the
-previous frame while that runs, then retire rows that ended (the last active row moves into the
-freed one, so rows stay 0..batch-1) and launch the codec on the new frame of every row.
+One background thread runs the loop. Each iteration: drop cancelled requests, launch one frame
+for every active row, hand out the audio of the previous frame while that runs, retire rows that
+ended (the last active row moves into the freed one, so rows stay 0..batch-1), launch the codec
+on the new frame of every row, then prefill a few waiting requests into free rows.
 
 The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
 it overlaps the next frame step; the chunk schedule only decides how the decoded audio is grouped
@@ -125,7 +125,8 @@ class Engine:
                                            graph_chunk_frames=(1,))
         self.code_limit = tts.codec_config.decoder.codebook_size - 1
         on_cuda = tts.device.type == "cuda"
-        self._codec_stream = torch.cuda.Stream(tts.device) if on_cuda else None
+        # high priority: a stream's first audio should not queue behind the next frame step's kernels
+        self._codec_stream = torch.cuda.Stream(tts.device, priority=-1) if on_cuda else None
         samples_per_frame = tts.codec_config.decoder.samples_per_frame
         self._samples = torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda)
         self._in_flight: _CodecCall | None = None
@@ -236,11 +237,11 @@ class Engine:
 
     def _iteration(self) -> None:
         self._drop_cancelled()
-        self._admit()
         frames = self._launch_step() if self._rows else None
         self._collect_audio()  # the previous frame's audio, while this frame runs
         if frames is not None:
             self._finish_step(frames)
+        self._admit()  # new rows prefill while the codec runs, and join the next frame
 
     def _codec_context(self):
         return torch.cuda.stream(self._codec_stream) if self._codec_stream is not None else contextlib.nullcontext()

@@ -50,8 +50,7 @@ class PrefixEntry:
     def copy_into(self, cache: KVCache, slot: int) -> None:
         """Write these K/V into positions 0..length-1 of `slot`."""
         length = self.length
-        for target, source in zip(cache.keys + cache.values, self.keys + self.values):
-            target[slot, :, :length] = source
+        torch._foreach_copy_([c[slot, :, :length] for c in cache.keys + cache.values], self.keys + self.values)
 
 
 class PrefixCache:

@@ -26,9 +26,8 @@ class KVCache:
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
         """Move one sequence's cache between slots (used to keep active slots compact)."""
-        for k, v in zip(self.keys, self.values):
-            k[target, :, :length] = k[source, :, :length]
-            v[target, :, :length] = v[source, :, :length]
+        caches = self.keys + self.values
+        torch._foreach_copy_([c[target, :, :length] for c in caches], [c[source, :, :length] for c in caches])
 
 
 class CacheView:

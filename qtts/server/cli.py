@@ -29,6 +29,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for the K/V of reused voice prompt prefixes (0: off)")
+    p.add_argument("--switch-interval-us", type=float, default=50,
+                   help="Python's GIL switch interval: how long the engine thread may wait for the server's")
     p.add_argument("--max-input-chars", type=int, default=4096, help="longest `input` accepted")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest voice reference upload")
     p.add_argument("--max-upload-seconds", type=float, default=60, help="longest voice reference")
@@ -46,9 +48,9 @@ def run_serve(args: argparse.Namespace) -> None:
     from .app import create_app
     from .state import ServerSettings
 
-    # The engine thread gives up the GIL at every device sync; with the default 5 ms switch interval a
-    # busy event loop (many open streams) can hold it that long each time it gets it.
-    sys.setswitchinterval(0.0005)
+    # The engine thread gives up the GIL in every torch call; each time, a busy event loop (many open
+    # streams) may keep it for a whole switch interval (5 ms by default) before handing it back.
+    sys.setswitchinterval(args.switch_interval_us * 1e-6)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len,
                                prefix_cache_mb=args.prefix_cache_mb)
