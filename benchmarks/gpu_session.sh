@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: tests parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-short serve-open serve-closed
+#   stages: tests parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,11 @@ for name in "$@"; do
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
         --rates 10,20,30,40,60 --concurrency 16,64,128 --stop-p95-ms 1000 ;;
+    serve-check-inproc)  # the same server with the engine in its own thread, for comparison
+      fixtures custom_voice:1.7b
+      stage serve-inproc 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
+        --rates 20,40 --concurrency 64 --stop-p95-ms 100000 --engine-process off \
+        --out "$OUT/serve_1.7b_engine_thread.json" ;;
     serve)
       fixtures custom_voice:1.7b
       stage serve 560 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 64 --duration 20 ;;

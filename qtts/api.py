@@ -66,11 +66,14 @@ class TTS:
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, max_len: int = 4096,
                  use_graphs: bool | None = None, fused_kernels: bool | None = None,
-                 prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB):
+                 prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True):
         self.folder, self.device, self.dtype = folder, device, dtype
         self.max_len = max_len
+        # how to load this model again (in an engine process)
+        self.load_options = {"device": str(device), "dtype": dtype, "max_len": max_len, "use_graphs": use_graphs,
+                             "fused_kernels": fused_kernels, "prefix_cache_mb": prefix_cache_mb}
         # shared by the single-row path and any Engine on this model; None when turned off
-        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and generator else None
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
         self._single_row: GraphRunner | None = None
         self._single_stream: StreamingCodecDecoder | None = None
@@ -78,6 +81,13 @@ class TTS:
         self.codec_config = load_codec_config(folder / "speech_tokenizer")
         self.generation_defaults = load_generation_defaults(folder)
         self.tokenizer = TextTokenizer.from_folder(folder)
+        self._speaker_encoder = None
+        self._codec_encoder = None
+        self.talker = self.codec_decoder = None
+        if generator:
+            self._load_generator(folder, device, dtype, fused_kernels)
+
+    def _load_generator(self, folder: Path, device: torch.device, dtype: torch.dtype, fused_kernels: bool | None):
         talker = Talker(self.config.talker)
         load_module(talker, read_tensors(folder, "talker."), f"{folder}/model.safetensors")
         self.talker = talker.to(device=device, dtype=dtype).eval()
@@ -88,24 +98,24 @@ class TTS:
         if device.type == "cuda":
             # the codec's convolutions see a few fixed shapes; cuDNN's timed pick is ~25% faster (H200)
             torch.backends.cudnn.benchmark = True
-        self._speaker_encoder = None
-        self._codec_encoder = None
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, max_len: int = 4096,
                         use_graphs: bool | None = None, fused_kernels: bool | None = None,
-                        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB) -> "TTS":
+                        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True) -> "TTS":
         """Load a checkpoint folder or hub id.
 
         max_len bounds prompt + generated frames of one request; use_graphs (default: on CUDA)
         replays each frame as a captured CUDA graph; fused_kernels (default: on CUDA with Triton)
         runs single-token steps through the fused kernels; prefix_cache_mb bounds the device memory
         of the cache of voice-prompt K/V (0 turns it off; see `prefix_cache.stats()`).
+        generator=False skips the talker and codec decoder: requests and voices can be made, not
+        speech (a server whose engine runs in another process).
         """
         device = pick_device(device)
         return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device), max_len, use_graphs,
-                   fused_kernels, prefix_cache_mb)
+                   fused_kernels, prefix_cache_mb, generator)
 
     # ----- facts ------------------------------------------------------------------------------
     @property
@@ -224,6 +234,7 @@ class TTS:
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor, reference_codes: torch.Tensor | None = None) -> np.ndarray:
         """Waveform of generated codes; an ICL reference is decoded first as context and cut off."""
+        self._require_generator()
         if codes.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         codes = codes.to(self.device)
@@ -279,6 +290,7 @@ class TTS:
 
     def plans(self, requests: list[SpeechRequest]) -> list[RowPlan]:
         """Prompt, seed and frame cap of each request: what a frame step needs to run it."""
+        self._require_generator()
         plans = []
         for req in requests:
             prompt = build_prompt(self.talker, self.config, self.tokenizer, req)
@@ -287,6 +299,10 @@ class TTS:
             plans.append(RowPlan(prompt=prompt, sampling=req.sampling, seed=seed, max_frames=cap,
                                  min_frames=req.min_frames))
         return plans
+
+    def _require_generator(self) -> None:
+        if self.talker is None:
+            raise RuntimeError("this TTS was loaded with generator=False: it builds requests and voices only")
 
     def frame_runner(self, plans: list[RowPlan]) -> GraphRunner:
         """A step for these rows; one row reuses a persistent step so its graphs are captured once."""

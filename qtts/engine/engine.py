@@ -186,15 +186,17 @@ class Engine:
         with self._wakeup:
             self._thread = None
 
-    def submit(self, request: SpeechRequest, chunk_frames: tuple[int, ...] | None = None) -> Stream:
+    def submit(self, request: SpeechRequest, chunk_frames: tuple[int, ...] | None = None,
+               make_stream=Stream) -> Stream:
         """Queue a request; its Stream yields audio chunks as they decode.
 
         Raises InvalidRequestError for a request the model cannot take (checked here, before
         queueing, where it costs no model work) and OverloadedError when max_queue requests wait.
+        make_stream(request, chunk_frames, on_cancel) builds the stream (a Stream subclass).
         """
         request = resolve_mode(self.tts.config, request.validated())
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
-        stream = Stream(request, schedule, on_cancel=self._notify)
+        stream = make_stream(request, schedule, on_cancel=self._notify)
         with self._wakeup:
             if len(self._queue) >= self.max_queue:
                 raise OverloadedError(f"{len(self._queue)} requests are already waiting (max_queue="

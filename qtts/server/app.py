@@ -28,15 +28,17 @@ log = logging.getLogger("qtts.server")
 
 
 def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
-    """An app serving `tts`; it starts the engine (a new continuous-batching Engine unless one is given)
-    when it starts up and stops it when it shuts down."""
+    """An app serving `tts`; it starts the engine (a new continuous-batching Engine unless one is given,
+    in a child process with settings.engine_process) when it starts up and stops it when it shuts down."""
     from . import speech, voices_api, ws
 
     if engine is None:
-        from ..engine.engine import Engine
-
-        engine = Engine(tts, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                        chunk_frames=settings.chunk_frames, max_len=tts.max_len)
+        if settings.engine_process:
+            from ..engine.remote import RemoteEngine as engine_type
+        else:
+            from ..engine.engine import Engine as engine_type
+        engine = engine_type(tts, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                             chunk_frames=settings.chunk_frames, max_len=tts.max_len)
     voices = VoiceStore(settings.voices_dir)
     started = int(time.time())
     state = ServerState(settings=settings, tts=tts, engine=engine, voices=voices,

@@ -29,6 +29,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for the K/V of reused voice prompt prefixes (0: off)")
+    p.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
+                   help="run the engine in its own process, away from the server's GIL (auto: on GPU)")
     p.add_argument("--switch-interval-us", type=float, default=50,
                    help="Python's GIL switch interval: how long the engine thread may wait for the server's")
     p.add_argument("--max-input-chars", type=int, default=4096, help="longest `input` accepted")
@@ -44,7 +46,7 @@ def run_serve(args: argparse.Namespace) -> None:
     """Load the model, build the app and serve until interrupted (Ctrl-C stops in-flight streams)."""
     import uvicorn
 
-    from ..api import TTS
+    from ..api import TTS, pick_device
     from .app import create_app
     from .state import ServerSettings
 
@@ -52,8 +54,11 @@ def run_serve(args: argparse.Namespace) -> None:
     # streams) may keep it for a whole switch interval (5 ms by default) before handing it back.
     sys.setswitchinterval(args.switch_interval_us * 1e-6)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len,
-                               prefix_cache_mb=args.prefix_cache_mb)
+    device = pick_device(args.device)
+    engine_process = args.engine_process == "on" or (args.engine_process == "auto" and device.type == "cuda")
+    # with an engine process, this one only builds requests and voices
+    tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
+                              prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process)
     settings = ServerSettings(
         voices_dir=args.voices_dir or default_voices_dir(),
         model_name=args.model_name or Path(str(args.model)).name,
@@ -63,6 +68,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_input_chars=args.max_input_chars,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_upload_seconds=args.max_upload_seconds,
+        engine_process=engine_process,
     )
     uvicorn.run(create_app(tts, settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)

@@ -24,13 +24,14 @@ class ServerSettings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_seconds: float = 60.0
     chunk_frames: tuple[int, ...] = (1, 2, 4, 8, 12)
+    engine_process: bool = False  # run the engine in a child process (RemoteEngine)
 
 
 @dataclass
 class ServerState:
     settings: ServerSettings
     tts: object  # qtts.api.TTS
-    engine: object  # qtts.engine.engine.Engine
+    engine: object  # qtts.engine.engine.Engine or qtts.engine.remote.RemoteEngine
     voices: VoiceStore
     metrics: ServerMetrics
     ready: bool = False

@@ -234,3 +234,21 @@ def test_concurrent_greedy_requests_equal_their_solo_results(custom_voice_server
         together = list(pool.map(lambda text: pcm(custom_voice_server, text, speaker), texts))
     for alone, batched in zip(solo, together):
         assert_same_audio(alone, batched)
+
+
+def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custom_voice, tmp_path, speaker):
+    from qtts.api import TTS
+
+    front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
+    server = LiveServer(front, tmp_path, engine_process=True)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        with client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice=speaker, input="Hello there.", response_format="pcm", extra_body=FAST) as response:
+            streamed = b"".join(response.iter_bytes())
+        assert_same_audio(pcm(custom_voice_server, "Hello there.", speaker), streamed)
+        health = httpx.get(server.url + "/health").json()
+        assert health["status"] == "ok" and health["max_batch"] == server.engine.max_batch
+    finally:
+        server.close()
+    assert server.engine._process is None  # the engine process ended with the server

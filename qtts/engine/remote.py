@@ -1,0 +1,252 @@
+"""The engine in a process of its own, so the server's event loop and the engine loop never wait for
+each other's GIL (every torch call lets the other thread in, and getting the GIL back from a busy
+event loop costs up to a switch interval each time).
+
+RemoteEngine has Engine's interface. Its child process loads the model, captures the CUDA graphs and
+runs an Engine; requests go to it over a pipe and each stream's chunks and end come back over it,
+where a reader thread hands them to ordinary Stream objects.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import pickle
+import threading
+import time
+from pathlib import Path
+
+from ..errors import OverloadedError
+from .engine import check_chunk_frames
+from .prompt import resolve_mode
+from .request import SpeechRequest
+from .stream import Stream
+
+log = logging.getLogger("qtts.engine")
+
+STATS_PERIOD_S = 0.25
+IDLE_STATS = {"active": 0, "queued": 0, "generating": 0, "frames_per_second": 0.0, "completed": 0, "cancelled": 0,
+              "failed": 0}
+
+
+def _put(conn, message: tuple) -> None:
+    """Plain pickle, tensors by value: Connection.send would share them through file descriptors."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _get(conn) -> tuple:
+    return pickle.loads(conn.recv_bytes())
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed to start, or exited while requests were in flight."""
+
+
+class RemoteEngine:
+    """An Engine in a child process, for `tts` (which may be loaded with generator=False here).
+
+    warmup() starts the process and waits until its graphs are captured; start() does the same if
+    needed; stop() cancels what is in flight and ends the process.
+    """
+
+    def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
+                 max_len: int = 4096, start_timeout_s: float = 1800.0):
+        self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
+        self.chunk_frames = check_chunk_frames(chunk_frames)
+        self.start_timeout_s = start_timeout_s
+        self._streams: dict[int, Stream] = {}
+        self._keys = itertools.count()
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._stats = dict(IDLE_STATS, max_batch=max_batch, max_queue=max_queue)
+        self._process = None
+        self._conn = None
+        self._reader: threading.Thread | None = None
+
+    # ----- Engine's interface -------------------------------------------------------------------
+    def warmup(self) -> None:
+        """Start the engine process and wait until it serves (model loaded, graphs captured)."""
+        if self._process is not None:
+            return
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        conn, child_conn = context.Pipe()
+        engine_options = {"max_batch": self.max_batch, "max_queue": self.max_queue,
+                          "chunk_frames": self.chunk_frames, "max_len": self.max_len}
+        process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
+                                  args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
+                                        logging.getLogger().level))
+        process.start()
+        child_conn.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not conn.poll(0.2):
+            if not process.is_alive() or time.monotonic() > deadline:
+                process.kill()
+                raise EngineProcessError(f"the engine process did not start (exit code {process.exitcode})")
+        message = _get(conn)
+        if message[0] != "ready":
+            process.join(10)
+            raise EngineProcessError(f"the engine process failed to start: {message[1]}")
+        self._process, self._conn = process, conn
+        self._reader = threading.Thread(target=self._read, name="qtts-engine-reader", daemon=True)
+        self._reader.start()
+
+    def start(self) -> None:
+        self.warmup()
+
+    def stop(self) -> None:
+        """Cancel every request in flight and end the engine process."""
+        if self._process is None:
+            return
+        self._send(("stop",))
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        if self._reader is not None:
+            self._reader.join(5)
+        self._end_all("cancelled", None)
+        self._process = self._conn = self._reader = None
+
+    def submit(self, request: SpeechRequest, chunk_frames: tuple[int, ...] | None = None) -> Stream:
+        """Queue a request (checked here, as Engine.submit does); its Stream yields audio chunks."""
+        request = resolve_mode(self.tts.config, request.validated())
+        schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
+        if self._process is None:
+            raise EngineProcessError("the engine process is not running")
+        with self._lock:
+            waiting = len(self._streams) - self.max_batch
+            if waiting >= self.max_queue:
+                raise OverloadedError(f"{waiting} requests are already waiting (max_queue={self.max_queue}); "
+                                      "retry later")
+            key = next(self._keys)
+            stream = Stream(request, schedule, on_cancel=lambda: self._send(("cancel", key)))
+            self._streams[key] = stream
+        self._send(("submit", key, request, schedule))
+        return stream
+
+    def stats(self) -> dict:
+        """The engine process's last report (every STATS_PERIOD_S)."""
+        return dict(self._stats)
+
+    # ----- the pipe -----------------------------------------------------------------------------
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            if self._conn is None:
+                return
+            try:
+                _put(self._conn, message)
+            except (BrokenPipeError, OSError):  # the process is gone; the reader fails the streams
+                pass
+
+    def _read(self) -> None:
+        conn = self._conn
+        while True:
+            try:
+                message = _get(conn)
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "chunk":
+                _, key, chunk, frames = message
+                stream = self._streams.get(key)
+                if stream is not None:
+                    stream.frames = frames
+                    stream.push(chunk)
+            elif kind == "finish":
+                _, key, reason, error, frames = message
+                with self._lock:
+                    stream = self._streams.pop(key, None)
+                if stream is not None:
+                    stream.frames = frames
+                    stream.finish(reason, error)
+            elif kind == "stats":
+                self._stats = message[1]
+            elif kind == "stopped":
+                break
+        self._end_all("error", EngineProcessError("the engine process exited"))
+
+    def _end_all(self, reason: str, error: Exception | None) -> None:
+        with self._lock:
+            streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            stream.finish(reason, error)
+
+
+class _RelayStream(Stream):
+    """The child's side of a stream: chunks and the end go straight down the pipe."""
+
+    def __init__(self, request, chunk_frames, on_cancel, send, key: int, forget):
+        super().__init__(request, chunk_frames, on_cancel)
+        self._send, self._key, self._forget = send, key, forget
+
+    def push(self, chunk) -> None:
+        if self.finish_reason is None:
+            if self.first_chunk_at is None:
+                self.first_chunk_at = time.perf_counter()
+            self._send(("chunk", self._key, chunk, self.frames))
+
+    def finish(self, reason: str, error: Exception | None = None) -> bool:
+        if not super().finish(reason, error):
+            return False
+        self._forget(self._key)
+        self._send(("finish", self._key, reason, error, self.frames))
+        return True
+
+
+def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, log_level: int) -> None:
+    """The engine process: load, warm up, then serve the pipe until told to stop or the parent goes."""
+    import torch
+
+    from ..api import TTS
+    from .engine import Engine
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
+    try:
+        tts = TTS.from_pretrained(Path(folder), **load_options)
+        engine = Engine(tts, **engine_options)
+        engine.warmup()
+        engine.start()
+    except BaseException as exc:  # report why, then exit
+        _put(conn, ("failed", f"{type(exc).__name__}: {exc}"))
+        raise
+    send_lock = threading.Lock()
+    streams: dict[int, Stream] = {}
+    stopped = threading.Event()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            try:
+                _put(conn, message)
+            except (BrokenPipeError, OSError):
+                stopped.set()
+
+    def report_stats() -> None:
+        while not stopped.wait(STATS_PERIOD_S):
+            send(("stats", engine.stats()))
+
+    threading.Thread(target=report_stats, name="qtts-engine-stats", daemon=True).start()
+    send(("ready",))
+    with torch.no_grad():
+        while not stopped.is_set():
+            try:
+                message = _get(conn)
+            except (EOFError, OSError):  # the parent is gone
+                break
+            kind = message[0]
+            if kind == "submit":
+                _, key, request, schedule = message
+                make = lambda r, c, on_cancel, key=key: _RelayStream(r, c, on_cancel, send, key,  # noqa: E731
+                                                                     lambda k: streams.pop(k, None))
+                try:
+                    streams[key] = engine.submit(request, schedule, make_stream=make)
+                except Exception as exc:
+                    send(("finish", key, "error", exc, 0))
+            elif kind == "cancel":
+                stream = streams.get(message[1])
+                if stream is not None:
+                    stream.cancel()
+            elif kind == "stop":
+                break
+    stopped.set()
+    engine.stop()
+    send(("stopped",))
