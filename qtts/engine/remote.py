@@ -70,7 +70,8 @@ class RemoteEngine:
             return
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         conn, child_conn = context.Pipe()
-        engine_options = {"max_batch": self.max_batch, "max_queue": self.max_queue,
+        # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet
+        engine_options = {"max_batch": self.max_batch, "max_queue": self.max_batch + self.max_queue,
                           "chunk_frames": self.chunk_frames, "max_len": self.max_len}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
                                   args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
