@@ -103,12 +103,33 @@ class Attention(nn.Module):
                                      view.attend_length)
         return self.o_proj(out.reshape(x.shape[0], -1))
 
+    def forward_rows_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
+                           layer: int) -> torch.Tensor:
+        """forward with one q|k|v GEMM and the q/k norms as single kernels (x: (B, S, H))."""
+        from ..kernels.norm import rms_norm_fused
+
+        batch, seq, _ = x.shape
+        q, k, v = F.linear(x, self.qkv_weight).split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            dim=-1)
+        q = rms_norm_fused(q.reshape(batch, seq, self.num_heads, self.head_dim), self.q_norm.weight,
+                           self.q_norm.eps)[0].transpose(1, 2)
+        k = rms_norm_fused(k.reshape(batch, seq, self.num_kv_heads, self.head_dim), self.k_norm.weight,
+                           self.k_norm.eps)[0].transpose(1, 2)
+        v = v.reshape(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return self._attend(q, k, v, cos, sin, view, layer)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                 layer: int) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return self._attend(q, k, v, cos, sin, view, layer)
+
+    def _attend(self, q, k, v, cos, sin, view: CacheView, layer: int) -> torch.Tensor:
+        """Rotate q, k (B, heads, S, D), store k, v in the cache, attend, project out."""
+        batch, _, seq, _ = q.shape
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = view.update(layer, k, v)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=view.key_mask,

@@ -23,6 +23,16 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, view, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward_rows_fused(self, update, residual, cos, sin, view: CacheView, layer: int):
+        """forward_decode_fused for several tokens per row (prompts, the predictor's first step)."""
+        from ..kernels.norm import rms_norm_fused
+
+        normed, residual = rms_norm_fused(update, self.input_layernorm.weight, self.input_layernorm.eps, residual)
+        attn = self.self_attn.forward_rows_fused(normed, cos, sin, view, layer)
+        normed, residual = rms_norm_fused(attn, self.post_attention_layernorm.weight,
+                                          self.post_attention_layernorm.eps, residual)
+        return self.mlp.forward_fused(normed), residual
+
     def forward_decode_fused(self, update, residual, cos, sin, view: CacheView, layer: int):
         """(update, residual) → (update, residual): each layer's output is added in the next norm."""
         from ..kernels.norm import rms_norm_fused
@@ -57,9 +67,20 @@ class DecoderStack(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         if self.fused and x.shape[1] == 1 and view.rows_slots is None:
             return self._forward_decode_fused(x, cos, sin, view)
+        if self.fused:
+            return self._forward_rows_fused(x, cos, sin, view)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, view, index)
         return self.norm(x)
+
+    def _forward_rows_fused(self, x, cos, sin, view: CacheView) -> torch.Tensor:
+        from ..kernels.norm import rms_norm_fused
+
+        update, residual = x, None
+        for index, layer in enumerate(self.layers):
+            update, residual = layer.forward_rows_fused(update, residual, cos, sin, view, index)
+        normed, _ = rms_norm_fused(update, self.norm.weight, self.norm.eps, residual)
+        return normed
 
     def _forward_decode_fused(self, x, cos, sin, view: CacheView) -> torch.Tensor:
         from ..kernels.norm import rms_norm_fused

@@ -103,3 +103,47 @@ def test_fused_decode_stack_matches_eager():
         positions = torch.tensor([[5], [5]], device=DEVICE)
         outputs.append(stack(step_input, positions, CacheView.causal(cache, positions, 8)))
     assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_multi_token_stack_matches_eager(dtype):
+    """Several tokens per row (prompt prefill into a slot; the predictor's two-token first step) through
+    the kernels equal the module path."""
+    from qtts.config import DecoderLayerConfig
+    from qtts.layers.attention import CacheView, KVCache
+    from qtts.layers.decoder import DecoderStack
+
+    cfg = DecoderLayerConfig(hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                             head_dim=16, rms_norm_eps=1e-6, rope_theta=1e6)
+    torch.manual_seed(0)
+    stack = DecoderStack(cfg)
+    for p in stack.parameters():
+        p.data.normal_(0, 0.3)
+    stack = stack.to(DEVICE, dtype)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randn(1, 7, 32, generator=g).to(DEVICE, dtype)
+    pairs = torch.randn(3, 2, 32, generator=g).to(DEVICE, dtype)
+    results = []
+    for fused in (False, True):
+        if fused:
+            stack.fuse()
+        cache = KVCache(2, 3, 2, 12, 16, DEVICE, dtype)
+        positions = torch.arange(7, device=DEVICE).unsqueeze(0)
+        into_slot = stack(prompt, positions, CacheView.causal(cache, positions, 7, rows_slots=torch.tensor([1])))
+        positions = torch.arange(2, device=DEVICE).expand(3, 2)
+        first_step = stack(pairs, positions, CacheView.causal(cache, positions, 2))
+        results.append((into_slot, first_step, cache.keys[1].clone()))
+    for eager, fused in zip(*results):
+        assert torch.allclose(eager.float(), fused.float(), atol=_tol(dtype), rtol=_tol(dtype))
+
+
+def test_a_whole_model_through_the_kernels_speaks_like_the_eager_one(tiny_custom_voice):
+    """Prompt, frames and sampling all through the kernels (as on CUDA): the same greedy codes."""
+    from qtts.api import TTS
+
+    codes = []
+    for fused in (False, True):
+        tts = TTS.from_pretrained(tiny_custom_voice, device=DEVICE, dtype="fp32", fused_kernels=fused)
+        request = tts.request("Hello there, how are you?", speaker=tts.speakers[0], greedy=True, max_frames=6)
+        codes.append(tts.generate(request).codes)
+    assert torch.equal(codes[0], codes[1])
