@@ -62,6 +62,12 @@ class RemoteEngine:
         self._process = None
         self._conn = None
         self._reader: threading.Thread | None = None
+        self._exited = False  # the process ended on its own
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine process is running (False before start and after it exited or stopped)."""
+        return self._process is not None and not self._exited
 
     # ----- Engine's interface -------------------------------------------------------------------
     def warmup(self) -> None:
@@ -107,12 +113,13 @@ class RemoteEngine:
             self._reader.join(5)
         self._end_all("cancelled", None)
         self._process = self._conn = self._reader = None
+        self._exited = False
 
     def submit(self, request: SpeechRequest, chunk_frames: tuple[int, ...] | None = None) -> Stream:
         """Queue a request (checked here, as Engine.submit does); its Stream yields audio chunks."""
         request = resolve_mode(self.tts.config, request.validated())
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
-        if self._process is None:
+        if not self.alive:
             raise EngineProcessError("the engine process is not running")
         with self._lock:
             waiting = len(self._streams) - self.max_batch
@@ -164,6 +171,7 @@ class RemoteEngine:
                 self._stats = message[1]
             elif kind == "stopped":
                 break
+        self._exited = True
         self._end_all("error", EngineProcessError("the engine process exited"))
 
     def _end_all(self, reason: str, error: Exception | None) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from ..engine.remote import EngineProcessError
 from ..engine.request import SpeechRequest
 from ..errors import InvalidRequestError, OverloadedError, UnknownLanguageError, UnknownSpeakerError
 from .openai import ApiError, SynthesisOptions, VoiceRef
@@ -78,6 +79,9 @@ def api_error(exc: BaseException) -> ApiError:
                         headers={"Retry-After": "1"})
     if isinstance(exc, InvalidRequestError):
         return ApiError(400, str(exc), code="invalid_request")
+    if isinstance(exc, EngineProcessError):
+        return ApiError(503, f"the engine is not running ({exc}); the server needs a restart",
+                        code="engine_unavailable")
     log.error("engine error", exc_info=exc)
     return ApiError(500, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error")
 

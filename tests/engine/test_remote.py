@@ -106,3 +106,22 @@ def test_clone_voices_travel_to_the_engine_process(tiny_base):
     finally:
         engine.stop()
     np.testing.assert_allclose(audio, np.concatenate(list(tts.stream(request))), rtol=0, atol=1e-5)
+
+
+def test_streams_in_flight_fail_when_the_engine_process_dies(tiny_custom_voice):
+    front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
+    engine = RemoteEngine(front, max_batch=1)
+    engine.start()
+    try:
+        stream = engine.submit(_request(front, TEXTS[0], max_frames=400, min_frames=400))
+        chunks = iter(stream)
+        next(chunks)
+        engine._process.kill()
+        with pytest.raises(EngineProcessError, match="exited"):
+            list(chunks)
+        assert not engine.alive
+        with pytest.raises(EngineProcessError, match="not running"):
+            engine.submit(_request(front, TEXTS[0]))
+    finally:
+        engine.stop()
+    assert engine._process is None

@@ -249,6 +249,12 @@ def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custo
         assert_same_audio(pcm(custom_voice_server, "Hello there.", speaker), streamed)
         health = httpx.get(server.url + "/health").json()
         assert health["status"] == "ok" and health["max_batch"] == server.engine.max_batch
+        server.engine._process.kill()  # a crashed engine process: clear errors, the server itself lives on
+        server.engine._reader.join(10)
+        assert httpx.get(server.url + "/health").status_code == 503
+        response = httpx.post(server.url + "/v1/audio/speech", timeout=30,
+                              json={"input": "Hello.", "voice": speaker, "response_format": "pcm", **FAST})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
     finally:
         server.close()
     assert server.engine._process is None  # the engine process ended with the server
