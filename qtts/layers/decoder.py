@@ -23,22 +23,17 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, view, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward_rows_fused(self, update, residual, cos, sin, view: CacheView, layer: int):
-        """forward_decode_fused for several tokens per row (prompts, the predictor's first step)."""
+    def forward_fused(self, update, residual, cos, sin, view: CacheView, layer: int, single_token: bool):
+        """(update, residual) → (update, residual): each layer's output is added in the next norm.
+
+        single_token: one token per row, rows are slots 0..B-1 (the decode step's attention kernels);
+        otherwise several tokens per row (prompts, the predictor's first step).
+        """
         from ..kernels.norm import rms_norm_fused
 
+        attention = self.self_attn.forward_decode_fused if single_token else self.self_attn.forward_rows_fused
         normed, residual = rms_norm_fused(update, self.input_layernorm.weight, self.input_layernorm.eps, residual)
-        attn = self.self_attn.forward_rows_fused(normed, cos, sin, view, layer)
-        normed, residual = rms_norm_fused(attn, self.post_attention_layernorm.weight,
-                                          self.post_attention_layernorm.eps, residual)
-        return self.mlp.forward_fused(normed), residual
-
-    def forward_decode_fused(self, update, residual, cos, sin, view: CacheView, layer: int):
-        """(update, residual) → (update, residual): each layer's output is added in the next norm."""
-        from ..kernels.norm import rms_norm_fused
-
-        normed, residual = rms_norm_fused(update, self.input_layernorm.weight, self.input_layernorm.eps, residual)
-        attn = self.self_attn.forward_decode_fused(normed, cos, sin, view, layer)
+        attn = attention(normed, cos, sin, view, layer)
         normed, residual = rms_norm_fused(attn, self.post_attention_layernorm.weight,
                                           self.post_attention_layernorm.eps, residual)
         return self.mlp.forward_fused(normed), residual
@@ -57,7 +52,7 @@ class DecoderStack(nn.Module):
         self.fused = False
 
     def fuse(self) -> None:
-        """Switch single-token steps to the fused Triton kernels (CUDA only)."""
+        """Run every call through the fused Triton kernels (CUDA only)."""
         for layer in self.layers:
             layer.self_attn.fuse_projections()
             layer.mlp.fuse_projections()
@@ -65,29 +60,19 @@ class DecoderStack(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, view: CacheView) -> torch.Tensor:
         cos, sin = self.rotary(positions, x.dtype)
-        if self.fused and x.shape[1] == 1 and view.rows_slots is None:
-            return self._forward_decode_fused(x, cos, sin, view)
         if self.fused:
-            return self._forward_rows_fused(x, cos, sin, view)
+            return self._forward_fused(x, cos, sin, view, single_token=x.shape[1] == 1 and view.rows_slots is None)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, view, index)
         return self.norm(x)
 
-    def _forward_rows_fused(self, x, cos, sin, view: CacheView) -> torch.Tensor:
+    def _forward_fused(self, x, cos, sin, view: CacheView, single_token: bool) -> torch.Tensor:
         from ..kernels.norm import rms_norm_fused
 
         update, residual = x, None
+        if single_token:
+            update, cos, sin = x[:, 0], cos[:, 0], sin[:, 0]
         for index, layer in enumerate(self.layers):
-            update, residual = layer.forward_rows_fused(update, residual, cos, sin, view, index)
+            update, residual = layer.forward_fused(update, residual, cos, sin, view, index, single_token)
         normed, _ = rms_norm_fused(update, self.norm.weight, self.norm.eps, residual)
-        return normed
-
-    def _forward_decode_fused(self, x, cos, sin, view: CacheView) -> torch.Tensor:
-        from ..kernels.norm import rms_norm_fused
-
-        update, residual = x[:, 0], None
-        cos, sin = cos[:, 0], sin[:, 0]
-        for index, layer in enumerate(self.layers):
-            update, residual = layer.forward_decode_fused(update, residual, cos, sin, view, index)
-        normed, _ = rms_norm_fused(update, self.norm.weight, self.norm.eps, residual)
-        return normed.unsqueeze(1)
+        return normed.unsqueeze(1) if single_token else normed
