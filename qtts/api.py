@@ -95,9 +95,6 @@ class TTS:
             self.talker.model.fuse()
             self.talker.code_predictor.model.fuse()
         self.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
-        if device.type == "cuda":
-            # the codec's convolutions see a few fixed shapes; cuDNN's timed pick is ~25% faster (H200)
-            torch.backends.cudnn.benchmark = True
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,

@@ -76,8 +76,9 @@ class RemoteEngine:
             return
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         conn, child_conn = context.Pipe()
-        # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet
-        engine_options = {"max_batch": self.max_batch, "max_queue": self.max_batch + self.max_queue,
+        # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet,
+        # and cancelled ones until its next iteration drops them
+        engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
                           "chunk_frames": self.chunk_frames, "max_len": self.max_len}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
                                   args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
@@ -112,16 +113,18 @@ class RemoteEngine:
         if self._reader is not None:
             self._reader.join(5)
         self._end_all("cancelled", None)
-        self._process = self._conn = self._reader = None
+        with self._send_lock:
+            self._conn.close()
+            self._process = self._conn = self._reader = None
         self._exited = False
 
     def submit(self, request: SpeechRequest, chunk_frames: tuple[int, ...] | None = None) -> Stream:
         """Queue a request (checked here, as Engine.submit does); its Stream yields audio chunks."""
         request = resolve_mode(self.tts.config, request.validated())
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
-        if not self.alive:
-            raise EngineProcessError("the engine process is not running")
-        with self._lock:
+        with self._lock:  # the reader marks the process gone under this lock too
+            if not self.alive:
+                raise EngineProcessError("the engine process is not running")
             waiting = len(self._streams) - self.max_batch
             if waiting >= self.max_queue:
                 raise OverloadedError(f"{waiting} requests are already waiting (max_queue={self.max_queue}); "
@@ -147,12 +150,26 @@ class RemoteEngine:
                 pass
 
     def _read(self) -> None:
-        conn = self._conn
+        stopped = False
+        try:
+            stopped = self._relay(self._conn)
+        except Exception:
+            log.exception("reading from the engine process failed")
+        finally:
+            with self._lock:
+                self._exited = True
+            if stopped:
+                self._end_all("cancelled", None)
+            else:
+                self._end_all("error", EngineProcessError("the engine process exited"))
+
+    def _relay(self, conn) -> bool:
+        """Hand the child's messages to the streams until the pipe ends; True when the child said it stopped."""
         while True:
             try:
                 message = _get(conn)
             except (EOFError, OSError):
-                break
+                return False
             kind = message[0]
             if kind == "chunk":
                 _, key, chunk, frames = message
@@ -170,9 +187,7 @@ class RemoteEngine:
             elif kind == "stats":
                 self._stats = message[1]
             elif kind == "stopped":
-                break
-        self._exited = True
-        self._end_all("error", EngineProcessError("the engine process exited"))
+                return True
 
     def _end_all(self, reason: str, error: Exception | None) -> None:
         with self._lock:
@@ -228,13 +243,18 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
                 _put(conn, message)
             except (BrokenPipeError, OSError):
                 stopped.set()
+            except Exception as exc:  # e.g. an error object that does not pickle: send it as text
+                if message[0] != "finish":
+                    raise
+                _, key, reason, error, frames = message
+                _put(conn, ("finish", key, reason, RuntimeError(f"{type(error).__name__}: {error}"), frames))
 
     def report_stats() -> None:
         while not stopped.wait(STATS_PERIOD_S):
             send(("stats", engine.stats()))
 
-    threading.Thread(target=report_stats, name="qtts-engine-stats", daemon=True).start()
     send(("ready",))
+    threading.Thread(target=report_stats, name="qtts-engine-stats", daemon=True).start()
     with torch.no_grad():
         while not stopped.is_set():
             try:
@@ -244,11 +264,17 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
             kind = message[0]
             if kind == "submit":
                 _, key, request, schedule = message
-                make = lambda r, c, on_cancel, key=key: _RelayStream(r, c, on_cancel, send, key,  # noqa: E731
-                                                                     lambda k: streams.pop(k, None))
+
+                def make(request, schedule, on_cancel, key=key) -> _RelayStream:
+                    # registered before the engine sees it, so an early end also unregisters it
+                    stream = streams[key] = _RelayStream(request, schedule, on_cancel, send, key,
+                                                         lambda k: streams.pop(k, None))
+                    return stream
+
                 try:
-                    streams[key] = engine.submit(request, schedule, make_stream=make)
+                    engine.submit(request, schedule, make_stream=make)
                 except Exception as exc:
+                    streams.pop(key, None)
                     send(("finish", key, "error", exc, 0))
             elif kind == "cancel":
                 stream = streams.get(message[1])

@@ -7,6 +7,7 @@ a captured CUDA graph: batches are padded up to the bucket with a scratch slot.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,12 +44,15 @@ class StreamingCodecDecoder:
         self.scratch_slot = max_streams  # padding rows of graphed calls read and write only this row
         self.state = decoder.new_state(max_streams + 1)
         self.device = self.state.positions.device
+        # slot numbers on the device: resetting a slot needs no host copy (which would wait for the stream)
+        self._slot_ids = torch.arange(max_streams + 1, device=self.device)
         self._free = list(range(max_streams))
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self.graph_chunk_frames = set(graph_chunk_frames)
         self.batch_buckets = sorted(batch_buckets or _buckets(max_streams))
         self._graphs: dict[tuple[int, int], _GraphedChunk] = {}
         self._graph_pool = None
+        self._capture_stream = None
 
     @property
     def active(self) -> int:
@@ -73,7 +77,7 @@ class StreamingCodecDecoder:
 
     def reset(self, slot: int) -> None:
         """Restart a slot's stream from silence at position 0."""
-        self.state.reset(torch.tensor([slot], device=self.device))
+        self.state.reset(self._slot_ids[slot: slot + 1])
 
     @torch.no_grad()
     def decode(self, slots: list[int] | torch.Tensor, codes: torch.Tensor, last: bool = False) -> torch.Tensor:
@@ -84,7 +88,10 @@ class StreamingCodecDecoder:
         """
         if isinstance(slots, list):
             self._check_allocated(slots)
-        slots = torch.as_tensor(slots, dtype=torch.long).to(self.device)
+        on_cuda = self.device.type == "cuda"
+        # pinned, so the copy does not wait for the work already queued on the stream
+        slots = torch.as_tensor(slots, dtype=torch.long)
+        slots = (slots.pin_memory() if on_cuda and not slots.is_cuda else slots).to(self.device, non_blocking=True)
         batch, frames = slots.shape[0], codes.shape[-1]
         if codes.dim() != 3 or codes.shape[0] != batch:
             raise ValueError(f"codes must be (B={batch}, {self.decoder.cfg.num_quantizers}, t); "
@@ -125,18 +132,35 @@ class StreamingCodecDecoder:
     def _capture(self, bucket: int, frames: int) -> "_GraphedChunk":
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
+            # a capture stream of our own: cuBLAS keys its workspace by stream, and these graphs may
+            # replay on another stream while the talker's graphs (captured on torch's default capture
+            # stream) run, so they must not have the same workspace built in
+            self._capture_stream = torch.cuda.Stream(self.device)
         slots = torch.full((bucket,), self.scratch_slot, dtype=torch.long, device=self.device)
         codes = torch.zeros(bucket, self.decoder.cfg.num_quantizers, frames, dtype=torch.long, device=self.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up on the scratch row only
-                self._decode_rows(slots, codes)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            wave = self._decode_rows(slots, codes)
+        # cuDNN times its algorithms for the captured shapes only (~25% faster convolutions on an H200);
+        # left on globally it would re-time every new eager shape (references, uploads, whole clips)
+        with _cudnn_autotuning():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up on the scratch row only
+                    self._decode_rows(slots, codes)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._graph_pool, stream=self._capture_stream):
+                wave = self._decode_rows(slots, codes)
         return _GraphedChunk(graph, slots, codes, wave, self.scratch_slot)
+
+
+@contextlib.contextmanager
+def _cudnn_autotuning():
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 class _GraphedChunk:
