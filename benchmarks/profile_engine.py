@@ -25,7 +25,7 @@ from qtts.bench import save_results  # noqa: E402
 from qtts.engine.engine import Engine  # noqa: E402
 from qtts.testing.fixtures import fixture_dir  # noqa: E402
 
-PHASES = ("_drop_cancelled", "_admit", "_launch_step", "_collect_audio", "_finish_step")
+PHASES = ("_drop_cancelled", "_launch_step", "_prepare_prompts", "_collect_audio", "_finish_step", "_admit")
 
 
 def sync() -> None:

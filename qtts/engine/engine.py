@@ -12,6 +12,7 @@ into the chunks a reader receives.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -130,6 +131,7 @@ class Engine:
         samples_per_frame = tts.codec_config.decoder.samples_per_frame
         self._samples = torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda)
         self._in_flight: _CodecCall | None = None
+        self._plans: dict[Stream, RowPlan | Exception] = {}  # prompts built ahead for queued streams
         self._queue: deque[Stream] = deque()
         self._rows: list[_Job] = []  # index == row of the frame step
         self._draining: list[_Job] = []  # generation ended, last frame still decoding
@@ -240,7 +242,8 @@ class Engine:
     def _iteration(self) -> None:
         self._drop_cancelled()
         frames = self._launch_step() if self._rows else None
-        self._collect_audio()  # the previous frame's audio, while this frame runs
+        self._prepare_prompts()  # host work for the next prefills, while this frame runs
+        self._collect_audio()  # the previous frame's audio, also while this frame runs
         if frames is not None:
             self._finish_step(frames)
         self._admit()  # new rows prefill while the codec runs, and join the next frame
@@ -254,6 +257,7 @@ class Engine:
             if cancelled:
                 self._queue = deque(s for s in self._queue if not s.cancel_requested)
         for stream in cancelled:
+            self._plans.pop(stream, None)
             self._finish(stream, "cancelled")
         for row in reversed(range(len(self._rows))):
             if self._rows[row].stream.cancel_requested:
@@ -280,9 +284,24 @@ class Engine:
                 log.info("request %s failed: %s", stream.id, exc)
                 self._finish(stream, "error", exc)
 
+    def _prepare_prompts(self) -> None:
+        """Build the prompts of the requests that may be admitted at the end of this iteration."""
+        with self._wakeup:
+            head = list(itertools.islice(self._queue, self.scheduler.max_prefills_per_frame))
+        for stream in head:
+            if stream not in self._plans:
+                try:
+                    self._plans[stream] = self.tts.plans([stream.request])[0]
+                except Exception as exc:  # raised again when the request is started
+                    self._plans[stream] = exc
+
     def _start(self, stream: Stream) -> None:
         """Prefill a request into the next free row and give it a codec slot."""
-        plan = self.tts.plans([stream.request])[0]
+        plan = self._plans.pop(stream, None)
+        if isinstance(plan, Exception):
+            raise plan
+        if plan is None:
+            plan = self.tts.plans([stream.request])[0]
         length = plan.prompt.prefill.shape[0]
         room = self.max_len - length - 2
         if room < 1:
@@ -416,6 +435,7 @@ class Engine:
     def _cancel_all(self) -> None:
         with self._wakeup:
             queued, self._queue = list(self._queue), deque()
+        self._plans.clear()
         for stream in queued:
             self._finish(stream, "cancelled")
         self._in_flight = None

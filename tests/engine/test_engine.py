@@ -268,3 +268,27 @@ def test_cloned_voices_with_and_without_reference_codes_match_their_solo_runs(ti
         # the whole-clip path cuts the reference at a float ratio, sometimes one sample early
         whole = tts.generate(request).samples
         np.testing.assert_allclose(samples, whole[len(whole) - len(samples):], rtol=0, atol=1e-5)
+
+
+def test_prompts_are_built_ahead_and_a_failing_one_fails_alone(tts, engine_factory, monkeypatch):
+    engine = engine_factory(max_batch=1)
+    requests = [_request(tts, text, greedy=True, max_frames=frames) for text, frames in zip(TEXTS, (8, 4, 5))]
+    built_while_busy, plans = [], tts.plans
+
+    def plans_or_fail(batch):
+        built_while_busy.append((batch[0].text, len(engine._rows)))
+        if batch[0].text == TEXTS[1]:
+            raise InvalidRequestError("this prompt cannot be built")
+        return plans(batch)
+
+    monkeypatch.setattr(tts, "plans", plans_or_fail)
+    streams = [engine.submit(r) for r in requests]
+    engine.start()
+    with pytest.raises(InvalidRequestError, match="cannot be built"):
+        list(streams[1])
+    monkeypatch.undo()
+    for index in (0, 2):
+        _assert_same_as_solo(tts, requests[index], streams[index], _audio(streams[index]))
+    # each prompt was built once, the last one while the single row was still generating
+    assert sorted(text for text, _ in built_while_busy) == sorted(TEXTS[:3])
+    assert (TEXTS[2], 1) in built_while_busy
