@@ -46,14 +46,18 @@ class RemoteEngine:
     """An Engine in a child process, for `tts` (which may be loaded with generator=False here).
 
     warmup() starts the process and waits until its graphs are captured; start() does the same if
-    needed; stop() cancels what is in flight and ends the process.
+    needed; stop() cancels what is in flight and ends the process. If the process dies, the requests
+    in flight fail with EngineProcessError, and (with restart) a new process is started; until it
+    serves, `alive` is False and submit raises EngineProcessError.
     """
 
     def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
-                 max_len: int = 4096, start_timeout_s: float = 1800.0):
+                 max_len: int = 4096, start_timeout_s: float = 1800.0, restart: bool = True):
         self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.start_timeout_s = start_timeout_s
+        self.restart = restart
+        self._stopping = False
         self._streams: dict[int, Stream] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
@@ -74,44 +78,26 @@ class RemoteEngine:
         """Start the engine process and wait until it serves (model loaded, graphs captured)."""
         if self._process is not None:
             return
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-        conn, child_conn = context.Pipe()
-        # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet,
-        # and cancelled ones until its next iteration drops them
-        engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
-                          "chunk_frames": self.chunk_frames, "max_len": self.max_len}
-        process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
-                                  args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
-                                        logging.getLogger().level))
-        process.start()
-        child_conn.close()
-        deadline = time.monotonic() + self.start_timeout_s
-        while not conn.poll(0.2):
-            if not process.is_alive() or time.monotonic() > deadline:
-                process.kill()
-                raise EngineProcessError(f"the engine process did not start (exit code {process.exitcode})")
-        message = _get(conn)
-        if message[0] != "ready":
-            process.join(10)
-            raise EngineProcessError(f"the engine process failed to start: {message[1]}")
-        self._process, self._conn = process, conn
-        self._reader = threading.Thread(target=self._read, name="qtts-engine-reader", daemon=True)
-        self._reader.start()
+        self._stopping = False
+        self._attach(*self._spawn())
 
     def start(self) -> None:
         self.warmup()
 
     def stop(self) -> None:
         """Cancel every request in flight and end the engine process."""
-        if self._process is None:
+        with self._lock:
+            self._stopping = True  # no restart from here on
+            process, reader = self._process, self._reader
+        if process is None:
             return
         self._send(("stop",))
-        self._process.join(30)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        if self._reader is not None:
-            self._reader.join(5)
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        if reader is not None:
+            reader.join(5)
         self._end_all("cancelled", None)
         with self._send_lock:
             self._conn.close()
@@ -139,6 +125,52 @@ class RemoteEngine:
         """The engine process's last report (every STATS_PERIOD_S)."""
         return dict(self._stats)
 
+    # ----- the process --------------------------------------------------------------------------
+    def _spawn(self):
+        """A new engine process that serves, and the parent's end of its pipe."""
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        conn, child_conn = context.Pipe()
+        # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet,
+        # and cancelled ones until its next iteration drops them
+        engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
+                          "chunk_frames": self.chunk_frames, "max_len": self.max_len}
+        process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
+                                  args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
+                                        logging.getLogger().level))
+        process.start()
+        child_conn.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not conn.poll(0.2):
+            if not process.is_alive() or time.monotonic() > deadline:
+                process.kill()
+                raise EngineProcessError(f"the engine process did not start (exit code {process.exitcode})")
+        message = _get(conn)
+        if message[0] != "ready":
+            process.join(10)
+            raise EngineProcessError(f"the engine process failed to start: {message[1]}")
+        return process, conn
+
+    def _attach(self, process, conn) -> None:
+        """Serve through this process (unless stop() came first: then end it)."""
+        with self._lock:
+            if self._stopping:
+                process.kill()
+                return
+            old_conn, self._process, self._conn, self._exited = self._conn, process, conn, False
+        if old_conn is not None:
+            old_conn.close()
+        self._reader = threading.Thread(target=self._read, args=(conn,), name="qtts-engine-reader", daemon=True)
+        self._reader.start()
+
+    def _respawn(self) -> None:
+        log.warning("the engine process exited; starting a new one")
+        try:
+            self._attach(*self._spawn())
+        except EngineProcessError:
+            log.exception("the engine process could not be restarted")
+            return
+        log.info("the engine process serves again")
+
     # ----- the pipe -----------------------------------------------------------------------------
     def _send(self, message: tuple) -> None:
         with self._send_lock:
@@ -149,19 +181,22 @@ class RemoteEngine:
             except (BrokenPipeError, OSError):  # the process is gone; the reader fails the streams
                 pass
 
-    def _read(self) -> None:
+    def _read(self, conn) -> None:
         stopped = False
         try:
-            stopped = self._relay(self._conn)
+            stopped = self._relay(conn)
         except Exception:
             log.exception("reading from the engine process failed")
         finally:
             with self._lock:
                 self._exited = True
+                restart = self.restart and not self._stopping and not stopped
             if stopped:
                 self._end_all("cancelled", None)
             else:
                 self._end_all("error", EngineProcessError("the engine process exited"))
+            if restart:
+                threading.Thread(target=self._respawn, name="qtts-engine-restart", daemon=True).start()
 
     def _relay(self, conn) -> bool:
         """Hand the child's messages to the streams until the pipe ends; True when the child said it stopped."""

@@ -80,8 +80,8 @@ def api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, InvalidRequestError):
         return ApiError(400, str(exc), code="invalid_request")
     if isinstance(exc, EngineProcessError):
-        return ApiError(503, f"the engine is not running ({exc}); the server needs a restart",
-                        code="engine_unavailable")
+        return ApiError(503, f"the engine is not running ({exc}); retry shortly", code="engine_unavailable",
+                        headers={"Retry-After": "5"})
     log.error("engine error", exc_info=exc)
     return ApiError(500, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error")
 

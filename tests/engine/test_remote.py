@@ -1,4 +1,6 @@
-"""The engine in a child process: same audio as in-process, same errors, cancellation, and a clean stop."""
+"""The engine in a child process: same audio as in-process, same errors, cancellation, restarts, a clean stop."""
+import time
+
 import numpy as np
 import pytest
 
@@ -81,8 +83,6 @@ def test_a_generator_free_tts_refuses_to_generate(tiny_custom_voice):
 
 
 def _settled(remote, timeout_s: float = 20.0) -> dict:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         stats = remote.stats()
@@ -110,7 +110,7 @@ def test_clone_voices_travel_to_the_engine_process(tiny_base):
 
 def test_streams_in_flight_fail_when_the_engine_process_dies(tiny_custom_voice):
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
-    engine = RemoteEngine(front, max_batch=1)
+    engine = RemoteEngine(front, max_batch=1, restart=False)
     engine.start()
     try:
         stream = engine.submit(_request(front, TEXTS[0], max_frames=400, min_frames=400))
@@ -125,3 +125,21 @@ def test_streams_in_flight_fail_when_the_engine_process_dies(tiny_custom_voice):
     finally:
         engine.stop()
     assert engine._process is None
+
+
+def test_a_dead_engine_process_is_replaced(tts, tiny_custom_voice):
+    engine = RemoteEngine(TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False), max_batch=1)
+    engine.start()
+    try:
+        first = engine._process
+        first.kill()
+        deadline = time.monotonic() + 60
+        while not (engine.alive and engine._process is not first):
+            assert time.monotonic() < deadline, "no new engine process"
+            time.sleep(0.05)
+        request = _request(tts, TEXTS[2], greedy=True, max_frames=4)
+        audio = np.concatenate(list(engine.submit(request)))
+        np.testing.assert_allclose(audio, tts.generate(request).samples, rtol=0, atol=1e-5)
+    finally:
+        engine.stop()
+    assert engine._process is None and not first.is_alive()

@@ -249,12 +249,17 @@ def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custo
         assert_same_audio(pcm(custom_voice_server, "Hello there.", speaker), streamed)
         health = httpx.get(server.url + "/health").json()
         assert health["status"] == "ok" and health["max_batch"] == server.engine.max_batch
-        server.engine._process.kill()  # a crashed engine process: clear errors, the server itself lives on
+        server.engine._process.kill()  # a crashed engine process: clear errors, then a new one
         server.engine._reader.join(10)
         assert httpx.get(server.url + "/health").status_code == 503
         response = httpx.post(server.url + "/v1/audio/speech", timeout=30,
                               json={"input": "Hello.", "voice": speaker, "response_format": "pcm", **FAST})
         assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+        deadline = time.monotonic() + 60  # a new engine process takes over
+        while httpx.get(server.url + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "the engine process was not restarted"
+            time.sleep(0.1)
+        assert_same_audio(streamed, pcm(server, "Hello there.", speaker))
     finally:
         server.close()
     assert server.engine._process is None  # the engine process ended with the server
