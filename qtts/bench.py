@@ -1,6 +1,7 @@
 """Single-stream speed: ms per frame, RTF, first (audible) audio latency, memory, bandwidth."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -17,11 +18,23 @@ SHORT_TEXT = "Hello, how are you today?"
 AUDIBLE_THRESHOLD = 1e-3  # first sample above this magnitude counts as audible
 
 
+def source_digest() -> str:
+    """A short hash of the package's source files: which code produced a result, also in a copy of the
+    tree whose git metadata is stale (as on the GPU machine)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def save_results(data: dict, path: str | Path) -> Path:
-    """Write benchmark results as JSON, and a copy into $OUT when a GPU session sets it."""
+    """Write benchmark results as JSON (stamped with source_digest), and a copy into $OUT when a GPU
+    session sets it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=1)
+    text = json.dumps({**data, "source_digest": source_digest()}, indent=1)
     path.write_text(text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], path.name).write_text(text)
