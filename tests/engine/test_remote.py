@@ -95,11 +95,12 @@ def _settled(remote, timeout_s: float = 20.0) -> dict:
 
 def test_clone_voices_travel_to_the_engine_process(tiny_base):
     tts = TTS.from_pretrained(tiny_base, device="cpu")
+    front = TTS.from_pretrained(tiny_base, device="cpu", generator=False)  # what the server process holds
     seconds = np.arange(24000, dtype=np.float32) / 24000
     reference = 0.3 * np.sin(2 * np.pi * 220 * seconds) * np.sin(2 * np.pi * 3 * seconds)
-    voice = tts.create_voice(reference, "A short reference sentence.", sample_rate=24000)  # ICL: codes too
-    request = tts.request(TEXTS[1], voice=voice, language="english", greedy=True, max_frames=6)
-    engine = RemoteEngine(TTS.from_pretrained(tiny_base, device="cpu", generator=False), max_batch=1)
+    voice = front.create_voice(reference, "A short reference sentence.", sample_rate=24000)  # ICL: codes too
+    request = front.request(TEXTS[1], voice=voice, language="english", greedy=True, max_frames=6)
+    engine = RemoteEngine(front, max_batch=1)
     engine.start()
     try:
         audio = np.concatenate(list(engine.submit(request)))
