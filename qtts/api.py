@@ -265,7 +265,7 @@ class TTS:
         pending: list[torch.Tensor] = []
         chunk_index = 0
         limit = self.codec_config.decoder.codebook_size - 1
-        for events in decode_rows(step, plans):
+        for events in decode_rows(step, plans, split_first=True):
             pending += [e.codes for e in events if e.codes is not None]
             finished = any(e.codes is None for e in events)
             target = chunk_frames[min(chunk_index, len(chunk_frames) - 1)]

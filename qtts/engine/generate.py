@@ -40,13 +40,15 @@ class FrameEvent:
     finish_reason: str | None = None  # "stop" (EOS) or "length" (cap reached)
 
 
-def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: bool = False
-                ) -> Iterator[list[FrameEvent]]:
+def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: bool = False,
+                split_first: bool = False) -> Iterator[list[FrameEvent]]:
     """Prefill every row, then yield each frame's events until all rows have finished.
 
     lookahead: launch frame k+1 before waiting for frame k, so the device never idles while
     the host reads the EOS flags (one wasted frame at the end); without it each frame is
     yielded as soon as it is done, which suits streaming's first chunk.
+    split_first: yield the first frame's codes as soon as the code predictor has them, before the
+    talker runs over that frame (streaming's first audio; not with lookahead).
     """
     batch = len(plans)
     step.flags = SamplingFlags.of([plan.sampling for plan in plans])
@@ -74,6 +76,18 @@ def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: 
             if events:
                 yield events
             return
+        if split_first and not any(emitted):
+            codes = step.predict_frame(batch).clone()
+            for row in range(batch):
+                if live[row]:
+                    emitted[row] += 1
+                    events.append(FrameEvent(row, codes[row]))
+            yield events
+            step.advance(batch, attend_length=max(positions) + 1)
+            for row in range(batch):
+                positions[row] += 1
+            current_c0 = next_c0.fetch()()
+            continue
         if launched is None:
             launched = _launch(step, batch, positions, next_c0)
         codes, ready = launched

@@ -73,22 +73,39 @@ class GraphRunner:
     @torch.no_grad()
     def frame_step(self, batch: int, attend_length: int) -> torch.Tensor:
         length = attend_bucket(attend_length, self.step.max_len)
+        self._run(("frame", batch, length), lambda: self.step.frame_step(batch, length))
+        return self.step.codes[:batch]
+
+    @torch.no_grad()
+    def predict_frame(self, batch: int) -> torch.Tensor:
+        """frame_step's first half (the frame's codes), as a graph of its own: streaming can decode the
+        first frame before the talker runs."""
+        self._run(("predict", batch), lambda: self.step.predict_frame(batch))
+        return self.step.codes[:batch]
+
+    @torch.no_grad()
+    def advance(self, batch: int, attend_length: int) -> None:
+        """frame_step's second half (the talker and the next codebook 0)."""
+        length = attend_bucket(attend_length, self.step.max_len)
+        self._run(("advance", batch, length), lambda: self.step.advance(batch, length))
+
+    def _run(self, key: tuple, fn) -> None:
+        """fn eagerly off CUDA; on CUDA its graph per (key, sampling flags): the first call runs on a side
+        stream (and warms up the kernels), the second captures, later ones replay."""
         if not self.use_graphs:
-            return self.step.frame_step(batch, length)
-        key = (batch, length, self.step.flags)
+            fn()
+            return
+        key = key + (self.step.flags,)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
-            return self.step.codes[:batch]
-        if key not in self._warm:
-            # The first call is a real step run on a side stream; it also warms up kernels.
+        elif key not in self._warm:
             self._warm.add(key)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                codes = self.step.frame_step(batch, length)
+                fn()
             torch.cuda.current_stream().wait_stream(side)
-            return codes
-        graph = self._graphs[key] = capture_graph(lambda: self.step.frame_step(batch, length), self._pool)
-        graph.replay()
-        return self.step.codes[:batch]
+        else:
+            graph = self._graphs[key] = capture_graph(fn, self._pool)
+            graph.replay()

@@ -224,12 +224,24 @@ class FrameStep:
         Returns the view of `self.codes[:batch]` holding the finished frames (B, 16).
         attend_length must exceed every row's position (the caller tracks positions).
         """
+        codes = self.predict_frame(batch)
+        self.advance(batch, attend_length)
+        return codes
+
+    @torch.no_grad()
+    def predict_frame(self, batch: int) -> torch.Tensor:
+        """The first half of frame_step: the current frame's codes, in `self.codes[:batch]` (B, 16)."""
+        codes = self.codes[:batch]
+        codes[:, 0] = self.state.c0[:batch]
+        codes[:, 1:] = self.predict_codebooks(batch)
+        return codes
+
+    @torch.no_grad()
+    def advance(self, batch: int, attend_length: int) -> None:
+        """The second half of frame_step: the talker over the frame in `self.codes`, and the next c0."""
         s = self.state
         rows = slice(0, batch)
-        rest = self.predict_codebooks(batch)
         codes = self.codes[:batch]
-        codes[:, 0] = s.c0[rows]
-        codes[:, 1:] = rest
         frame_rows = self.talker.embed_frames(codes)
         index = s.frame_index[rows]
         has_text = index < s.text_len[rows]
@@ -243,4 +255,3 @@ class FrameStep:
         s.positions[rows] += 1
         s.frame_index[rows] += 1
         s.c0[rows] = self._sample_c0(self.talker.logits(hidden), rows)
-        return codes
