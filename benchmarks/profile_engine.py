@@ -1,7 +1,7 @@
 """Where the serving engine's time goes at N concurrent streams (GPU): the frame step alone, and the loop by phase.
 
 usage: python benchmarks/profile_engine.py [--size 1.7b] [--streams 1,16,64,128] [--frames 160] [--out FILE]
-Part 1 replays the captured frame step at each batch size (synchronised, ms per call). Part 2 submits N
+Part 1 replays the captured halves of the frame step at each batch size (synchronised, ms per call). Part 2 submits N
 requests of a forced length straight to an Engine (no HTTP), drains them from reader threads, and times each
 loop phase over the iterations when all N streams generate: once as they run (wall time per iteration), once
 with a device sync after each phase (attribution). Part 3 profiles a few loop iterations at the largest N
@@ -34,17 +34,27 @@ def sync() -> None:
 
 
 def time_frame_steps(engine: Engine, batches: list[int], attend: int, calls: int = 30) -> dict:
+    """ms per call of the two graphed halves of a frame (code predictor, talker), alone and together."""
     runner, results = engine.runner, {}
-    for batch in batches:
-        runner.state.positions[:batch] = 0
-        runner.frame_step(batch, attend)
+
+    def timed(fn) -> float:
+        for _ in range(2):  # warm-up and capture, if the engine's warm-up did not
+            fn()
         sync()
         start = time.perf_counter()
         for _ in range(calls):
-            runner.state.positions[:batch] = 0
-            runner.frame_step(batch, attend)
+            fn()
         sync()
-        results[batch] = (time.perf_counter() - start) / calls * 1e3
+        return round((time.perf_counter() - start) / calls * 1e3, 3)
+
+    def advance(batch):
+        runner.state.positions[:batch] = 0
+        runner.advance(batch, attend)
+
+    for batch in batches:
+        results[batch] = {"predict_ms": timed(lambda: runner.predict_frame(batch)),
+                          "advance_ms": timed(lambda: advance(batch)),
+                          "frame_ms": timed(lambda: (runner.predict_frame(batch), advance(batch)))}
     return results
 
 

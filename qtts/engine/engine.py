@@ -129,7 +129,9 @@ class Engine:
         # high priority: a stream's first audio should not queue behind the next frame step's kernels
         self._codec_stream = torch.cuda.Stream(tts.device, priority=-1) if on_cuda else None
         samples_per_frame = tts.codec_config.decoder.samples_per_frame
-        self._samples = torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda)
+        # two host buffers: a codec call is launched before the previous one's audio is read
+        self._samples = [torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda) for _ in range(2)]
+        self._turn = 0
         self._in_flight: _CodecCall | None = None
         self._plans: dict[Stream, RowPlan | Exception] = {}  # prompts built ahead for queued streams
         self._queue: deque[Stream] = deque()
@@ -166,10 +168,12 @@ class Engine:
         lengths = sorted({attend_bucket(n, self.max_len) for n in (64, 128, 256, 512, 1024, 2048, 4096)
                           if n <= max_attend})
         for batch in self.batch_buckets:
+            for _ in range(2):  # eager warm-up, then capture
+                self.runner.predict_frame(batch)
             for length in lengths:
-                for _ in range(2):  # eager warm-up, then capture
+                for _ in range(2):
                     state.positions[:batch] = 0
-                    self.runner.frame_step(batch, length)
+                    self.runner.advance(batch, length)
         if self.runner.step.prompt_runner is not None:
             self.runner.step.prompt_runner.warmup()
         self.codec.warmup()
@@ -241,11 +245,12 @@ class Engine:
 
     def _iteration(self) -> None:
         self._drop_cancelled()
-        frames = self._launch_step() if self._rows else None
+        call = self._launch_step() if self._rows else None
         self._prepare_prompts()  # host work for the next prefills, while this frame runs
         self._collect_audio()  # the previous frame's audio, also while this frame runs
-        if frames is not None:
-            self._finish_step(frames)
+        if call is not None:
+            self._in_flight = call
+            self._finish_step(call.jobs)
         self._admit()  # new rows prefill while the codec runs, and join the next frame
 
     def _codec_context(self):
@@ -332,20 +337,24 @@ class Engine:
         else:
             self._rows.append(job)
 
-    def _launch_step(self) -> torch.Tensor:
-        """Launch one frame for every active row; returns a copy of the frames (B, 16) the step will fill."""
-        batch = len(self._rows)
+    def _launch_step(self) -> _CodecCall:
+        """Launch one frame for every active row: the code predictor's half, the codec on its new frame
+        (on the codec stream), then the talker's half, which the codec overlaps."""
+        jobs = list(self._rows)
+        batch = len(jobs)
         padded = next(b for b in self.batch_buckets if b >= batch)
         # idle padding rows recompute position 0 of their own slot, which no active row reads
         self.runner.state.positions[batch:padded] = 0
-        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows])
-        attend_length = max(j.position for j in self._rows) + 1
-        # a copy: the codec reads it on its own stream while the next step overwrites the step's codes
-        return self.runner.frame_step(padded, attend_length)[:batch].clone()
+        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in jobs])
+        # a copy: the codec reads it on its own stream while the next frame overwrites the step's codes
+        frames = self.runner.predict_frame(padded)[:batch].clone()
+        call = self._launch_codec(jobs, frames)
+        self.runner.advance(padded, max(j.position for j in jobs) + 1)
+        return call
 
-    def _finish_step(self, frames: torch.Tensor) -> None:
-        """Count the frame, retire the rows that ended (EOS next, or cap reached), decode the frames."""
-        jobs = list(self._rows)
+    def _finish_step(self, jobs: list[_Job]) -> None:
+        """Count the frame of `jobs` (the rows in step order), retire the rows that ended (EOS next, or
+        cap reached)."""
         next_c0 = self.runner.state.c0[: len(jobs)].tolist()  # waits for the step
         self._rate.add(len(jobs), time.perf_counter())
         for job in jobs:
@@ -361,7 +370,6 @@ class Engine:
             if job.end_reason is not None:
                 self._release_row(row)
                 self._draining.append(job)
-        self._launch_codec(jobs, frames)
 
     def _release_row(self, row: int) -> _Job:
         """Free `row`, moving the last active row into it; returns the job that held it."""
@@ -371,9 +379,10 @@ class Engine:
             self._rows[row] = last
         return job
 
-    def _launch_codec(self, jobs: list[_Job], frames: torch.Tensor) -> None:
+    def _launch_codec(self, jobs: list[_Job], frames: torch.Tensor) -> _CodecCall:
         """Decode one frame (B, 16) of each job in one call, on the codec stream; collected next iteration."""
-        samples = self._samples[: len(jobs)]
+        samples = self._samples[self._turn][: len(jobs)]
+        self._turn ^= 1
         done = None
         if self._codec_stream is not None:
             self._codec_stream.wait_stream(torch.cuda.current_stream(self.tts.device))  # the step's stream
@@ -384,7 +393,7 @@ class Engine:
             if self._codec_stream is not None:
                 done = torch.cuda.Event()
                 done.record(self._codec_stream)
-        self._in_flight = _CodecCall(jobs, samples, done)
+        return _CodecCall(jobs, samples, done)
 
     def _collect_audio(self) -> None:
         """Take the audio of the codec call in flight; send the chunks that are due, most urgent first."""
