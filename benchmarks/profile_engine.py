@@ -80,8 +80,9 @@ class PhaseTimer:
         def timed(*args, **kw):
             start = time.perf_counter()
             result = fn(*args, **kw)
-            if self.sync:
-                sync()
+            if self.sync and torch.cuda.is_available():
+                # the loop's stream only: the codec's stream is waited for by the phase that reads it
+                torch.cuda.current_stream().synchronize()
             if len(self.engine._rows) == self.streams:
                 self.times[name].append(time.perf_counter() - start)
             return result

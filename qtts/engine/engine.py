@@ -1,13 +1,14 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
-One background thread runs the loop. Each iteration: drop cancelled requests, launch one frame
-for every active row, hand out the audio of the previous frame while that runs, retire rows that
-ended (the last active row moves into the freed one, so rows stay 0..batch-1), launch the codec
-on the new frame of every row, then prefill a few waiting requests into free rows.
+One background thread runs the loop. Each iteration: drop cancelled requests; launch one frame for
+every active row (the code predictor's half, then the codec on the new frames, then the talker's
+half); while that runs, build the next prompts and hand out the audio of the previous frame; then
+retire rows that ended (the last active row moves into the freed one, so rows stay 0..batch-1)
+and prefill a few waiting requests into free rows.
 
 The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
-it overlaps the next frame step; the chunk schedule only decides how the decoded audio is grouped
-into the chunks a reader receives.
+it overlaps the talker's half and the next frame; the chunk schedule only decides how the decoded
+audio is grouped into the chunks a reader receives.
 """
 from __future__ import annotations
 

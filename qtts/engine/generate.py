@@ -50,6 +50,8 @@ def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: 
     split_first: yield the first frame's codes as soon as the code predictor has them, before the
     talker runs over that frame (streaming's first audio; not with lookahead).
     """
+    if split_first and lookahead:
+        raise ValueError("split_first and lookahead do not go together")
     batch = len(plans)
     step.flags = SamplingFlags.of([plan.sampling for plan in plans])
     for row, plan in enumerate(plans):

@@ -38,6 +38,7 @@ class GraphRunner:
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._warm: set[tuple] = set()
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._warmup_stream = torch.cuda.Stream(device) if self.use_graphs else None
         if self.use_graphs:
             from .prompt_graphs import PromptGraphs
 
@@ -73,39 +74,42 @@ class GraphRunner:
     @torch.no_grad()
     def frame_step(self, batch: int, attend_length: int) -> torch.Tensor:
         length = attend_bucket(attend_length, self.step.max_len)
-        self._run(("frame", batch, length), lambda: self.step.frame_step(batch, length))
+        self._run(("frame", batch, length, self.step.flags), lambda: self.step.frame_step(batch, length))
         return self.step.codes[:batch]
 
     @torch.no_grad()
     def predict_frame(self, batch: int) -> torch.Tensor:
         """frame_step's first half (the frame's codes), as a graph of its own: streaming can decode the
         first frame before the talker runs."""
-        self._run(("predict", batch), lambda: self.step.predict_frame(batch))
+        flags = self.step.flags  # the predictor's sampling only: the talker's does not change this graph
+        self._run(("predict", batch, flags.predictor_sampling, flags.predictor_top_p),
+                  lambda: self.step.predict_frame(batch))
         return self.step.codes[:batch]
 
     @torch.no_grad()
     def advance(self, batch: int, attend_length: int) -> None:
         """frame_step's second half (the talker and the next codebook 0)."""
         length = attend_bucket(attend_length, self.step.max_len)
-        self._run(("advance", batch, length), lambda: self.step.advance(batch, length))
+        flags = self.step.flags
+        self._run(("advance", batch, length, flags.talker_sampling, flags.talker_top_p),
+                  lambda: self.step.advance(batch, length))
 
     def _run(self, key: tuple, fn) -> None:
-        """fn eagerly off CUDA; on CUDA its graph per (key, sampling flags): the first call runs on a side
-        stream (and warms up the kernels), the second captures, later ones replay."""
+        """fn eagerly off CUDA; on CUDA one graph per key (which names the sampling flags fn depends on):
+        the first call runs on the warm-up stream (and warms up the kernels), the second captures,
+        later ones replay."""
         if not self.use_graphs:
             fn()
             return
-        key = key + (self.step.flags,)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
         elif key not in self._warm:
             self._warm.add(key)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self._warmup_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._warmup_stream):
                 fn()
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self._warmup_stream)
         else:
             graph = self._graphs[key] = capture_graph(fn, self._pool)
             graph.replay()

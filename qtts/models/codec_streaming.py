@@ -133,9 +133,10 @@ class StreamingCodecDecoder:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
             # a capture stream of our own: cuBLAS keys its workspace by stream, and these graphs may
-            # replay on another stream while the talker's graphs (captured on torch's default capture
-            # stream) run, so they must not have the same workspace built in
-            self._capture_stream = torch.cuda.Stream(self.device)
+            # replay while talker work runs on another stream, so they must not have its workspace built
+            # in. torch hands out streams from per-priority pools; the talker's capture and warm-up
+            # streams come from the default-priority pool, this one from the high-priority pool.
+            self._capture_stream = torch.cuda.Stream(self.device, priority=-1)
         slots = torch.full((bucket,), self.scratch_slot, dtype=torch.long, device=self.device)
         codes = torch.zeros(bucket, self.decoder.cfg.num_quantizers, frames, dtype=torch.long, device=self.device)
         # cuDNN times its algorithms for the captured shapes only (~25% faster convolutions on an H200);
