@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: tests parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   stages: verify (= tests speed profile serve-check) tests parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,11 @@ fixtures() {  # fixtures TYPE:SIZE ... (written in parallel, once per machine)
   wait "${pids[@]}"
 }
 
-for name in "$@"; do
+stages=()
+for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues are judged by
+  if [ "$name" = verify ]; then stages+=(tests speed profile serve-check); else stages+=("$name"); fi
+done
+for name in "${stages[@]}"; do
   case $name in
     tests) stage tests 120 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider ;;
     parity)
