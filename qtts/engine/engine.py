@@ -324,10 +324,7 @@ class Engine:
             slot = self.codec.allocate()
             try:
                 if voice is not None and voice.icl:  # the reference is the decoder's left context
-                    codes = voice.reference_codes
-                    if self._codec_stream is not None and not codes.is_cuda:
-                        codes = codes.pin_memory()  # a pageable copy would wait for the codec call in flight
-                    self.codec.decode([slot], codes.to(self.tts.device, non_blocking=True).T.unsqueeze(0))
+                    self.codec.decode([slot], voice.reference_codes.T.unsqueeze(0))
             except Exception:
                 self.codec.free(slot)
                 raise
