@@ -403,9 +403,8 @@ class Engine:
         for job, samples in zip(call.jobs, call.samples.numpy()):
             job.decoded.append(samples.copy())
         now = time.perf_counter()
-        candidates = [ChunkCandidate(job, len(job.decoded),
-                                     playback_buffer_s(job.samples_sent / self.tts.sample_rate,
-                                                       job.stream.first_chunk_at, now), job.chunk_due())
+        candidates = [ChunkCandidate(job, playback_buffer_s(job.samples_sent / self.tts.sample_rate,
+                                                            job.stream.first_chunk_at, now), job.chunk_due())
                       for job in call.jobs]
         for candidate in self.scheduler.pick_chunks(candidates):
             self._push(candidate.stream)

@@ -20,12 +20,11 @@ def playback_buffer_s(audio_sent_s: float, first_chunk_at: float | None, now: fl
 
 @dataclass
 class ChunkCandidate:
-    """A stream with frames waiting to be decoded into audio."""
+    """A stream with decoded audio not sent yet."""
 
     stream: object
-    pending_frames: int
     buffer_s: float  # from playback_buffer_s
-    due: bool  # its chunk schedule says decode now (enough frames, or its generation ended)
+    due: bool  # its chunk schedule says send now (enough frames, or its generation ended)
 
 
 class Scheduler:

@@ -25,10 +25,10 @@ def test_a_stream_running_dry_limits_prefills_to_one_per_frame():
 
 
 def test_chunks_are_picked_new_streams_first_then_by_lowest_buffer():
-    candidates = [ChunkCandidate("comfortable", 4, 1.5, due=True),
-                  ChunkCandidate("new", 1, NOT_STARTED, due=True),
-                  ChunkCandidate("not due", 1, -1.0, due=False),
-                  ChunkCandidate("hungry", 2, 0.1, due=True)]
+    candidates = [ChunkCandidate("comfortable", 1.5, due=True),
+                  ChunkCandidate("new", NOT_STARTED, due=True),
+                  ChunkCandidate("not due", -1.0, due=False),
+                  ChunkCandidate("hungry", 0.1, due=True)]
     picked = [c.stream for c in Scheduler(max_batch=4).pick_chunks(candidates)]
     assert picked == ["new", "hungry", "comfortable"]
 
