@@ -44,9 +44,9 @@ def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: 
                 split_first: bool = False) -> Iterator[list[FrameEvent]]:
     """Prefill every row, then yield each frame's events until all rows have finished.
 
+    Each frame's events are yielded as soon as its codes are queued; its EOS flags are read after.
     lookahead: launch frame k+1 before waiting for frame k, so the device never idles while
-    the host reads the EOS flags (one wasted frame at the end); without it each frame is
-    yielded as soon as it is done, which suits streaming's first chunk.
+    the host reads the EOS flags (one wasted frame at the end).
     split_first: yield the first frame's codes as soon as the code predictor has them, before the
     talker runs over that frame (streaming's first audio; not with lookahead).
     """
@@ -78,36 +78,37 @@ def decode_rows(step: FrameStep | GraphRunner, plans: list[RowPlan], lookahead: 
             if events:
                 yield events
             return
-        if split_first and not any(emitted):
-            codes = step.predict_frame(batch).clone()
-            for row in range(batch):
-                if live[row]:
-                    emitted[row] += 1
-                    events.append(FrameEvent(row, codes[row]))
-            yield events
-            step.advance(batch, attend_length=max(positions) + 1)
-            for row in range(batch):
-                positions[row] += 1
-            current_c0 = next_c0.fetch()()
-            continue
         if launched is None:
-            launched = _launch(step, batch, positions, next_c0)
-        codes, ready = launched
+            launched = _launch(step, batch, positions, next_c0, split=split_first and not any(emitted))
+        codes, finish = launched
         launched = _launch(step, batch, positions, next_c0) if lookahead else None
-        current_c0 = ready()
         for row in range(batch):
             if live[row]:
                 emitted[row] += 1
                 events.append(FrameEvent(row, codes[row]))
         yield events
+        current_c0 = finish()
 
 
-def _launch(step, batch: int, positions: list[int], next_c0: "_NextCodebook0"):
-    """Queue one frame for every row: its codes (a private copy) and a callable giving the next c0s."""
-    codes = step.frame_step(batch, attend_length=max(positions) + 1).clone()
+def _launch(step, batch: int, positions: list[int], next_c0: "_NextCodebook0", split: bool = False):
+    """Queue one frame for every row: its codes (a private copy) and a callable that returns the next c0s.
+
+    split: queue only the code predictor's half now; the callable queues the talker's half first,
+    so whoever reads the codes in between does not wait for the talker.
+    """
+    attend_length = max(positions) + 1
     for row in range(batch):
         positions[row] += 1
-    return codes, next_c0.fetch()
+    if not split:
+        codes = step.frame_step(batch, attend_length).clone()
+        return codes, next_c0.fetch()
+    codes = step.predict_frame(batch).clone()
+
+    def finish() -> list[int]:
+        step.advance(batch, attend_length)
+        return next_c0.fetch()()
+
+    return codes, finish
 
 
 class _NextCodebook0:
