@@ -181,6 +181,11 @@ class Engine:
         torch.cuda.synchronize(self.tts.device)
         log.info("captured CUDA graphs in %.1f s", time.perf_counter() - started)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop thread runs (RemoteEngine: whether its engine process serves)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Cancel every queued and active request and wait for the loop thread to end."""
         with self._wakeup:

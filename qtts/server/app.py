@@ -70,7 +70,7 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
     async def health() -> JSONResponse:
         if not state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        if not getattr(engine, "alive", True):  # the engine process died; a new one is starting (or failed to)
+        if not engine.alive:  # e.g. an engine process that died; a new one is starting (or failed to)
             return JSONResponse({"status": "engine exited"}, status_code=503)
         return JSONResponse({"status": "ok", "model": settings.model_name, "model_type": tts.model_type,
                              **{k: v for k, v in engine.stats().items() if isinstance(v, (int, float, str))}})
