@@ -58,6 +58,29 @@ def time_frame_steps(engine: Engine, batches: list[int], attend: int, calls: int
     return results
 
 
+def profile_frame_kernels(engine: Engine, batch: int, attend: int, frames: int = 20) -> dict:
+    """The kernels of `frames` graphed frame steps at `batch`: per-frame count and the top ones by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = engine.runner
+
+    def frame():
+        runner.predict_frame(batch)
+        runner.state.positions[:batch] = 0
+        runner.advance(batch, attend)
+
+    frame()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(frames):
+            frame()
+        sync()
+    launches = sum(e.count for e in prof.key_averages()
+                   if getattr(e, "self_device_time_total", 0) > 0 and not e.key.startswith(("Memcpy", "Memset")))
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+    return {"batch": batch, "kernels_per_frame": round(launches / frames, 1), "table": table}
+
+
 class PhaseTimer:
     """Wraps the engine's loop phases; records the seconds of each while `streams` rows generate."""
 
@@ -146,6 +169,11 @@ def main() -> None:
                "max_batch": args.max_batch, "warmup_s": round(warmup_s, 1),
                "frame_step_ms": time_frame_steps(engine, buckets, args.attend), "loop": {}}
     print(results, flush=True)
+    if tts.device.type == "cuda":
+        kernels = profile_frame_kernels(engine, 1, args.attend)
+        results["frame_kernels_batch_1"] = kernels
+        print("kernels per frame at batch 1:", kernels["kernels_per_frame"], flush=True)
+        print(kernels["table"], flush=True)
     engine.start()
     try:
         for sync in (False, True):

@@ -2,9 +2,10 @@
 
 One background thread runs the loop. Each iteration: drop cancelled requests; launch one frame for
 every active row (the code predictor's half, then the codec on the new frames, then the talker's
-half); while that runs, build the next prompts and hand out the audio of the previous frame; then
-retire rows that ended (the last active row moves into the freed one, so rows stay 0..batch-1)
-and prefill a few waiting requests into free rows.
+half); while that runs, build the next prompts (on a stream of their own) and hand out the audio
+of the previous frame; then retire rows that ended (the last active row moves into the freed one,
+so rows stay 0..batch-1), send the first audio of streams that just started, and prefill a few
+waiting requests into free rows.
 
 The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
 it overlaps the talker's half and the next frame; the chunk schedule only decides how the decoded
@@ -26,6 +27,7 @@ import torch
 from ..errors import InvalidRequestError, OverloadedError
 from ..models.codec_streaming import StreamingCodecDecoder
 from .generate import RowPlan
+from .prefix_cache import prefix_key
 from .prompt import resolve_mode
 from .request import SpeechRequest
 from .rows import move_row
@@ -69,6 +71,7 @@ class _CodecCall:
     jobs: list[_Job]
     samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
     done: torch.cuda.Event | None
+    taken: set[int] = field(default_factory=set)  # rows whose audio was collected early (first frames)
 
 
 class _RateMeter:
@@ -129,6 +132,9 @@ class Engine:
         on_cuda = tts.device.type == "cuda"
         # high priority: a stream's first audio should not queue behind the next frame step's kernels
         self._codec_stream = torch.cuda.Stream(tts.device, priority=-1) if on_cuda else None
+        # prompts are built on a stream of their own: their host<->device copies then wait for it
+        # alone, not for the frame step in flight
+        self._prompt_stream = torch.cuda.Stream(tts.device) if on_cuda else None
         samples_per_frame = tts.codec_config.decoder.samples_per_frame
         # two host buffers: a codec call is launched before the previous one's audio is read
         self._samples = [torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda) for _ in range(2)]
@@ -257,6 +263,7 @@ class Engine:
         if call is not None:
             self._in_flight = call
             self._finish_step(call.jobs)
+            self._send_first_audio(call)
         self._admit()  # new rows prefill while the codec runs, and join the next frame
 
     def _codec_context(self):
@@ -296,15 +303,27 @@ class Engine:
                 self._finish(stream, "error", exc)
 
     def _prepare_prompts(self) -> None:
-        """Build the prompts of the requests that may be admitted at the end of this iteration."""
+        """Build the prompts (and prefix keys) of the requests that may be admitted at the end of this
+        iteration, on the prompt stream, so the frame step in flight keeps running meanwhile."""
         with self._wakeup:
             head = list(itertools.islice(self._queue, self.scheduler.max_prefills_per_frame))
-        for stream in head:
-            if stream not in self._plans:
+        head = [stream for stream in head if stream not in self._plans]
+        if not head:
+            return
+        context = torch.cuda.stream(self._prompt_stream) if self._prompt_stream is not None \
+            else contextlib.nullcontext()
+        with context:
+            for stream in head:
                 try:
-                    self._plans[stream] = self.tts.plans([stream.request])[0]
+                    plan = self.tts.plans([stream.request])[0]
+                    prompt = plan.prompt
+                    if self.tts.prefix_cache is not None and prompt.shared_length:
+                        prompt.shared_key = prefix_key(prompt.prefill[: prompt.shared_length])
+                    self._plans[stream] = plan
                 except Exception as exc:  # raised again when the request is started
                     self._plans[stream] = exc
+        if self._prompt_stream is not None:
+            self._prompt_stream.synchronize()  # prefills read them on the step's stream
 
     def _start(self, stream: Stream) -> None:
         """Prefill a request into the next free row and give it a codec slot."""
@@ -319,6 +338,9 @@ class Engine:
             raise InvalidRequestError(f"the prompt ({length} positions) does not fit max_len={self.max_len}; "
                                       "shorten the text or run the engine with a larger max_len")
         plan.max_frames = min(plan.max_frames, room)
+        if self._prompt_stream is not None:  # made on the prompt stream, freed after use on this one
+            for tensor in (plan.prompt.prefill, plan.prompt.trailing, plan.prompt.pad_row):
+                tensor.record_stream(torch.cuda.current_stream(self.tts.device))
         # text rows past the frame cap are never read; dropping them keeps every prompt within max_text
         plan.prompt = replace(plan.prompt, trailing=plan.prompt.trailing[: plan.max_frames])
         row = len(self._rows)
@@ -398,6 +420,21 @@ class Engine:
                 done.record(self._codec_stream)
         return _CodecCall(jobs, samples, done)
 
+    def _send_first_audio(self, call: _CodecCall) -> None:
+        """Streams whose first frame is in `call` get its audio now, not with the rest next iteration:
+        the codec ran alongside the talker's half, so it is (nearly) done."""
+        rows = [row for row, job in enumerate(call.jobs) if job.chunks_sent == 0 and not job.decoded]
+        if not rows:
+            return
+        if call.done is not None:
+            call.done.synchronize()
+        for row in rows:
+            job = call.jobs[row]
+            job.decoded.append(call.samples[row].numpy().copy())
+            call.taken.add(row)
+            if job.chunk_due():
+                self._push(job)
+
     def _collect_audio(self) -> None:
         """Take the audio of the codec call in flight; send the chunks that are due, most urgent first."""
         call, self._in_flight = self._in_flight, None
@@ -405,8 +442,9 @@ class Engine:
             return
         if call.done is not None:
             call.done.synchronize()
-        for job, samples in zip(call.jobs, call.samples.numpy()):
-            job.decoded.append(samples.copy())
+        for row, (job, samples) in enumerate(zip(call.jobs, call.samples.numpy())):
+            if row not in call.taken:
+                job.decoded.append(samples.copy())
         now = time.perf_counter()
         candidates = [ChunkCandidate(job, playback_buffer_s(job.samples_sent / self.tts.sample_rate,
                                                             job.stream.first_chunk_at, now), job.chunk_due())

@@ -23,12 +23,14 @@ class Prompt:
 
     shared_length: how many leading prefill rows depend only on the voice (speaker or clone voice,
     language, instruct), not on the text; always < L, so a prefill runs at least one row.
+    shared_key: prefix_key of those rows once computed (reading them back waits for the device).
     """
 
     prefill: torch.Tensor
     trailing: torch.Tensor
     pad_row: torch.Tensor
     shared_length: int = 0
+    shared_key: bytes | None = None
 
 
 def resolve_mode(cfg: ModelConfig, request: SpeechRequest) -> SpeechRequest:

@@ -121,6 +121,9 @@ class FrameStep:
         groups = cfg.talker.num_code_groups
         self.predictor_cache = KVCache(pl.num_layers, rows, pl.num_kv_heads, groups, pl.head_dim, device, dtype)
         self.state = RowState.allocate(rows, cfg.talker.hidden_size, cfg.talker.vocab_size, max_text, device, dtype)
+        # positions stay below the caches' lengths
+        talker.model.rotary.reserve(max_len, dtype)
+        talker.code_predictor.model.rotary.reserve(groups, dtype)
         self.codes = torch.zeros(rows, groups, dtype=torch.int64, device=device)
         vocab = cfg.talker.vocab_size
         suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
@@ -174,7 +177,7 @@ class FrameStep:
         shared = prompt.shared_length
         if shared == 0:
             return 0
-        key = prefix_key(prompt.prefill[:shared])
+        key = prompt.shared_key or prefix_key(prompt.prefill[:shared])
         entry = self.prefix_cache.lookup(key)
         if entry is None:
             self._run_prompt_rows(row, prompt.prefill[:shared], 0)
@@ -208,13 +211,13 @@ class FrameStep:
         view = CacheView.causal(self.predictor_cache, positions, 2)
         logits = predictor.step(first, positions, view, head=0)
         flags = (self.flags.predictor_sampling, self.flags.predictor_top_p, self.talker.model.fused)
-        codes = [sample(logits.float(), params, seeds, steps, 1, *flags)]
+        codes = [sample(logits, params, seeds, steps, 1, *flags)]
         for k in range(1, predictor.num_steps):
             positions = self._predictor_positions[:batch, k + 1: k + 2]
             view = CacheView.causal(self.predictor_cache, positions, k + 2)
             rows = predictor.embed_code(k, codes[-1]).unsqueeze(1)
             logits = predictor.step(rows, positions, view, head=k)
-            codes.append(sample(logits.float(), params, seeds, steps, k + 1, *flags))
+            codes.append(sample(logits, params, seeds, steps, k + 1, *flags))
         return torch.stack(codes, dim=1)
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ def _silu_mul_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(gate_up_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+    def silu_mul_kernel(gate_up_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -26,7 +26,7 @@ def _silu_mul_kernel():
         tl.store(out_ptr + row * n_cols + cols, out, mask=mask)
 
 
-    return kernel
+    return silu_mul_kernel
 
 
 def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ def _rms_norm_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, n_cols, eps,
+    def rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, n_cols, eps,
                          HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
@@ -35,7 +35,7 @@ def _rms_norm_kernel():
         tl.store(out_ptr + row * n_cols + cols, out, mask=mask)
 
 
-    return kernel
+    return rms_norm_kernel
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,

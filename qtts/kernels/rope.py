@@ -1,7 +1,7 @@
 """q/k RMSNorm + rotary embedding + KV-cache write for one decode token — Triton and reference.
 
 Input is the fused q|k|v projection of B rows at one position each; q comes back normed and
-rotated, k (normed, rotated) and v go straight into row b's cache slot at positions[b].
+rotated, k (normed, rotated) and v go straight into row b's cache slot (or slots[b]) at positions[b].
 Rounding mirrors the eager path (norm in fp32, each RoPE product rounded to the dtype).
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ def _qk_norm_rope_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(qkv_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, positions_ptr,
-                             q_out_ptr, k_cache_ptr, v_cache_ptr, eps,
-                             cache_slot_stride, cache_head_stride, cache_pos_stride,
-                             NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    def qk_norm_rope_kernel(qkv_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, positions_ptr, slots_ptr,
+               q_out_ptr, k_cache_ptr, v_cache_ptr, eps,
+               cache_slot_stride, cache_head_stride, cache_pos_stride,
+               NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               HAS_SLOTS: tl.constexpr):
         row = tl.program_id(0)
         head = tl.program_id(1)
         HALF: tl.constexpr = HEAD_DIM // 2
@@ -32,8 +33,12 @@ def _qk_norm_rope_kernel():
         x2 = tl.load(base + HALF + lo)
         dtype = x1.dtype
         position = tl.load(positions_ptr + row)
+        if HAS_SLOTS:
+            slot = tl.load(slots_ptr + row).to(tl.int64)
+        else:
+            slot = row
         if head >= NUM_HEADS + NUM_KV_HEADS:  # v: copied into the cache as is
-            dst = v_cache_ptr + row * cache_slot_stride + (head - NUM_HEADS - NUM_KV_HEADS) * cache_head_stride \
+            dst = v_cache_ptr + slot * cache_slot_stride + (head - NUM_HEADS - NUM_KV_HEADS) * cache_head_stride \
                 + position * cache_pos_stride
             tl.store(dst + lo, x1)
             tl.store(dst + HALF + lo, x2)
@@ -55,17 +60,17 @@ def _qk_norm_rope_kernel():
             if is_q:
                 dst = q_out_ptr + (row * NUM_HEADS + head) * HEAD_DIM
             else:
-                dst = k_cache_ptr + row * cache_slot_stride + (head - NUM_HEADS) * cache_head_stride \
+                dst = k_cache_ptr + slot * cache_slot_stride + (head - NUM_HEADS) * cache_head_stride \
                     + position * cache_pos_stride
             tl.store(dst + lo, r1)
             tl.store(dst + HALF + lo, r2)
 
 
-    return kernel
+    return qk_norm_rope_kernel
 
 
 def qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, positions, k_cache, v_cache, eps,
-                           num_heads, num_kv_heads):
+                           num_heads, num_kv_heads, slots=None):
     """qkv (B, (H+2K)*D); cos/sin (B, D); caches (slots, K, max_len, D). Returns q (B, H, D)."""
     from ..layers.rope import rotate_half
 
@@ -83,19 +88,22 @@ def qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, positions, k_cache
     k = norm(k, k_weight)
     q = q * c + rotate_half(q) * s
     k = k * c + rotate_half(k) * s
-    rows = torch.arange(batch, device=qkv.device)
+    rows = torch.arange(batch, device=qkv.device) if slots is None else slots
     k_cache[rows, :, positions] = k
     v_cache[rows, :, positions] = v
     return q
 
 
 def qk_norm_rope_fused(qkv, q_weight, k_weight, cos, sin, positions, k_cache, v_cache, eps,
-                       num_heads, num_kv_heads):
+                       num_heads, num_kv_heads, slots=None):
+    """slots: (B,) cache slot of each row, or None for slot b = row b."""
     batch = qkv.shape[0]
     head_dim = q_weight.shape[0]
     q_out = torch.empty(batch, num_heads, head_dim, device=qkv.device, dtype=qkv.dtype)
+    positions = positions.contiguous()
     _qk_norm_rope_kernel()[(batch, num_heads + 2 * num_kv_heads)](
-        qkv.contiguous(), q_weight, k_weight, cos.contiguous(), sin.contiguous(), positions.contiguous(),
+        qkv.contiguous(), q_weight, k_weight, cos.contiguous(), sin.contiguous(), positions,
+        positions if slots is None else slots.contiguous(),
         q_out, k_cache, v_cache, eps, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim)
+        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HAS_SLOTS=slots is not None)
     return q_out

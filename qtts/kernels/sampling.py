@@ -23,7 +23,7 @@ def _sample_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(scores_ptr, out_ptr, do_sample_ptr, temperature_ptr, top_k_ptr, seeds_ptr, steps_ptr,
+    def sample_kernel(scores_ptr, out_ptr, do_sample_ptr, temperature_ptr, top_k_ptr, seeds_ptr, steps_ptr,
                stride, vocab, stream_key, golden, step_mul, mix1, mix2, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         stream_key = stream_key.to(tl.int64).to(tl.uint64, bitcast=True)
@@ -68,7 +68,7 @@ def _sample_kernel():
         chosen = tl.where(tl.load(do_sample_ptr + row) != 0, drawn, greedy)
         tl.store(out_ptr + row, chosen.to(tl.int64))
 
-    return kernel
+    return sample_kernel
 
 
 def _unsigned(value: int) -> int:

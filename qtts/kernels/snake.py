@@ -25,7 +25,7 @@ def _snake_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(x_ptr, alpha_ptr, beta_ptr, out_ptr, channels, length, x_stride_batch, x_stride_channel,
+    def snake_beta_kernel(x_ptr, alpha_ptr, beta_ptr, out_ptr, channels, length, x_stride_batch, x_stride_channel,
                out_stride_batch, out_stride_channel, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         batch, channel = row // channels, row % channels
@@ -43,7 +43,7 @@ def _snake_kernel():
         out = out_ptr + batch * out_stride_batch + channel * out_stride_channel + t
         tl.store(out, (x32 + magnitude * sine * sine).to(out_ptr.dtype.element_ty), mask=mask)
 
-    return kernel
+    return snake_beta_kernel
 
 
 def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, out: torch.Tensor | None = None,

@@ -36,24 +36,42 @@ class CacheView:
     rows_slots: (B,) slot of each row, or None when rows are slots 0..B-1.
     write_positions: (B, S) cache index of each new token.
     attend_length: how many cache positions the call attends over (>= every position + 1).
-    key_mask: (B, 1, S, attend_length) bool, True where a query may see a key.
+    key_mask: (B, 1, S, attend_length) bool, True where a query may see a key; by default causal
+    (each query sees every key at an index <= its position), built when first read, since the
+    fused kernels never read it.
     """
 
     def __init__(self, cache: KVCache, write_positions: torch.Tensor, attend_length: int,
-                 key_mask: torch.Tensor, rows_slots: torch.Tensor | None = None):
+                 key_mask: torch.Tensor | None = None, rows_slots: torch.Tensor | None = None):
         self.cache = cache
         self.write_positions = write_positions
         self.attend_length = attend_length
-        self.key_mask = key_mask
+        self._key_mask = key_mask
         self.rows_slots = rows_slots
 
     @staticmethod
     def causal(cache: KVCache, positions: torch.Tensor, attend_length: int,
                rows_slots: torch.Tensor | None = None) -> "CacheView":
         """Each row's queries at `positions` (B, S) see every key at an index <= their position."""
-        key_index = torch.arange(attend_length, device=positions.device)
-        mask = key_index.view(1, 1, 1, -1) <= positions.unsqueeze(1).unsqueeze(-1)
-        return CacheView(cache, positions, attend_length, mask, rows_slots)
+        return CacheView(cache, positions, attend_length, rows_slots=rows_slots)
+
+    @property
+    def key_mask(self) -> torch.Tensor:
+        if self._key_mask is None:
+            key_index = torch.arange(self.attend_length, device=self.write_positions.device)
+            self._key_mask = key_index.view(1, 1, 1, -1) <= self.write_positions.unsqueeze(1).unsqueeze(-1)
+        return self._key_mask
+
+    def token_rows(self) -> "CacheView":
+        """The same call with each token as a row of its own (B*S rows of one token): row i of it is
+        token i of the flattened (B, S), in its row's slot, so each sees the keys up to its position."""
+        batch, seq = self.write_positions.shape
+        if seq == 1 and self.rows_slots is None:
+            return self
+        slots = self.rows_slots if self.rows_slots is not None else \
+            torch.arange(batch, device=self.write_positions.device)
+        return CacheView(self.cache, self.write_positions.reshape(-1, 1), self.attend_length,
+                         rows_slots=slots.repeat_interleave(seq) if seq > 1 else slots)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, kv_heads, S, D) and return the attended keys and values."""
@@ -90,7 +108,7 @@ class Attention(nn.Module):
 
     def forward_decode_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                              layer: int) -> torch.Tensor:
-        """One token per row (x: (B, H)), rows are cache slots 0..B-1; four kernels plus two GEMMs."""
+        """One token per row (x: (B, H)) in slot view.rows_slots[b] (or b); two kernels plus two GEMMs."""
         from ..kernels.attention import decode_attention_fused
         from ..kernels.rope import qk_norm_rope_fused
 
@@ -98,9 +116,9 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv_weight)
         q = qk_norm_rope_fused(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, positions,
                                view.cache.keys[layer], view.cache.values[layer], self.q_norm.eps,
-                               self.num_heads, self.num_kv_heads)
+                               self.num_heads, self.num_kv_heads, view.rows_slots)
         out = decode_attention_fused(q, view.cache.keys[layer], view.cache.values[layer], positions,
-                                     view.attend_length)
+                                     view.rows_slots)
         return self.o_proj(out.reshape(x.shape[0], -1))
 
     def forward_rows_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,

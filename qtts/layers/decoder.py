@@ -10,6 +10,10 @@ from .mlp import SwiGLU
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
 
+# Fused calls run each token as a row of the decode kernels (its own pass over its slot's keys);
+# past this many tokens in one call, SDPA over the whole slot does less work.
+MAX_TOKEN_ROWS = 1024
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderLayerConfig):
@@ -26,8 +30,8 @@ class DecoderLayer(nn.Module):
     def forward_fused(self, update, residual, cos, sin, view: CacheView, layer: int, single_token: bool):
         """(update, residual) → (update, residual): each layer's output is added in the next norm.
 
-        single_token: one token per row, rows are slots 0..B-1 (the decode step's attention kernels);
-        otherwise several tokens per row (prompts, the predictor's first step).
+        single_token: one token per row, in slot view.rows_slots[b] (the decode attention kernels);
+        otherwise several tokens per row (long prompts, through SDPA).
         """
         from ..kernels.norm import rms_norm_fused
 
@@ -61,18 +65,21 @@ class DecoderStack(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, view: CacheView) -> torch.Tensor:
         cos, sin = self.rotary(positions, x.dtype)
         if self.fused:
-            return self._forward_fused(x, cos, sin, view, single_token=x.shape[1] == 1 and view.rows_slots is None)
+            return self._forward_fused(x, cos, sin, view)
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, view, index)
         return self.norm(x)
 
-    def _forward_fused(self, x, cos, sin, view: CacheView, single_token: bool) -> torch.Tensor:
+    def _forward_fused(self, x, cos, sin, view: CacheView) -> torch.Tensor:
         from ..kernels.norm import rms_norm_fused
 
+        batch, seq, hidden = x.shape
+        single_token = batch * seq <= MAX_TOKEN_ROWS
         update, residual = x, None
         if single_token:
-            update, cos, sin = x[:, 0], cos[:, 0], sin[:, 0]
+            view = view.token_rows()
+            update, cos, sin = x.reshape(-1, hidden), cos.reshape(batch * seq, -1), sin.reshape(batch * seq, -1)
         for index, layer in enumerate(self.layers):
             update, residual = layer.forward_fused(update, residual, cos, sin, view, index, single_token)
         normed, _ = rms_norm_fused(update, self.norm.weight, self.norm.eps, residual)
-        return normed.unsqueeze(1) if single_token else normed
+        return normed.view(batch, seq, hidden)

@@ -12,9 +12,27 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin of positions 0..n-1
+        self._retired: list[tuple[torch.Tensor, torch.Tensor]] = []  # graphs captured on them may still read them
+
+    def reserve(self, positions: int, dtype: torch.dtype) -> None:
+        """Precompute cos/sin of positions 0..positions-1, so a call looks them up (two kernels
+        instead of seven). Every later call must stay below the largest count reserved, as a static
+        KV cache of that length already makes it."""
+        table = self._table
+        if table is not None and table[0].dtype == dtype and table[0].shape[0] >= positions:
+            return
+        if table is not None:
+            self._retired.append(table)
+        self._table = self._compute(torch.arange(positions, device=self.inv_freq.device), dtype)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape positions.shape + (head_dim,), computed in fp32 then cast."""
+        if self._table is not None and self._table[0].dtype == dtype:
+            return self._table[0][positions], self._table[1][positions]
+        return self._compute(positions, dtype)
+
+    def _compute(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float().unsqueeze(-1) * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)

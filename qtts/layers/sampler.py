@@ -59,7 +59,8 @@ def sample(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, s
     """(B,) token ids: argmax for greedy rows, a seeded draw from softmax(warped) for the others.
 
     any_sampling=False (every row greedy) and use_top_p=False (no row uses top-p) skip work;
-    fused runs the Triton kernel on CUDA when top-p is not needed.
+    fused runs the Triton kernel on CUDA when top-p is not needed. Scores of any float dtype are
+    sampled in fp32.
     """
     if not any_sampling:
         return scores.argmax(dim=-1)
@@ -67,6 +68,7 @@ def sample(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, s
         from ..kernels.sampling import sample_fused
 
         return sample_fused(scores, params, seeds, steps, stream)
+    scores = scores.float()
     greedy = scores.argmax(dim=-1)
     warped = warp(scores, params, use_top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, stream, scores.shape[-1])))

@@ -36,18 +36,21 @@ def test_rms_norm(dtype, with_residual):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_qk_norm_rope_writes_cache(dtype):
+@pytest.mark.parametrize("slots", [None, [2, 0, 2]])
+def test_qk_norm_rope_writes_cache(dtype, slots):
     g = torch.Generator().manual_seed(1)
     batch, heads, kv_heads, dim, max_len = 3, 4, 2, 16, 10
     qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=g).to(DEVICE, dtype)
     qw, kw = (1 + 0.1 * torch.randn(2, dim, generator=g)).to(DEVICE, dtype)
     positions = torch.tensor([0, 5, 9], device=DEVICE)
+    slots = None if slots is None else torch.tensor(slots, device=DEVICE)
     angles = positions.float().unsqueeze(1) * torch.linspace(0.01, 1, dim // 2, device=DEVICE)
     emb = torch.cat([angles, angles], dim=-1)
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
     caches = [torch.zeros(batch, kv_heads, max_len, dim, device=DEVICE, dtype=dtype) for _ in range(4)]
-    q = qk_norm_rope_fused(qkv, qw, kw, cos, sin, positions, caches[0], caches[1], 1e-6, heads, kv_heads)
-    ref_q = qk_norm_rope_reference(qkv, qw, kw, cos, sin, positions, caches[2], caches[3], 1e-6, heads, kv_heads)
+    q = qk_norm_rope_fused(qkv, qw, kw, cos, sin, positions, caches[0], caches[1], 1e-6, heads, kv_heads, slots)
+    ref_q = qk_norm_rope_reference(qkv, qw, kw, cos, sin, positions, caches[2], caches[3], 1e-6, heads, kv_heads,
+                                   slots)
     tol = _tol(dtype)
     assert torch.allclose(q.float(), ref_q.float(), atol=tol, rtol=tol)
     assert torch.allclose(caches[0].float(), caches[2].float(), atol=tol, rtol=tol)
@@ -63,8 +66,27 @@ def test_decode_attention(dtype, heads, kv_heads):
     k = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     v = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     positions = torch.tensor([0, 40, 79], device=DEVICE)
-    out = decode_attention_fused(q, k, v, positions, attend_length=max_len, block_n=16)
+    out = decode_attention_fused(q, k, v, positions, block_n=16)
     ref = decode_attention_reference(q, k, v, positions)
+    tol = _tol(dtype)
+    assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_attention_rows_of_one_slot_are_causal(dtype):
+    """A prompt's tokens as rows of one slot: token i sees the keys 0..its position, as causal SDPA does."""
+    g = torch.Generator().manual_seed(4)
+    heads, kv_heads, dim, max_len, tokens, start = 4, 2, 16, 40, 21, 3
+    k = torch.randn(3, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
+    v = torch.randn(3, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
+    q = torch.randn(tokens, heads, dim, generator=g).to(DEVICE, dtype)
+    positions = torch.arange(start, start + tokens, device=DEVICE)
+    out = decode_attention_fused(q, k, v, positions, slots=torch.full((tokens,), 1, device=DEVICE), block_n=16)
+    end = start + tokens
+    mask = torch.arange(end, device=DEVICE).view(1, -1) <= positions.view(-1, 1)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0), k[1:2, :, :end], v[1:2, :, :end], attn_mask=mask,
+        enable_gqa=True)[0].transpose(0, 1)
     tol = _tol(dtype)
     assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
 

@@ -307,7 +307,9 @@ def test_fixture_checkpoint_loads_and_matches_upstream(tiny_custom_voice):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @torch.no_grad()
-def test_cuda_graphs_match_eager():
+def test_cuda_graphs_match_eager(monkeypatch):
+    # capture autotunes cuDNN; with TF32 convolutions (torch's default) another algorithm rounds differently
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     decoder = ours_random(tiny_config()).cuda()
     eager = StreamingCodecDecoder(decoder, max_streams=4)
     graphed = StreamingCodecDecoder(decoder, max_streams=4, use_graphs=True, graph_chunk_frames=(1, 2))
