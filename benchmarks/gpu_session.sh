@@ -40,7 +40,13 @@ for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues 
 done
 for name in "${stages[@]}"; do
   case $name in
-    tests) stage tests 120 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider ;;
+    tests)
+      stage tests 120 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
+      # the later stages still measure something if the skinny-layer kernel is wrong here
+      if ! python3 -m pytest -q tests/kernels -k gemv -p no:cacheprovider >/dev/null 2>&1; then
+        echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"
+        export QTTS_DISABLE_GEMV=1
+      fi ;;
     parity)
       fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
       stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;

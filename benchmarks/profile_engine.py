@@ -58,6 +58,25 @@ def time_frame_steps(engine: Engine, batches: list[int], attend: int, calls: int
     return results
 
 
+def gemv_comparison(tts: TTS, attend: int) -> dict:
+    """Frame halves at batch 1 with the skinny linear layers as fused GEMVs (default) and as cuBLAS GEMMs
+    (QTTS_DISABLE_GEMV=1), each in a one-row engine of its own (the switch is read at capture)."""
+    import os
+
+    results = {}
+    for name, disabled in (("gemv", None), ("cublas", "1")):
+        if disabled:
+            os.environ["QTTS_DISABLE_GEMV"] = disabled
+        try:
+            engine = Engine(tts, max_batch=1, max_len=1024)
+            engine.warmup(max_attend=attend)
+            results[name] = time_frame_steps(engine, [1], attend, calls=100)[1]
+        finally:
+            os.environ.pop("QTTS_DISABLE_GEMV", None)
+        del engine
+    return results
+
+
 def profile_frame_kernels(engine: Engine, batch: int, attend: int, frames: int = 20) -> dict:
     """The kernels of `frames` graphed frame steps at `batch`: per-frame count and the top ones by GPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -170,6 +189,8 @@ def main() -> None:
                "frame_step_ms": time_frame_steps(engine, buckets, args.attend), "loop": {}}
     print(results, flush=True)
     if tts.device.type == "cuda":
+        results["batch_1_gemv_vs_cublas"] = gemv_comparison(tts, args.attend)
+        print("batch 1, fused GEMV vs cuBLAS:", results["batch_1_gemv_vs_cublas"], flush=True)
         kernels = profile_frame_kernels(engine, 1, args.attend)
         results["frame_kernels_batch_1"] = kernels
         print("kernels per frame at batch 1:", kernels["kernels_per_frame"], flush=True)

@@ -109,17 +109,22 @@ class Attention(nn.Module):
     def forward_decode_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                              layer: int) -> torch.Tensor:
         """One token per row (x: (B, H)) in slot view.rows_slots[b] (or b); two kernels plus two GEMMs."""
+        return self.attend_decode_fused(F.linear(x, self.qkv_weight), cos, sin, view, layer)
+
+    def attend_decode_fused(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
+                            layer: int) -> torch.Tensor:
+        """forward_decode_fused from the q|k|v projection on: q/k norm, rotation, cache write, attention, o_proj."""
         from ..kernels.attention import decode_attention_fused
+        from ..kernels.gemv import linear
         from ..kernels.rope import qk_norm_rope_fused
 
         positions = view.write_positions.view(-1)
-        qkv = F.linear(x, self.qkv_weight)
         q = qk_norm_rope_fused(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, positions,
                                view.cache.keys[layer], view.cache.values[layer], self.q_norm.eps,
                                self.num_heads, self.num_kv_heads, view.rows_slots)
         out = decode_attention_fused(q, view.cache.keys[layer], view.cache.values[layer], positions,
                                      view.rows_slots)
-        return self.o_proj(out.reshape(x.shape[0], -1))
+        return linear(out.reshape(qkv.shape[0], -1), self.o_proj.weight)
 
     def forward_rows_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                            layer: int) -> torch.Tensor:

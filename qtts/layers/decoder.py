@@ -33,13 +33,21 @@ class DecoderLayer(nn.Module):
         single_token: one token per row, in slot view.rows_slots[b] (the decode attention kernels);
         otherwise several tokens per row (long prompts, through SDPA).
         """
+        from ..kernels.gemv import gemv_fused, skinny
         from ..kernels.norm import rms_norm_fused
 
+        attn_norm, mlp_norm = self.input_layernorm, self.post_attention_layernorm
+        if single_token and skinny(update):  # each norm rides in the projection after it
+            qkv, residual = gemv_fused(update, self.self_attn.qkv_weight, norm_weight=attn_norm.weight,
+                                       eps=attn_norm.eps, residual=residual)
+            attn = self.self_attn.attend_decode_fused(qkv, cos, sin, view, layer)
+            hidden, residual = gemv_fused(attn, self.mlp.gate_up_weight, norm_weight=mlp_norm.weight,
+                                          eps=mlp_norm.eps, residual=residual, silu_mul=True)
+            return gemv_fused(hidden, self.mlp.down_proj.weight)[0], residual
         attention = self.self_attn.forward_decode_fused if single_token else self.self_attn.forward_rows_fused
-        normed, residual = rms_norm_fused(update, self.input_layernorm.weight, self.input_layernorm.eps, residual)
+        normed, residual = rms_norm_fused(update, attn_norm.weight, attn_norm.eps, residual)
         attn = attention(normed, cos, sin, view, layer)
-        normed, residual = rms_norm_fused(attn, self.post_attention_layernorm.weight,
-                                          self.post_attention_layernorm.eps, residual)
+        normed, residual = rms_norm_fused(attn, mlp_norm.weight, mlp_norm.eps, residual)
         return self.mlp.forward_fused(normed), residual
 
 

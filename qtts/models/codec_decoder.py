@@ -86,14 +86,11 @@ class CodecState:
     def streams(self) -> int:
         return self.positions.shape[0]
 
-    def reset(self, rows: torch.Tensor) -> None:
-        """Start the given rows as fresh streams."""
-        for history in self.histories:
-            history.index_fill_(0, rows, 0)
+    def reset(self, row: int) -> None:
+        """Start `row` as a fresh stream (one multi-tensor launch, not one per convolution)."""
         # Masked ring entries still meet a zero attention weight: clear them, so NaNs cannot carry over.
-        self.keys.index_fill_(1, rows, 0)
-        self.values.index_fill_(1, rows, 0)
-        self.positions.index_fill_(0, rows, 0)
+        torch._foreach_zero_([history[row] for history in self.histories]
+                             + [self.keys[:, row], self.values[:, row], self.positions[row: row + 1]])
 
 
 class CodecDecoder(nn.Module):

@@ -44,8 +44,6 @@ class StreamingCodecDecoder:
         self.scratch_slot = max_streams  # padding rows of graphed calls read and write only this row
         self.state = decoder.new_state(max_streams + 1)
         self.device = self.state.positions.device
-        # slot numbers on the device: resetting a slot needs no host copy (which would wait for the stream)
-        self._slot_ids = torch.arange(max_streams + 1, device=self.device)
         self._free = list(range(max_streams))
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self.graph_chunk_frames = set(graph_chunk_frames)
@@ -77,7 +75,7 @@ class StreamingCodecDecoder:
 
     def reset(self, slot: int) -> None:
         """Restart a slot's stream from silence at position 0."""
-        self.state.reset(self._slot_ids[slot: slot + 1])
+        self.state.reset(slot)
 
     @torch.no_grad()
     def decode(self, slots: list[int] | torch.Tensor, codes: torch.Tensor, last: bool = False) -> torch.Tensor:

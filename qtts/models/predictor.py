@@ -40,8 +40,16 @@ class CodePredictor(nn.Module):
     def step(self, talker_width_rows: torch.Tensor, positions: torch.Tensor, view: CacheView,
              head: int) -> torch.Tensor:
         """Run rows (B, S, talker H) through the predictor and return logits of the last row for `head`."""
-        hidden = self.model(self.small_to_mtp_projection(talker_width_rows), positions, view)
-        return self.lm_head[head](hidden[:, -1])
+        if not self.model.fused:
+            hidden = self.model(self.small_to_mtp_projection(talker_width_rows), positions, view)
+            return self.lm_head[head](hidden[:, -1])
+        from ..kernels.gemv import linear
+
+        projection = self.small_to_mtp_projection
+        if isinstance(projection, nn.Linear):
+            talker_width_rows = linear(talker_width_rows, projection.weight, projection.bias)
+        hidden = self.model(talker_width_rows, positions, view)
+        return linear(hidden[:, -1], self.lm_head[head].weight)
 
     def embed_code(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
         """Talker-width embedding of codes of codebook `codebook` (1..15)."""

@@ -169,3 +169,30 @@ def test_a_whole_model_through_the_kernels_speaks_like_the_eager_one(tiny_custom
         request = tts.request("Hello there, how are you?", speaker=tts.speakers[0], greedy=True, max_frames=6)
         codes.append(tts.generate(request).codes)
     assert torch.equal(codes[0], codes[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("case", ["plain", "bias", "norm", "norm_residual", "norm_residual_silu"])
+def test_gemv(dtype, rows, case):
+    from qtts.kernels.gemv import gemv_fused, gemv_reference
+
+    g = torch.Generator().manual_seed(5)
+    k_dim, n_out = 72, 40  # not multiples of the blocks: the masks are exercised
+    silu = case.endswith("silu")
+    x = torch.randn(rows, k_dim, generator=g).to(DEVICE, dtype)
+    weight = (0.2 * torch.randn(2 * n_out if silu else n_out, k_dim, generator=g)).to(DEVICE, dtype)
+    kwargs = {"silu_mul": silu}
+    if case == "bias":
+        kwargs["bias"] = torch.randn(n_out, generator=g).to(DEVICE, dtype)
+    if case.startswith("norm"):
+        kwargs.update(norm_weight=(1 + 0.1 * torch.randn(k_dim, generator=g)).to(DEVICE, dtype), eps=1e-6)
+    if "residual" in case:
+        kwargs["residual"] = torch.randn(rows, k_dim, generator=g).to(DEVICE, dtype)
+    out, residual = gemv_fused(x, weight, **kwargs)
+    ref_out, ref_residual = gemv_reference(x, weight, **kwargs)
+    tol = _tol(dtype)
+    scale = max(1.0, ref_out.float().abs().max().item())  # bf16: a different summation order moves an ulp
+    assert out.shape == ref_out.shape
+    assert torch.allclose(out.float(), ref_out.float(), atol=tol * scale, rtol=tol)
+    assert torch.allclose(residual.float(), ref_residual.float(), atol=tol, rtol=tol)

@@ -1,0 +1,141 @@
+"""Linear layers over one or two rows as one Triton kernel, with the RMSNorm before them and the
+SiLU·mul after them folded in — and its PyTorch reference.
+
+cuBLAS runs a one-row product as a general GEMM: 5–12 µs for the 4–12 MB matrices of a decode
+step, whose bytes take 2–4 µs to read, and the norm and activation around it are launches of
+their own. Here each program reads a block of weight rows once and makes the row's norm itself.
+
+out = act(norm(x [+ residual]) @ W.T [+ bias]); with silu_mul, W holds gate|up and
+out = silu(x @ gate.T) * (x @ up.T). Rounding follows the unfused path: the residual add, the
+norm, the weight multiply, the product and SiLU each round to the activation dtype.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch.nn import functional as F
+
+MAX_ROWS = 2  # past this many rows a GEMM reuses each weight enough for cuBLAS to win
+BLOCK_K = 256  # 512 contiguous bytes of a bf16 weight row per load
+MIN_PROGRAMS = 264  # two per SM of an H100/H200, so enough loads are in flight to draw full bandwidth
+
+
+def block_n(n_out: int) -> int:
+    """Weight rows per program: the largest power of two (4..32) that still gives MIN_PROGRAMS programs."""
+    size = 4
+    while size < 32 and n_out // (size * 2) >= MIN_PROGRAMS:
+        size *= 2
+    return size
+
+
+@functools.cache
+def _gemv_kernel():
+    """Compiled lazily, so that the Triton interpreter setting is read when it is first used."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gemv_kernel(x_ptr, residual_ptr, residual_out_ptr, norm_weight_ptr, w_ptr, bias_ptr, out_ptr,
+                    n_out, eps, K_DIM: tl.constexpr,
+                    ROWS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SILU_MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid = tl.program_id(0)
+        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = n < n_out
+        ks = tl.arange(0, BLOCK_K)
+        dtype = out_ptr.dtype.element_ty
+        for r in tl.static_range(ROWS):
+            inv = 1.0
+            if NORM:  # the row's inverse RMS (program 0 also writes the summed residual)
+                squares = tl.zeros((BLOCK_K,), tl.float32)
+                for k0 in range(0, K_DIM, BLOCK_K):
+                    k = k0 + ks
+                    k_mask = k < K_DIM
+                    h = tl.load(x_ptr + r * K_DIM + k, mask=k_mask, other=0.0)
+                    if HAS_RESIDUAL:
+                        h = (h.to(tl.float32) + tl.load(residual_ptr + r * K_DIM + k, mask=k_mask,
+                                                        other=0.0).to(tl.float32)).to(dtype)
+                        tl.store(residual_out_ptr + r * K_DIM + k, h, mask=k_mask & (pid == 0))
+                    hf = h.to(tl.float32)
+                    squares += hf * hf
+                inv = tl.rsqrt(tl.sum(squares, axis=0) / K_DIM + eps)
+            acc = tl.zeros((BLOCK_N,), tl.float32)
+            acc_up = tl.zeros((BLOCK_N,), tl.float32)
+            for k0 in range(0, K_DIM, BLOCK_K):
+                k = k0 + ks
+                k_mask = k < K_DIM
+                h = tl.load(x_ptr + r * K_DIM + k, mask=k_mask, other=0.0)
+                if NORM:
+                    if HAS_RESIDUAL:
+                        h = (h.to(tl.float32) + tl.load(residual_ptr + r * K_DIM + k, mask=k_mask,
+                                                        other=0.0).to(tl.float32)).to(dtype)
+                    normed = (h.to(tl.float32) * inv).to(dtype)
+                    scale = tl.load(norm_weight_ptr + k, mask=k_mask, other=0.0)
+                    h = (scale.to(tl.float32) * normed.to(tl.float32)).to(dtype)
+                hf = h.to(tl.float32)[None, :]
+                tile_mask = n_mask[:, None] & k_mask[None, :]
+                w = tl.load(w_ptr + n[:, None] * K_DIM + k[None, :], mask=tile_mask, other=0.0)
+                acc += tl.sum(w.to(tl.float32) * hf, axis=1)
+                if SILU_MUL:
+                    w_up = tl.load(w_ptr + (n + n_out)[:, None] * K_DIM + k[None, :], mask=tile_mask, other=0.0)
+                    acc_up += tl.sum(w_up.to(tl.float32) * hf, axis=1)
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
+            if SILU_MUL:
+                gate = acc.to(dtype).to(tl.float32)
+                act = (gate / (1.0 + tl.exp(-gate))).to(dtype)
+                out = (act.to(tl.float32) * acc_up.to(dtype).to(tl.float32)).to(dtype)
+            else:
+                out = acc.to(dtype)
+            tl.store(out_ptr + r * n_out + n, out, mask=n_mask)
+
+    return gemv_kernel
+
+
+def skinny(x: torch.Tensor) -> bool:
+    """Whether a fused model's linear layer over x (rows, K) runs as gemv_fused (QTTS_DISABLE_GEMV=1: never)."""
+    return x.dim() == 2 and x.shape[0] <= MAX_ROWS and os.environ.get("QTTS_DISABLE_GEMV") != "1"
+
+
+def gemv_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               norm_weight: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+               silu_mul: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, new residual) for x (rows <= MAX_ROWS, K); the new residual is x + residual (x without one),
+    as rms_norm_fused returns it. The norm runs when norm_weight is given."""
+    rows, k_dim = x.shape
+    n_out = weight.shape[0] // 2 if silu_mul else weight.shape[0]
+    x = x.contiguous()
+    out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
+    has_residual = residual is not None and norm_weight is not None
+    residual_out = torch.empty_like(x) if has_residual else x
+    args = (x, residual.contiguous() if has_residual else x, residual_out,
+            norm_weight if norm_weight is not None else weight, weight, bias if bias is not None else weight, out,
+            n_out, eps)
+    flags = dict(K_DIM=k_dim, ROWS=rows, NORM=norm_weight is not None, HAS_RESIDUAL=has_residual,
+                 HAS_BIAS=bias is not None, SILU_MUL=silu_mul)
+    size = block_n(n_out) if x.is_cuda else 64  # the interpreter (tests) runs faster with fewer programs
+    _gemv_kernel()[(-(-n_out // size),)](*args, **flags, BLOCK_N=size, BLOCK_K=BLOCK_K if x.is_cuda else 128,
+                                         num_warps=4)
+    return out, residual_out
+
+
+def gemv_reference(x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_mul=False):
+    """The unfused path gemv_fused replaces: (out, new residual)."""
+    from .activation import silu_mul_reference
+    from .norm import rms_norm_reference
+
+    new_residual = x
+    if norm_weight is not None:
+        x, new_residual = rms_norm_reference(x, norm_weight, eps, residual)
+    out = F.linear(x, weight, bias)
+    return (silu_mul_reference(out) if silu_mul else out), new_residual
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A fused model's F.linear over x (..., K): gemv_fused when its rows are few."""
+    rows = x.reshape(-1, x.shape[-1])
+    if not skinny(rows):
+        return F.linear(x, weight, bias)
+    return gemv_fused(rows, weight, bias)[0].view(*x.shape[:-1], weight.shape[0])

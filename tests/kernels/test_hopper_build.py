@@ -1,0 +1,58 @@
+"""Every Triton kernel of the decode step compiles for Hopper (sm_90), down to a cubin, without a GPU:
+a kernel the interpreter runs can still fail to compile, and GPU time is scarce.
+
+The build runs in a child process: compiling leaves Triton's globals unfit for the interpreter
+that the other kernel tests use."""
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+# not imported here: the other kernel tests must set up the interpreter before Triton's first import
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+BUILD = r'''
+import os
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from qtts.kernels.attention import _decode_attention_kernel
+from qtts.kernels.gemv import BLOCK_K, _gemv_kernel, block_n
+from qtts.kernels.rope import _qk_norm_rope_kernel
+
+
+def build(fn, signature, constexprs, **options):
+    signature = {**signature, **{name: "constexpr" for name in constexprs}}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options=options or None)
+    assert "cubin" in compiled.asm, constexprs
+
+
+for has_slots in (False, True):
+    shape = {"NUM_HEADS": 16, "NUM_KV_HEADS": 8, "HEAD_DIM": 128, "HAS_SLOTS": has_slots}
+    build(_decode_attention_kernel(),
+          {"q_ptr": "*bf16", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16", "positions_ptr": "*i64",
+           "slots_ptr": "*i64", "out_ptr": "*bf16", "scale": "fp32", "cache_slot_stride": "i32",
+           "cache_head_stride": "i32", "cache_pos_stride": "i32"}, {**shape, "BLOCK_N": 64})
+    build(_qk_norm_rope_kernel(),
+          {"qkv_ptr": "*bf16", "q_weight_ptr": "*bf16", "k_weight_ptr": "*bf16", "cos_ptr": "*bf16",
+           "sin_ptr": "*bf16", "positions_ptr": "*i64", "slots_ptr": "*i64", "q_out_ptr": "*bf16",
+           "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16", "eps": "fp32", "cache_slot_stride": "i32",
+           "cache_head_stride": "i32", "cache_pos_stride": "i32"}, shape)
+
+pointers = {name: "*bf16" for name in ("x_ptr", "residual_ptr", "residual_out_ptr", "norm_weight_ptr", "w_ptr",
+                                       "bias_ptr", "out_ptr")}
+for n_out, k_dim in ((1024, 2048), (3072, 1024), (6144, 2048)):
+    for flags in ({"ROWS": 1, "NORM": True, "HAS_RESIDUAL": True, "HAS_BIAS": False, "SILU_MUL": True},
+                  {"ROWS": 2, "NORM": False, "HAS_RESIDUAL": False, "HAS_BIAS": True, "SILU_MUL": False}):
+        build(_gemv_kernel(), {**pointers, "n_out": "i32", "eps": "fp32"},
+              {"K_DIM": k_dim, **flags, "BLOCK_N": block_n(n_out), "BLOCK_K": BLOCK_K}, num_warps=4)
+print("built")
+'''
+
+
+def test_decode_kernels_build_for_hopper():
+    result = subprocess.run([sys.executable, "-c", BUILD], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
