@@ -33,7 +33,7 @@ from .request import SpeechRequest
 from .rows import move_row
 from .runner import GraphRunner, attend_bucket
 from .scheduler import ChunkCandidate, Scheduler, playback_buffer_s
-from .step import FrameStep, SamplingFlags
+from .step import FrameStep, PrefillItem, SamplingFlags
 from .stream import Stream
 
 log = logging.getLogger("qtts.engine")
@@ -291,22 +291,25 @@ class Engine:
         free_slots = self.max_batch - len(self._rows) - len(self._draining)
         count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None)),
                     free_slots)
+        starting = []
         for _ in range(count):
             with self._wakeup:
                 if not self._queue:
-                    return
+                    break
                 stream = self._queue.popleft()
             try:
-                self._start(stream)
+                starting.append(self._job_for(stream))
             except Exception as exc:
                 log.info("request %s failed: %s", stream.id, exc)
                 self._finish(stream, "error", exc)
+        if starting:
+            self._start(starting)
 
     def _prepare_prompts(self) -> None:
         """Build the prompts (and prefix keys) of the requests that may be admitted at the end of this
         iteration, on the prompt stream, so the frame step in flight keeps running meanwhile."""
         with self._wakeup:
-            head = list(itertools.islice(self._queue, self.scheduler.max_prefills_per_frame))
+            head = list(itertools.islice(self._queue, self.scheduler.burst_prefills_per_frame))
         head = [stream for stream in head if stream not in self._plans]
         if not head:
             return
@@ -325,8 +328,8 @@ class Engine:
         if self._prompt_stream is not None:
             self._prompt_stream.synchronize()  # prefills read them on the step's stream
 
-    def _start(self, stream: Stream) -> None:
-        """Prefill a request into the next free row and give it a codec slot."""
+    def _job_for(self, stream: Stream) -> _Job:
+        """A request's plan, checked against the cache, and a codec slot: a job ready to prefill."""
         plan = self._plans.pop(stream, None)
         if isinstance(plan, Exception):
             raise plan
@@ -343,9 +346,6 @@ class Engine:
                 tensor.record_stream(torch.cuda.current_stream(self.tts.device))
         # text rows past the frame cap are never read; dropping them keeps every prompt within max_text
         plan.prompt = replace(plan.prompt, trailing=plan.prompt.trailing[: plan.max_frames])
-        row = len(self._rows)
-        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows] + [plan.sampling])
-        self.runner.prefill(row, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
         voice = stream.request.voice
         with self._codec_context():  # slot state is only touched in codec-stream order
             slot = self.codec.allocate()
@@ -355,12 +355,26 @@ class Engine:
             except Exception:
                 self.codec.free(slot)
                 raise
-        job = _Job(stream, plan, slot, position=length)
+        return _Job(stream, plan, slot, position=length)
+
+    def _start(self, jobs: list[_Job]) -> None:
+        """Prefill jobs into the next free rows, their prompts through the talker together."""
+        first = len(self._rows)
+        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows + jobs])
+        items = [PrefillItem(j.plan.prompt, j.plan.sampling, j.plan.seed, j.plan.min_frames) for j in jobs]
+        try:
+            self.runner.prefill_rows(first, items)
+        except Exception as exc:
+            log.info("prefill of %d requests failed: %s", len(jobs), exc)
+            for job in jobs:
+                self._close(job, "error", exc)
+            return
+        self._rows.extend(jobs)
         # EOS is masked before min_frames samples, so only min_frames=0 can end at the prefill
-        if plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:
-            self._close(job, "stop")
-        else:
-            self._rows.append(job)
+        for row in reversed(range(first, first + len(jobs))):
+            job = self._rows[row]
+            if job.plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:
+                self._close(self._release_row(row), "stop")
 
     def _launch_step(self) -> _CodecCall:
         """Launch one frame for every active row: the code predictor's half, the codec on its new frame

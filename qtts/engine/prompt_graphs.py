@@ -1,4 +1,4 @@
-"""The talker over prompt rows as CUDA graphs, one per (padded row count, attended length bucket)."""
+"""The talker over prompt rows as CUDA graphs, one per (prompts, padded row count, attended length bucket)."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,7 @@ from .runner import attend_bucket, capture_graph
 from .step import FrameStep
 
 MAX_GRAPHED_PROMPT = 512  # longer prompt calls run eagerly
+MAX_PROMPTS = 2  # prompts per graphed call (the engine's prefills of one iteration); more run in groups
 WARMUP_PREFIX_ROWS = 128  # warm-up covers prompt calls that start up to this far in (a cached voice prefix)
 
 
@@ -17,7 +18,8 @@ def prompt_bucket(rows: int) -> int:
 
 
 class PromptGraphs:
-    """Prompt rows through the talker as CUDA graphs, one per (padded row count, attended length bucket).
+    """Prompt rows through the talker as CUDA graphs, one per (prompts, padded row count, attended length
+    bucket); several prompts (each into its own slot) share one pass over the weights.
 
     An eager prefill is ~1,000 launches (tens of ms); replayed, it is a few ms. Padding rows go
     after the real ones, so causal attention keeps them out of the real rows' results; the K/V
@@ -29,24 +31,31 @@ class PromptGraphs:
         device = step.codes.device
         hidden = step.talker.cfg.hidden_size
         dtype = step.talker.codec_head.weight.dtype
-        self.rows = torch.zeros(MAX_GRAPHED_PROMPT, hidden, device=device, dtype=dtype)
-        self.start = torch.zeros((), dtype=torch.long, device=device)
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)
-        self.last = torch.zeros(1, dtype=torch.long, device=device)
-        self.out = torch.zeros(1, hidden, device=device, dtype=dtype)
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._warm: set[tuple[int, int]] = set()
+        self.max_prompts = min(MAX_PROMPTS, step.rows)
+        self.rows = torch.zeros(self.max_prompts, MAX_GRAPHED_PROMPT, hidden, device=device, dtype=dtype)
+        self.starts = torch.zeros(self.max_prompts, dtype=torch.long, device=device)
+        self.first_slot = torch.zeros((), dtype=torch.long, device=device)
+        self.last = torch.zeros(self.max_prompts, dtype=torch.long, device=device)
+        self.out = torch.zeros(self.max_prompts, hidden, device=device, dtype=dtype)
+        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        self._warm: set[tuple[int, int, int]] = set()
 
-    def __call__(self, row: int, rows: torch.Tensor, start: int) -> torch.Tensor:
-        count = rows.shape[0]
-        padded = prompt_bucket(count)
-        if padded > MAX_GRAPHED_PROMPT or start + padded > self.step.max_len:
-            return self.step.prompt_rows_eager(row, rows, start)[:, -1]
-        key = (padded, attend_bucket(start + padded, self.step.max_len))
-        self.rows[:count] = rows
-        self.start.fill_(start)
-        self.slot.fill_(row)
-        self.last.fill_(count - 1)
+    def __call__(self, first_row: int, parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """Last hidden states (len(parts), H) of prompts (rows (n, H), start position), into slots first_row..."""
+        if len(parts) > self.max_prompts:
+            return torch.cat([self(first_row + i, parts[i: i + self.max_prompts])
+                              for i in range(0, len(parts), self.max_prompts)])
+        padded = prompt_bucket(max(rows.shape[0] for rows, _ in parts))
+        reach = max(start for _, start in parts) + padded
+        if padded > MAX_GRAPHED_PROMPT or reach > self.step.max_len:
+            return torch.cat([self.step.prompt_rows_eager(row, rows, start)[:, -1]
+                              for row, (rows, start) in enumerate(parts, first_row)])
+        key = (len(parts), padded, attend_bucket(reach, self.step.max_len))
+        for index, (rows, start) in enumerate(parts):
+            self.rows[index, : rows.shape[0]] = rows
+            self.starts[index].fill_(start)
+            self.last[index].fill_(rows.shape[0] - 1)
+        self.first_slot.fill_(first_row)
         graph = self._graphs.get(key)
         if graph is None and key not in self._warm:
             self._warm.add(key)  # the first call runs eagerly and warms up the kernels
@@ -56,28 +65,33 @@ class PromptGraphs:
             graph.replay()
         else:
             graph.replay()
-        return self.out.clone()
+        return self.out[: len(parts)].clone()
 
     def warmup(self) -> None:
-        """Capture the graphs of every padded row count, for calls starting at 0 up to
+        """Capture the graphs of every prompt count and padded row count, for calls starting at 0 up to
         WARMUP_PREFIX_ROWS in (the text part after a cached voice prefix starts there).
 
-        Runs garbage rows into slot 0, so call it before any request has a row.
+        Runs garbage rows into the first slots, so call it before any request has a row.
         """
-        row = torch.zeros(1, self.rows.shape[1], device=self.rows.device, dtype=self.rows.dtype)
-        padded, max_len = 1, self.step.max_len
-        while padded <= min(MAX_GRAPHED_PROMPT, max_len):
-            attend = attend_bucket(padded, max_len)
-            while attend <= attend_bucket(padded + WARMUP_PREFIX_ROWS, max_len):
-                for _ in range(2):  # eager warm-up, then capture
-                    self(0, row.expand(padded, -1), attend - padded)
-                if attend == max_len:
-                    break
-                attend *= 2
-            padded *= 2
+        row = torch.zeros(1, self.rows.shape[-1], device=self.rows.device, dtype=self.rows.dtype)
+        max_len = self.step.max_len
+        for prompts in range(1, self.max_prompts + 1):
+            padded = 1
+            while padded <= min(MAX_GRAPHED_PROMPT, max_len):
+                attend = attend_bucket(padded, max_len)
+                while attend <= attend_bucket(padded + WARMUP_PREFIX_ROWS, max_len):
+                    for _ in range(2):  # eager warm-up, then capture
+                        self(0, [(row.expand(padded, -1), attend - padded)] * prompts)
+                    if attend == max_len:
+                        break
+                    attend *= 2
+                padded *= 2
 
-    def _forward(self, padded: int, attend_length: int) -> None:
-        positions = (self.start + torch.arange(padded, device=self.start.device)).unsqueeze(0)
-        view = CacheView.causal(self.step.cache, positions, attend_length, rows_slots=self.slot)
-        hidden = self.step.talker(self.rows[:padded].unsqueeze(0), positions, view)
-        self.out.copy_(hidden[0].index_select(0, self.last))
+    def _forward(self, prompts: int, padded: int, attend_length: int) -> None:
+        offsets = torch.arange(padded, device=self.starts.device)
+        positions = self.starts[:prompts, None] + offsets[None, :]
+        slots = self.first_slot + torch.arange(prompts, device=self.starts.device)
+        view = CacheView.causal(self.step.cache, positions, attend_length, rows_slots=slots)
+        hidden = self.step.talker(self.rows[:prompts, :padded], positions, view)
+        index = self.last[:prompts].view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        self.out[:prompts].copy_(hidden.gather(1, index)[:, 0])

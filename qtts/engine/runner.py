@@ -71,6 +71,9 @@ class GraphRunner:
     def prefill(self, row, prompt, sampling, seed, min_frames: int = 2) -> None:
         self.step.prefill(row, prompt, sampling, seed, min_frames)
 
+    def prefill_rows(self, first_row, items) -> None:
+        self.step.prefill_rows(first_row, items)
+
     @torch.no_grad()
     def frame_step(self, batch: int, attend_length: int) -> torch.Tensor:
         length = attend_bucket(attend_length, self.step.max_len)

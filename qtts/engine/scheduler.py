@@ -32,15 +32,19 @@ class Scheduler:
 
     max_prefills_per_frame bounds the prefills run between two frames, so a burst of arrivals
     cannot stall the streams already playing; while any playing stream's buffer is below
-    low_buffer_s only one prefill runs per frame.
+    low_buffer_s only one prefill runs per frame, and while every one holds at least
+    high_buffer_s (or none plays yet) up to burst_prefills_per_frame run, so a burst drains fast.
     """
 
-    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2):
+    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2,
+                 burst_prefills_per_frame: int = 4, high_buffer_s: float = 1.0):
         if max_batch < 1 or max_prefills_per_frame < 1:
             raise ValueError("max_batch and max_prefills_per_frame must be >= 1")
         self.max_batch = max_batch
         self.max_prefills_per_frame = max_prefills_per_frame
         self.low_buffer_s = low_buffer_s
+        self.burst_prefills_per_frame = max(burst_prefills_per_frame, max_prefills_per_frame)
+        self.high_buffer_s = high_buffer_s
 
     def admissions(self, waiting: int, active: int, lowest_buffer_s: float | None) -> int:
         """How many waiting requests (taken first come, first served) to prefill before the next frame.
@@ -50,6 +54,8 @@ class Scheduler:
         cap = self.max_prefills_per_frame
         if lowest_buffer_s is not None and lowest_buffer_s < self.low_buffer_s:
             cap = 1
+        elif lowest_buffer_s is None or lowest_buffer_s >= self.high_buffer_s:
+            cap = self.burst_prefills_per_frame
         return max(0, min(waiting, self.max_batch - active, cap))
 
     def pick_chunks(self, candidates: list[ChunkCandidate]) -> list[ChunkCandidate]:

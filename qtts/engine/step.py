@@ -85,6 +85,16 @@ class RowState:
             params.top_p[row] = getattr(sampling, prefix + "top_p")
 
 
+@dataclass
+class PrefillItem:
+    """One request to prefill: its prompt, sampling parameters, seed and minimum frame count."""
+
+    prompt: Prompt
+    sampling: SamplingParams
+    seed: int
+    min_frames: int = 2
+
+
 @dataclass(frozen=True)
 class SamplingFlags:
     """Which sampling work any row needs; host-side, so graphs are captured per combination."""
@@ -134,7 +144,7 @@ class FrameStep:
         self.eos_only[cfg.talker.codec_eos_id] = True
         self.eos_id = cfg.talker.codec_eos_id
         self.flags = SamplingFlags()
-        # (row, rows, start) -> last hidden (1, H); the graph runner installs a graphed one
+        # (first_row, [(rows, start), ...]) -> last hidden (n, H); the graph runner installs a graphed one
         self.prompt_runner = None
         predictor_positions = torch.arange(groups, device=device)
         self._predictor_positions = predictor_positions.expand(rows, groups)
@@ -155,22 +165,31 @@ class FrameStep:
 
     @torch.no_grad()
     def prefill(self, row: int, prompt: Prompt, sampling: SamplingParams, seed: int, min_frames: int = 2) -> None:
-        """Run a prompt into slot `row` and sample the first frame's codebook 0.
+        """Run a prompt into slot `row` and sample the first frame's codebook 0."""
+        self.prefill_rows(row, [PrefillItem(prompt, sampling, seed, min_frames)])
+
+    @torch.no_grad()
+    def prefill_rows(self, first_row: int, items: list[PrefillItem]) -> None:
+        """Prefill items into rows first_row, first_row+1, ..., their prompt rows through the talker
+        together, and sample each one's first codebook 0.
 
         With a prefix cache the shared rows always run as their own call (or come from the
         cache), so a request's result does not depend on whether its voice was cached.
         """
-        length = prompt.prefill.shape[0]
-        if length + 1 > self.max_len:
-            raise ValueError(f"prompt of {length} positions does not fit the cache of {self.max_len}")
         s = self.state
-        s.set_row(row, prompt, sampling, seed, min_frames)
-        start = self._restore_prefix(row, prompt) if self.prefix_cache is not None else 0
-        last = self._run_prompt_rows(row, prompt.prefill[start:], start)
-        s.past_hidden[row] = last[0]
-        s.positions[row] = length
-        token = self._sample_c0(self.talker.logits(last), slice(row, row + 1))
-        s.c0[row] = token[0]
+        parts = []
+        for row, item in enumerate(items, first_row):
+            length = item.prompt.prefill.shape[0]
+            if length + 1 > self.max_len:
+                raise ValueError(f"prompt of {length} positions does not fit the cache of {self.max_len}")
+            s.set_row(row, item.prompt, item.sampling, item.seed, item.min_frames)
+            start = self._restore_prefix(row, item.prompt) if self.prefix_cache is not None else 0
+            parts.append((item.prompt.prefill[start:], start))
+            s.positions[row] = length
+        last = self._run_prompts(first_row, parts)
+        rows = slice(first_row, first_row + len(items))
+        s.past_hidden[rows] = last
+        s.c0[rows] = self._sample_c0(self.talker.logits(last), rows)
 
     def _restore_prefix(self, row: int, prompt: Prompt) -> int:
         """Fill slot `row` with the K/V of the prompt's shared rows; returns how many positions it holds."""
@@ -188,9 +207,14 @@ class FrameStep:
 
     def _run_prompt_rows(self, row: int, rows: torch.Tensor, start: int) -> torch.Tensor:
         """Talker hidden state (1, H) of the last of prompt rows (n, H) at positions start..; K/V go to slot `row`."""
+        return self._run_prompts(row, [(rows, start)])
+
+    def _run_prompts(self, first_row: int, parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """_run_prompt_rows for several prompts (rows, start), into slots first_row..: (len(parts), H)."""
         if self.prompt_runner is not None:
-            return self.prompt_runner(row, rows, start)
-        return self.prompt_rows_eager(row, rows, start)[:, -1]
+            return self.prompt_runner(first_row, parts)
+        return torch.cat([self.prompt_rows_eager(row, rows, start)[:, -1]
+                          for row, (rows, start) in enumerate(parts, first_row)])
 
     def prompt_rows_eager(self, row: int, rows: torch.Tensor, start: int) -> torch.Tensor:
         """Talker hidden states (1, n, H) of prompt rows (n, H) at positions start.., written into slot `row`."""

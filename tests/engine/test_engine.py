@@ -10,6 +10,7 @@ from qtts.api import TTS
 from qtts.engine.engine import Engine
 from qtts.engine.prompt import build_prompt
 from qtts.engine.request import SpeechRequest
+from qtts.engine.scheduler import Scheduler
 from qtts.errors import InvalidRequestError, OverloadedError, UnknownSpeakerError
 
 TEXTS = ["Hello there.", "A somewhat longer sentence to speak aloud.", "Short.", "One two three four five.",
@@ -271,7 +272,8 @@ def test_cloned_voices_with_and_without_reference_codes_match_their_solo_runs(ti
 
 
 def test_prompts_are_built_ahead_and_a_failing_one_fails_alone(tts, engine_factory, monkeypatch):
-    engine = engine_factory(max_batch=1)
+    # two prompts are built ahead per iteration, so the third waits for the busy row's next frame
+    engine = engine_factory(max_batch=1, scheduler=Scheduler(1, max_prefills_per_frame=2, burst_prefills_per_frame=2))
     requests = [_request(tts, text, greedy=True, max_frames=frames) for text, frames in zip(TEXTS, (8, 4, 5))]
     built_while_busy, plans = [], tts.plans
 

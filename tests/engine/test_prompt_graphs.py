@@ -34,3 +34,28 @@ def test_padded_prompt_rows_give_the_eager_tokens(tiny_custom_voice, monkeypatch
         for _ in range(3):  # eager warm-up, capture, replay
             assert torch.equal(graphed.generate(request).codes, expected)
     assert len(step.prompt_runner._graphs) >= 2
+
+
+def test_two_prompts_in_one_call_match_each_alone(tiny_custom_voice, monkeypatch):
+    """The engine's prefills of one iteration share a call: different lengths and starts, each in its slot."""
+    from qtts.engine.step import FrameStep
+
+    monkeypatch.setattr(prompt_graphs_module, "capture_graph", lambda fn, pool: _ReplayCallsFunction(fn))
+    tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", prefix_cache_mb=0)
+    step = FrameStep(tts.talker, tts.config, rows=3, max_len=256, max_text=256)
+    hidden = tts.config.talker.hidden_size
+    g = torch.Generator().manual_seed(0)
+    parts = [(torch.randn(11, hidden, generator=g), 0), (torch.randn(5, hidden, generator=g), 7)]
+    for slot, (_, start) in zip((1, 2), parts):  # the second starts after 7 positions already cached
+        if start:
+            step.prompt_rows_eager(slot, torch.randn(start, hidden, generator=g), 0)
+    alone = [step.prompt_rows_eager(slot, rows, start)[0, -1] for slot, (rows, start) in zip((1, 2), parts)]
+    cache_alone = [k[1:3].clone() for k in step.cache.keys]
+    runner = PromptGraphs(step, pool=None)
+    for _ in range(3):  # eager warm-up, capture, replay
+        together = runner(1, parts)
+        assert torch.allclose(together, torch.stack(alone), atol=1e-5)
+    assert list(runner._graphs) == [(2, 16, 64)]
+    for cached, keys in zip(cache_alone, step.cache.keys):  # the real positions hold the same keys
+        assert torch.allclose(keys[1, :, :11], cached[0, :, :11], atol=1e-5)
+        assert torch.allclose(keys[2, :, :12], cached[1, :, :12], atol=1e-5)

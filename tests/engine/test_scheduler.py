@@ -11,12 +11,20 @@ def test_playback_buffer_is_audio_sent_minus_time_played():
 
 
 def test_admissions_respect_free_rows_and_the_prefill_cap():
-    scheduler = Scheduler(max_batch=4, max_prefills_per_frame=2, low_buffer_s=0.2)
-    assert scheduler.admissions(waiting=5, active=0, lowest_buffer_s=None) == 2
-    assert scheduler.admissions(waiting=5, active=3, lowest_buffer_s=None) == 1
-    assert scheduler.admissions(waiting=5, active=4, lowest_buffer_s=None) == 0
-    assert scheduler.admissions(waiting=0, active=0, lowest_buffer_s=None) == 0
-    assert scheduler.admissions(waiting=5, active=0, lowest_buffer_s=1.0) == 2
+    scheduler = Scheduler(max_batch=8, max_prefills_per_frame=2, low_buffer_s=0.2, burst_prefills_per_frame=4,
+                          high_buffer_s=1.0)
+    assert scheduler.admissions(waiting=5, active=0, lowest_buffer_s=0.5) == 2
+    assert scheduler.admissions(waiting=5, active=7, lowest_buffer_s=0.5) == 1
+    assert scheduler.admissions(waiting=5, active=8, lowest_buffer_s=0.5) == 0
+    assert scheduler.admissions(waiting=0, active=0, lowest_buffer_s=0.5) == 0
+
+
+def test_a_burst_is_admitted_faster_while_every_listener_has_audio_in_hand():
+    scheduler = Scheduler(max_batch=8, max_prefills_per_frame=2, low_buffer_s=0.2, burst_prefills_per_frame=4,
+                          high_buffer_s=1.0)
+    assert scheduler.admissions(waiting=6, active=0, lowest_buffer_s=None) == 4  # nobody plays yet
+    assert scheduler.admissions(waiting=6, active=2, lowest_buffer_s=1.5) == 4
+    assert scheduler.admissions(waiting=6, active=6, lowest_buffer_s=1.5) == 2  # free rows still bound it
 
 
 def test_a_stream_running_dry_limits_prefills_to_one_per_frame():
