@@ -93,7 +93,7 @@ class TTS:
         self.talker = talker.to(device=device, dtype=dtype).eval()
         if kernels_enabled(device) if fused_kernels is None else fused_kernels:
             self.talker.model.fuse()
-            self.talker.code_predictor.model.fuse()
+            self.talker.code_predictor.model.fuse(gemv=True)
         self.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
 
     @classmethod

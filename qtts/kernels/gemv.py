@@ -133,9 +133,9 @@ def gemv_reference(x, weight, bias=None, norm_weight=None, eps=0.0, residual=Non
     return (silu_mul_reference(out) if silu_mul else out), new_residual
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A fused model's F.linear over x (..., K): gemv_fused when its rows are few."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gemv: bool = True) -> torch.Tensor:
+    """F.linear over x (..., K): gemv_fused when gemv is on and its rows are few."""
     rows = x.reshape(-1, x.shape[-1])
-    if not skinny(rows):
+    if not (gemv and skinny(rows)):
         return F.linear(x, weight, bias)
     return gemv_fused(rows, weight, bias)[0].view(*x.shape[:-1], weight.shape[0])

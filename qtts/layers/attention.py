@@ -68,8 +68,8 @@ class CacheView:
         batch, seq = self.write_positions.shape
         if seq == 1 and self.rows_slots is None:
             return self
-        slots = self.rows_slots if self.rows_slots is not None else \
-            torch.arange(batch, device=self.write_positions.device)
+        device = self.write_positions.device
+        slots = self.rows_slots.to(device) if self.rows_slots is not None else torch.arange(batch, device=device)
         return CacheView(self.cache, self.write_positions.reshape(-1, 1), self.attend_length,
                          rows_slots=slots.repeat_interleave(seq) if seq > 1 else slots)
 
@@ -112,8 +112,9 @@ class Attention(nn.Module):
         return self.attend_decode_fused(F.linear(x, self.qkv_weight), cos, sin, view, layer)
 
     def attend_decode_fused(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
-                            layer: int) -> torch.Tensor:
-        """forward_decode_fused from the q|k|v projection on: q/k norm, rotation, cache write, attention, o_proj."""
+                            layer: int, gemv: bool = False) -> torch.Tensor:
+        """forward_decode_fused from the q|k|v projection on: q/k norm, rotation, cache write, attention,
+        o_proj (a fused GEMV with gemv, for one or two rows)."""
         from ..kernels.attention import decode_attention_fused
         from ..kernels.gemv import linear
         from ..kernels.rope import qk_norm_rope_fused
@@ -124,7 +125,7 @@ class Attention(nn.Module):
                                self.num_heads, self.num_kv_heads, view.rows_slots)
         out = decode_attention_fused(q, view.cache.keys[layer], view.cache.values[layer], positions,
                                      view.rows_slots)
-        return linear(out.reshape(qkv.shape[0], -1), self.o_proj.weight)
+        return linear(out.reshape(qkv.shape[0], -1), self.o_proj.weight, gemv=gemv)
 
     def forward_rows_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                            layer: int) -> torch.Tensor:

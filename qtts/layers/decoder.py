@@ -27,20 +27,22 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, view, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward_fused(self, update, residual, cos, sin, view: CacheView, layer: int, single_token: bool):
+    def forward_fused(self, update, residual, cos, sin, view: CacheView, layer: int, single_token: bool,
+                      gemv: bool = False):
         """(update, residual) → (update, residual): each layer's output is added in the next norm.
 
         single_token: one token per row, in slot view.rows_slots[b] (the decode attention kernels);
-        otherwise several tokens per row (long prompts, through SDPA).
+        otherwise several tokens per row (long prompts, through SDPA). gemv: one or two rows run
+        their projections as fused GEMVs.
         """
         from ..kernels.gemv import gemv_fused, skinny
         from ..kernels.norm import rms_norm_fused
 
         attn_norm, mlp_norm = self.input_layernorm, self.post_attention_layernorm
-        if single_token and skinny(update):  # each norm rides in the projection after it
+        if gemv and single_token and skinny(update):  # each norm rides in the projection after it
             qkv, residual = gemv_fused(update, self.self_attn.qkv_weight, norm_weight=attn_norm.weight,
                                        eps=attn_norm.eps, residual=residual)
-            attn = self.self_attn.attend_decode_fused(qkv, cos, sin, view, layer)
+            attn = self.self_attn.attend_decode_fused(qkv, cos, sin, view, layer, gemv=True)
             hidden, residual = gemv_fused(attn, self.mlp.gate_up_weight, norm_weight=mlp_norm.weight,
                                           eps=mlp_norm.eps, residual=residual, silu_mul=True)
             return gemv_fused(hidden, self.mlp.down_proj.weight)[0], residual
@@ -61,14 +63,16 @@ class DecoderStack(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
-        self.fused = False
+        self.fused = self.gemv = False
 
-    def fuse(self) -> None:
-        """Run every call through the fused Triton kernels (CUDA only)."""
+    def fuse(self, gemv: bool = False) -> None:
+        """Run every call through the fused Triton kernels (CUDA only); gemv: calls of one or two rows
+        run their projections as fused GEMVs (faster than cuBLAS for the small matrices of the code
+        predictor, slower for the talker's on an H200)."""
         for layer in self.layers:
             layer.self_attn.fuse_projections()
             layer.mlp.fuse_projections()
-        self.fused = True
+        self.fused, self.gemv = True, gemv
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, view: CacheView) -> torch.Tensor:
         cos, sin = self.rotary(positions, x.dtype)
@@ -88,6 +92,6 @@ class DecoderStack(nn.Module):
             view = view.token_rows()
             update, cos, sin = x.reshape(-1, hidden), cos.reshape(batch * seq, -1), sin.reshape(batch * seq, -1)
         for index, layer in enumerate(self.layers):
-            update, residual = layer.forward_fused(update, residual, cos, sin, view, index, single_token)
+            update, residual = layer.forward_fused(update, residual, cos, sin, view, index, single_token, self.gemv)
         normed, _ = rms_norm_fused(update, self.norm.weight, self.norm.eps, residual)
         return normed.view(batch, seq, hidden)

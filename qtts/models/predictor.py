@@ -47,9 +47,9 @@ class CodePredictor(nn.Module):
 
         projection = self.small_to_mtp_projection
         if isinstance(projection, nn.Linear):
-            talker_width_rows = linear(talker_width_rows, projection.weight, projection.bias)
+            talker_width_rows = linear(talker_width_rows, projection.weight, projection.bias, self.model.gemv)
         hidden = self.model(talker_width_rows, positions, view)
-        return linear(hidden[:, -1], self.lm_head[head].weight)
+        return linear(hidden[:, -1], self.lm_head[head].weight, gemv=self.model.gemv)
 
     def embed_code(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
         """Talker-width embedding of codes of codebook `codebook` (1..15)."""

@@ -60,8 +60,4 @@ class Talker(nn.Module):
         return self.model(embeds, positions, view)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.model.fused:
-            from ..kernels.gemv import linear
-
-            return linear(hidden, self.codec_head.weight)
         return self.codec_head(hidden)

@@ -99,8 +99,10 @@ def test_silu_mul(dtype):
     assert torch.allclose(out.float(), ref.float(), atol=_tol(dtype), rtol=_tol(dtype))
 
 
-def test_fused_decode_stack_matches_eager():
-    """A decoder stack's single-token step through the kernels equals the module path."""
+@pytest.mark.parametrize("gemv", [False, True])
+def test_fused_decode_stack_matches_eager(gemv):
+    """A decoder stack's single-token step through the kernels (two rows: the GEMV path when on) equals the
+    module path."""
     from qtts.config import DecoderLayerConfig
     from qtts.layers.attention import CacheView, KVCache
     from qtts.layers.decoder import DecoderStack
@@ -116,7 +118,7 @@ def test_fused_decode_stack_matches_eager():
     for fused in (False, True):
         cache = KVCache(2, batch, 2, max_len, 16, DEVICE, torch.float32)
         if fused:
-            stack.fuse()
+            stack.fuse(gemv)
         prompt = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1)).to(DEVICE)
         for row in range(batch):
             positions = torch.arange(5, device=DEVICE).unsqueeze(0)
