@@ -35,7 +35,7 @@ def _decode_attention_kernel():
         if HAS_SLOTS:
             slot = tl.load(slots_ptr + row).to(tl.int64)
         else:
-            slot = row
+            slot = row.to(tl.int64)  # slot * stride can pass 2**31 in a large cache
         base = slot * cache_slot_stride + kv_head * cache_head_stride
         m = tl.full((GROUP,), float("-inf"), tl.float32)
         denom = tl.zeros((GROUP,), tl.float32)

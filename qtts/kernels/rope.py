@@ -36,7 +36,7 @@ def _qk_norm_rope_kernel():
         if HAS_SLOTS:
             slot = tl.load(slots_ptr + row).to(tl.int64)
         else:
-            slot = row
+            slot = row.to(tl.int64)  # slot * stride can pass 2**31 in a large cache
         if head >= NUM_HEADS + NUM_KV_HEADS:  # v: copied into the cache as is
             dst = v_cache_ptr + slot * cache_slot_stride + (head - NUM_HEADS - NUM_KV_HEADS) * cache_head_stride \
                 + position * cache_pos_stride
