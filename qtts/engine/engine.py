@@ -72,6 +72,7 @@ class _CodecCall:
     samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
     done: torch.cuda.Event | None
     taken: set[int] = field(default_factory=set)  # rows whose audio was collected early (first frames)
+    step_done: torch.cuda.Event | None = None  # recorded after the frame step that made these frames
 
 
 class _RateMeter:
@@ -262,7 +263,7 @@ class Engine:
         self._collect_audio()  # the previous frame's audio, also while this frame runs
         if call is not None:
             self._in_flight = call
-            self._finish_step(call.jobs)
+            self._finish_step(call)
             self._send_first_audio(call)
         self._admit()  # new rows prefill while the codec runs, and join the next frame
 
@@ -305,14 +306,15 @@ class Engine:
         if starting:
             self._start(starting)
 
-    def _prepare_prompts(self) -> None:
+    def _prepare_prompts(self) -> bool:
         """Build the prompts (and prefix keys) of the requests that may be admitted at the end of this
-        iteration, on the prompt stream, so the frame step in flight keeps running meanwhile."""
+        iteration, on the prompt stream, so the frame step in flight keeps running meanwhile; whether
+        there were any to build."""
         with self._wakeup:
             head = list(itertools.islice(self._queue, self.scheduler.burst_prefills_per_frame))
         head = [stream for stream in head if stream not in self._plans]
         if not head:
-            return
+            return False
         context = torch.cuda.stream(self._prompt_stream) if self._prompt_stream is not None \
             else contextlib.nullcontext()
         with context:
@@ -327,6 +329,7 @@ class Engine:
                     self._plans[stream] = exc
         if self._prompt_stream is not None:
             self._prompt_stream.synchronize()  # prefills read them on the step's stream
+        return True
 
     def _job_for(self, stream: Stream) -> _Job:
         """A request's plan, checked against the cache, and a codec slot: a job ready to prefill."""
@@ -389,12 +392,26 @@ class Engine:
         frames = self.runner.predict_frame(padded)[:batch].clone()
         call = self._launch_codec(jobs, frames)
         self.runner.advance(padded, max(j.position for j in jobs) + 1)
+        if self.tts.device.type == "cuda":
+            call.step_done = torch.cuda.Event()
+            call.step_done.record()
         return call
 
-    def _finish_step(self, jobs: list[_Job]) -> None:
-        """Count the frame of `jobs` (the rows in step order), retire the rows that ended (EOS next, or
-        cap reached)."""
-        next_c0 = self.runner.state.c0[: len(jobs)].tolist()  # waits for the step
+    def _wait_for_step(self, call: _CodecCall) -> None:
+        """Wait for the frame step, building the prompts of requests that arrive meanwhile."""
+        if call.step_done is None:
+            return
+        while not call.step_done.query():
+            if not self._prepare_prompts():
+                call.step_done.synchronize()
+                return
+
+    def _finish_step(self, call: _CodecCall) -> None:
+        """Count the frame of the call's jobs (the rows in step order), retire the rows that ended (EOS
+        next, or cap reached)."""
+        jobs = call.jobs
+        self._wait_for_step(call)
+        next_c0 = self.runner.state.c0[: len(jobs)].tolist()
         self._rate.add(len(jobs), time.perf_counter())
         for job in jobs:
             job.position += 1
