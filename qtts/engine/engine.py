@@ -287,8 +287,9 @@ class Engine:
 
     def _admit(self) -> None:
         now = time.perf_counter()
+        # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then
         playing = [playback_buffer_s(j.samples_sent / self.tts.sample_rate, j.stream.first_chunk_at, now)
-                   for j in self._rows if j.stream.first_chunk_at is not None]
+                   for j in self._rows]
         free_slots = self.max_batch - len(self._rows) - len(self._draining)
         count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None)),
                     free_slots)
@@ -368,9 +369,12 @@ class Engine:
         try:
             self.runner.prefill_rows(first, items)
         except Exception as exc:
-            log.info("prefill of %d requests failed: %s", len(jobs), exc)
-            for job in jobs:
-                self._close(job, "error", exc)
+            if len(jobs) == 1:
+                log.info("request %s failed at its prefill: %s", jobs[0].stream.id, exc)
+                self._close(jobs[0], "error", exc)
+                return
+            for job in jobs:  # one request's failure must not fail the others admitted with it
+                self._start([job])
             return
         self._rows.extend(jobs)
         # EOS is masked before min_frames samples, so only min_frames=0 can end at the prefill

@@ -30,26 +30,29 @@ class ChunkCandidate:
 class Scheduler:
     """FIFO admission with a per-frame prefill cap, and deadline-ordered chunk delivery.
 
-    max_prefills_per_frame bounds the prefills run between two frames, so a burst of arrivals
-    cannot stall the streams already playing; while any playing stream's buffer is below
-    low_buffer_s only one prefill runs per frame, and while every one holds at least
-    high_buffer_s (or none plays yet) up to burst_prefills_per_frame run, so a burst drains fast.
+    The prefills run between two frames are capped, so a burst of arrivals cannot stall the streams
+    already playing: at one while any playing stream's buffer is below low_buffer_s or a stream is
+    still waiting for its first chunk, at burst_prefills_per_frame (default: twice
+    max_prefills_per_frame) while every stream holds at least high_buffer_s or none is active, and
+    at max_prefills_per_frame otherwise.
     """
 
     def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2,
-                 burst_prefills_per_frame: int = 4, high_buffer_s: float = 1.0):
+                 burst_prefills_per_frame: int | None = None, high_buffer_s: float = 1.0):
         if max_batch < 1 or max_prefills_per_frame < 1:
             raise ValueError("max_batch and max_prefills_per_frame must be >= 1")
         self.max_batch = max_batch
         self.max_prefills_per_frame = max_prefills_per_frame
         self.low_buffer_s = low_buffer_s
-        self.burst_prefills_per_frame = max(burst_prefills_per_frame, max_prefills_per_frame)
+        burst = 2 * max_prefills_per_frame if burst_prefills_per_frame is None else burst_prefills_per_frame
+        self.burst_prefills_per_frame = max(burst, max_prefills_per_frame)
         self.high_buffer_s = high_buffer_s
 
     def admissions(self, waiting: int, active: int, lowest_buffer_s: float | None) -> int:
         """How many waiting requests (taken first come, first served) to prefill before the next frame.
 
-        lowest_buffer_s: the smallest playback buffer among streams already playing, None if none plays.
+        lowest_buffer_s: the smallest playback buffer among active streams (NOT_STARTED for one that
+        has sent nothing yet), None if none is active.
         """
         cap = self.max_prefills_per_frame
         if lowest_buffer_s is not None and lowest_buffer_s < self.low_buffer_s:

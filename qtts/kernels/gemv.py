@@ -105,10 +105,14 @@ def gemv_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """(out, new residual) for x (rows <= MAX_ROWS, K); the new residual is x + residual (x without one),
     as rms_norm_fused returns it. The norm runs when norm_weight is given."""
     rows, k_dim = x.shape
+    if rows > MAX_ROWS or not weight.is_contiguous() or (norm_weight is not None and not norm_weight.is_contiguous()):
+        raise ValueError("gemv_fused takes at most MAX_ROWS rows and contiguous weights")
+    if (residual is not None and norm_weight is None) or (bias is not None and silu_mul):
+        raise ValueError("gemv_fused adds a residual only before its norm, and a bias only without silu_mul")
     n_out = weight.shape[0] // 2 if silu_mul else weight.shape[0]
     x = x.contiguous()
     out = torch.empty(rows, n_out, device=x.device, dtype=x.dtype)
-    has_residual = residual is not None and norm_weight is not None
+    has_residual = residual is not None
     residual_out = torch.empty_like(x) if has_residual else x
     args = (x, residual.contiguous() if has_residual else x, residual_out,
             norm_weight if norm_weight is not None else weight, weight, bias if bias is not None else weight, out,

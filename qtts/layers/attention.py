@@ -47,6 +47,7 @@ class CacheView:
         self.write_positions = write_positions
         self.attend_length = attend_length
         self._key_mask = key_mask
+        self._causal = key_mask is None
         self.rows_slots = rows_slots
 
     @staticmethod
@@ -54,6 +55,11 @@ class CacheView:
                rows_slots: torch.Tensor | None = None) -> "CacheView":
         """Each row's queries at `positions` (B, S) see every key at an index <= their position."""
         return CacheView(cache, positions, attend_length, rows_slots=rows_slots)
+
+    @property
+    def causal_mask(self) -> bool:
+        """Whether queries see exactly the keys up to their position (no mask was given)."""
+        return self._causal
 
     @property
     def key_mask(self) -> torch.Tensor:

@@ -86,7 +86,8 @@ class DecoderStack(nn.Module):
         from ..kernels.norm import rms_norm_fused
 
         batch, seq, hidden = x.shape
-        single_token = batch * seq <= MAX_TOKEN_ROWS
+        # token rows attend causally, so a call with a mask of its own goes through SDPA
+        single_token = batch * seq <= MAX_TOKEN_ROWS and view.causal_mask
         update, residual = x, None
         if single_token:
             view = view.token_rows()

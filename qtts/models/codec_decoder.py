@@ -87,10 +87,12 @@ class CodecState:
         return self.positions.shape[0]
 
     def reset(self, row: int) -> None:
-        """Start `row` as a fresh stream (one multi-tensor launch, not one per convolution)."""
+        """Start `row` as a fresh stream (the convolution histories in one multi-tensor launch)."""
+        torch._foreach_zero_([history[row] for history in self.histories])
         # Masked ring entries still meet a zero attention weight: clear them, so NaNs cannot carry over.
-        torch._foreach_zero_([history[row] for history in self.histories]
-                             + [self.keys[:, row], self.values[:, row], self.positions[row: row + 1]])
+        self.keys[:, row].zero_()
+        self.values[:, row].zero_()
+        self.positions[row].zero_()
 
 
 class CodecDecoder(nn.Module):

@@ -294,3 +294,28 @@ def test_prompts_are_built_ahead_and_a_failing_one_fails_alone(tts, engine_facto
     # each prompt was built once, the last one while the single row was still generating
     assert sorted(text for text, _ in built_while_busy) == sorted(TEXTS[:3])
     assert (TEXTS[2], 1) in built_while_busy
+
+
+def test_a_failed_prefill_fails_only_its_own_request(tts, engine_factory, monkeypatch):
+    """Requests admitted together share one prefill; when it fails, each is tried alone."""
+    engine = engine_factory(max_batch=4)
+    requests = [_request(tts, text, greedy=True, max_frames=5) for text in (TEXTS[0], TEXTS[1], TEXTS[3])]
+    lengths = [tts.plans([r])[0].prompt.prefill.shape[0] for r in requests]
+    assert len(set(lengths)) == 3
+    real, calls = engine.runner.prefill_rows, []
+
+    def prefill_rows(first_row, items):
+        calls.append(len(items))
+        if any(item.prompt.prefill.shape[0] == lengths[1] for item in items):
+            raise RuntimeError("this prompt cannot be prefilled")
+        return real(first_row, items)
+
+    monkeypatch.setattr(engine.runner, "prefill_rows", prefill_rows)
+    streams = [engine.submit(r) for r in requests]
+    engine.start()
+    with pytest.raises(RuntimeError, match="cannot be prefilled"):
+        list(streams[1])
+    for index in (0, 2):
+        _assert_same_as_solo(tts, requests[index], streams[index], _audio(streams[index]))
+    assert calls == [3, 1, 1, 1]  # together, then each alone
+    assert engine.stats()["failed"] == 1 and engine.codec.active == 0

@@ -25,6 +25,9 @@ def test_a_burst_is_admitted_faster_while_every_listener_has_audio_in_hand():
     assert scheduler.admissions(waiting=6, active=0, lowest_buffer_s=None) == 4  # nobody plays yet
     assert scheduler.admissions(waiting=6, active=2, lowest_buffer_s=1.5) == 4
     assert scheduler.admissions(waiting=6, active=6, lowest_buffer_s=1.5) == 2  # free rows still bound it
+    # a stream still waiting for its first chunk comes first: one prefill
+    assert scheduler.admissions(waiting=6, active=2, lowest_buffer_s=NOT_STARTED) == 1
+    assert Scheduler(max_batch=8, max_prefills_per_frame=3).burst_prefills_per_frame == 6
 
 
 def test_a_stream_running_dry_limits_prefills_to_one_per_frame():
