@@ -129,8 +129,11 @@ class Attention(nn.Module):
         q = qk_norm_rope_fused(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, positions,
                                view.cache.keys[layer], view.cache.values[layer], self.q_norm.eps,
                                self.num_heads, self.num_kv_heads, view.rows_slots)
+        # blocks no longer than the call attends: the code predictor's 16 positions fill a block of 16,
+        # and the (group, block, head_dim) products stay in registers
+        block_n = min(64, max(16, 1 << (view.attend_length - 1).bit_length()))
         out = decode_attention_fused(q, view.cache.keys[layer], view.cache.values[layer], positions,
-                                     view.rows_slots)
+                                     view.rows_slots, block_n=block_n)
         return linear(out.reshape(qkv.shape[0], -1), self.o_proj.weight, gemv=gemv)
 
     def forward_rows_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,

@@ -35,7 +35,7 @@ for has_slots in (False, True):
     build(_decode_attention_kernel(),
           {"q_ptr": "*bf16", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16", "positions_ptr": "*i64",
            "slots_ptr": "*i64", "out_ptr": "*bf16", "scale": "fp32", "cache_slot_stride": "i32",
-           "cache_head_stride": "i32", "cache_pos_stride": "i32"}, {**shape, "BLOCK_N": 64})
+           "cache_head_stride": "i32", "cache_pos_stride": "i32"}, {**shape, "BLOCK_N": 16 if has_slots else 64})
     build(_qk_norm_rope_kernel(),
           {"qkv_ptr": "*bf16", "q_weight_ptr": "*bf16", "k_weight_ptr": "*bf16", "cos_ptr": "*bf16",
            "sin_ptr": "*bf16", "positions_ptr": "*i64", "slots_ptr": "*i64", "q_out_ptr": "*bf16",
