@@ -319,3 +319,31 @@ def test_a_failed_prefill_fails_only_its_own_request(tts, engine_factory, monkey
         _assert_same_as_solo(tts, requests[index], streams[index], _audio(streams[index]))
     assert calls == [3, 1, 1, 1]  # together, then each alone
     assert engine.stats()["failed"] == 1 and engine.codec.active == 0
+
+
+def test_requests_ending_at_their_prefill_leave_the_rows_admitted_with_them_intact(tts, engine_factory,
+                                                                                   monkeypatch):
+    """EOS right at the prefill (possible with min_frames=0) closes a request among others prefilled with it;
+    the rows after it move into the freed ones and still speak as they do alone."""
+    engine = engine_factory(max_batch=4)
+    texts = (TEXTS[0], TEXTS[1], TEXTS[3], TEXTS[4])
+    requests = [_request(tts, text, greedy=True, max_frames=6, min_frames=0 if index % 2 == 0 else 2)
+                for index, text in enumerate(texts)]
+    ending = {tts.plans([requests[index]])[0].prompt.prefill.shape[0] for index in (0, 2)}
+    assert len(ending) == 2 and all(tts.plans([r])[0].prompt.prefill.shape[0] not in ending for r in requests[1::2])
+    real = engine.runner.prefill_rows
+
+    def prefill_rows(first_row, items):
+        real(first_row, items)
+        for row, item in enumerate(items, first_row):
+            if item.prompt.prefill.shape[0] in ending:
+                engine.runner.state.c0[row] = engine.runner.eos_id
+
+    monkeypatch.setattr(engine.runner, "prefill_rows", prefill_rows)
+    streams = [engine.submit(r) for r in requests]
+    engine.start()
+    audio = [_audio(stream) for stream in streams]
+    for index in (0, 2):
+        assert streams[index].finish_reason == "stop" and streams[index].frames == 0 and audio[index].size == 0
+    for index in (1, 3):
+        _assert_same_as_solo(tts, requests[index], streams[index], audio[index])
