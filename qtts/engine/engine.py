@@ -75,6 +75,11 @@ class _CodecCall:
     step_done: torch.cuda.Event | None = None  # recorded after the frame step that made these frames
 
 
+def _on(stream: torch.cuda.Stream | None):
+    """Work queued in the block goes to `stream` (None: no CUDA, the block just runs)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
 class _RateMeter:
     """Frames per second over the last RATE_WINDOW_S seconds."""
 
@@ -267,9 +272,6 @@ class Engine:
             self._send_first_audio(call)
         self._admit()  # new rows prefill while the codec runs, and join the next frame
 
-    def _codec_context(self):
-        return torch.cuda.stream(self._codec_stream) if self._codec_stream is not None else contextlib.nullcontext()
-
     def _drop_cancelled(self) -> None:
         with self._wakeup:
             cancelled = [s for s in self._queue if s.cancel_requested]
@@ -316,9 +318,7 @@ class Engine:
         head = [stream for stream in head if stream not in self._plans]
         if not head:
             return False
-        context = torch.cuda.stream(self._prompt_stream) if self._prompt_stream is not None \
-            else contextlib.nullcontext()
-        with context:
+        with _on(self._prompt_stream):
             for stream in head:
                 try:
                     plan = self.tts.plans([stream.request])[0]
@@ -351,7 +351,7 @@ class Engine:
         # text rows past the frame cap are never read; dropping them keeps every prompt within max_text
         plan.prompt = replace(plan.prompt, trailing=plan.prompt.trailing[: plan.max_frames])
         voice = stream.request.voice
-        with self._codec_context():  # slot state is only touched in codec-stream order
+        with _on(self._codec_stream):  # slot state is only touched in codec-stream order
             slot = self.codec.allocate()
             try:
                 if voice is not None and voice.icl:  # the reference is the decoder's left context
@@ -447,7 +447,7 @@ class Engine:
         if self._codec_stream is not None:
             self._codec_stream.wait_stream(torch.cuda.current_stream(self.tts.device))  # the step's stream
             frames.record_stream(self._codec_stream)
-        with self._codec_context():
+        with _on(self._codec_stream):
             waves = self.codec.decode([job.slot for job in jobs], frames.clamp(0, self.code_limit).unsqueeze(-1))
             samples.copy_(waves, non_blocking=self._codec_stream is not None)
             if self._codec_stream is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..layers.attention import CacheView
-from .runner import attend_bucket, capture_graph
+from .runner import attend_bucket, run_graphed
 from .step import FrameStep
 
 MAX_GRAPHED_PROMPT = 512  # longer prompt calls run eagerly
@@ -48,23 +48,14 @@ class PromptGraphs:
         padded = prompt_bucket(max(rows.shape[0] for rows, _ in parts))
         reach = max(start for _, start in parts) + padded
         if padded > MAX_GRAPHED_PROMPT or reach > self.step.max_len:
-            return torch.cat([self.step.prompt_rows_eager(row, rows, start)[:, -1]
-                              for row, (rows, start) in enumerate(parts, first_row)])
+            return self.step.run_prompts_eager(first_row, parts)
         key = (len(parts), padded, attend_bucket(reach, self.step.max_len))
         for index, (rows, start) in enumerate(parts):
             self.rows[index, : rows.shape[0]] = rows
             self.starts[index].fill_(start)
             self.last[index].fill_(rows.shape[0] - 1)
         self.first_slot.fill_(first_row)
-        graph = self._graphs.get(key)
-        if graph is None and key not in self._warm:
-            self._warm.add(key)  # the first call runs eagerly and warms up the kernels
-            self._forward(*key)
-        elif graph is None:
-            graph = self._graphs[key] = capture_graph(lambda: self._forward(*key), self.pool)
-            graph.replay()
-        else:
-            graph.replay()
+        run_graphed(self._graphs, self._warm, key, lambda: self._forward(*key), self.pool)
         return self.out[: len(parts)].clone()
 
     def warmup(self) -> None:

@@ -278,7 +278,7 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
                 _put(conn, message)
             except (BrokenPipeError, OSError):
                 stopped.set()
-            except Exception as exc:  # e.g. an error object that does not pickle: send it as text
+            except Exception:  # e.g. an error object that does not pickle: send it as text
                 if message[0] != "finish":
                     raise
                 _, key, reason, error, frames = message

@@ -28,6 +28,26 @@ def capture_graph(fn, pool) -> torch.cuda.CUDAGraph:
     return graph
 
 
+def run_graphed(graphs: dict, warm: set, key, fn, pool, warmup_stream: torch.cuda.Stream | None = None) -> None:
+    """One CUDA graph of fn per key: the key's first call runs fn eagerly (on warmup_stream when given),
+    which warms its kernels up; the second captures it into graphs[key]; later ones replay."""
+    graph = graphs.get(key)
+    if graph is not None:
+        graph.replay()
+    elif key not in warm:
+        warm.add(key)
+        if warmup_stream is None:
+            fn()
+            return
+        warmup_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(warmup_stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(warmup_stream)
+    else:
+        graph = graphs[key] = capture_graph(fn, pool)
+        graph.replay()
+
+
 class GraphRunner:
     """Drop-in for FrameStep in the decode loops: same prefill/state, graphed frame_step."""
 
@@ -104,15 +124,4 @@ class GraphRunner:
         if not self.use_graphs:
             fn()
             return
-        graph = self._graphs.get(key)
-        if graph is not None:
-            graph.replay()
-        elif key not in self._warm:
-            self._warm.add(key)
-            self._warmup_stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self._warmup_stream):
-                fn()
-            torch.cuda.current_stream().wait_stream(self._warmup_stream)
-        else:
-            graph = self._graphs[key] = capture_graph(fn, self._pool)
-            graph.replay()
+        run_graphed(self._graphs, self._warm, key, fn, self._pool, self._warmup_stream)

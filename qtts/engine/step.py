@@ -213,6 +213,10 @@ class FrameStep:
         """_run_prompt_rows for several prompts (rows, start), into slots first_row..: (len(parts), H)."""
         if self.prompt_runner is not None:
             return self.prompt_runner(first_row, parts)
+        return self.run_prompts_eager(first_row, parts)
+
+    def run_prompts_eager(self, first_row: int, parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """_run_prompts without graphs: each prompt in a call of its own."""
         return torch.cat([self.prompt_rows_eager(row, rows, start)[:, -1]
                           for row, (rows, start) in enumerate(parts, first_row)])
 

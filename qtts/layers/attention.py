@@ -57,7 +57,7 @@ class CacheView:
         return CacheView(cache, positions, attend_length, rows_slots=rows_slots)
 
     @property
-    def causal_mask(self) -> bool:
+    def is_causal(self) -> bool:
         """Whether queries see exactly the keys up to their position (no mask was given)."""
         return self._causal
 

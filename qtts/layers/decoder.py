@@ -87,7 +87,7 @@ class DecoderStack(nn.Module):
 
         batch, seq, hidden = x.shape
         # token rows attend causally, so a call with a mask of its own goes through SDPA
-        single_token = batch * seq <= MAX_TOKEN_ROWS and view.causal_mask
+        single_token = batch * seq <= MAX_TOKEN_ROWS and view.is_causal
         update, residual = x, None
         if single_token:
             view = view.token_rows()

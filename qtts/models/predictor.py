@@ -40,16 +40,13 @@ class CodePredictor(nn.Module):
     def step(self, talker_width_rows: torch.Tensor, positions: torch.Tensor, view: CacheView,
              head: int) -> torch.Tensor:
         """Run rows (B, S, talker H) through the predictor and return logits of the last row for `head`."""
-        if not self.model.fused:
-            hidden = self.model(self.small_to_mtp_projection(talker_width_rows), positions, view)
-            return self.lm_head[head](hidden[:, -1])
-        from ..kernels.gemv import linear
+        from ..kernels.gemv import linear  # F.linear unless the fused model runs GEMVs
 
-        projection = self.small_to_mtp_projection
+        projection, gemv = self.small_to_mtp_projection, self.model.gemv
         if isinstance(projection, nn.Linear):
-            talker_width_rows = linear(talker_width_rows, projection.weight, projection.bias, self.model.gemv)
+            talker_width_rows = linear(talker_width_rows, projection.weight, projection.bias, gemv)
         hidden = self.model(talker_width_rows, positions, view)
-        return linear(hidden[:, -1], self.lm_head[head].weight, gemv=self.model.gemv)
+        return linear(hidden[:, -1], self.lm_head[head].weight, gemv=gemv)
 
     def embed_code(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
         """Talker-width embedding of codes of codebook `codebook` (1..15)."""
