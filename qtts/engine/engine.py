@@ -2,8 +2,8 @@
 
 One background thread runs the loop. Each iteration: drop cancelled requests; launch one frame for
 every active row (the code predictor's half, then the codec on the new frames, then the talker's
-half); while that runs, build the next prompts (on a stream of their own) and hand out the audio
-of the previous frame; then retire rows that ended (the last active row moves into the freed one,
+half); while that runs, build the next prompts (on a stream of their own), queue their prefills
+behind the step, and hand out the audio of the previous frame; then retire rows that ended (the last active row moves into the freed one,
 so rows stay 0..batch-1), send the first audio of streams that just started, and prefill a few
 waiting requests into free rows.
 
@@ -145,6 +145,8 @@ class Engine:
         # two host buffers: a codec call is launched before the previous one's audio is read
         self._samples = [torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda) for _ in range(2)]
         self._turn = 0
+        self._next_c0 = torch.zeros(max_batch, dtype=torch.long, pin_memory=on_cuda)  # each step's codebook 0
+        self._admitted = 0  # requests admitted in this iteration (the scheduler's cap is per frame)
         self._in_flight: _CodecCall | None = None
         self._plans: dict[Stream, RowPlan | Exception] = {}  # prompts built ahead for queued streams
         self._queue: deque[Stream] = deque()
@@ -262,6 +264,7 @@ class Engine:
             self._cancel_all()
 
     def _iteration(self) -> None:
+        self._admitted = 0
         self._drop_cancelled()
         call = self._launch_step() if self._rows else None
         self._prepare_prompts()  # host work for the next prefills, while this frame runs
@@ -293,8 +296,8 @@ class Engine:
         playing = [playback_buffer_s(j.samples_sent / self.tts.sample_rate, j.stream.first_chunk_at, now)
                    for j in self._rows]
         free_slots = self.max_batch - len(self._rows) - len(self._draining)
-        count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None)),
-                    free_slots)
+        count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None))
+                    - self._admitted, free_slots)  # the cap is per frame; some may have joined while it ran
         starting = []
         for _ in range(count):
             with self._wakeup:
@@ -307,6 +310,7 @@ class Engine:
                 log.info("request %s failed: %s", stream.id, exc)
                 self._finish(stream, "error", exc)
         if starting:
+            self._admitted += len(starting)
             self._start(starting)
 
     def _prepare_prompts(self) -> bool:
@@ -396,26 +400,30 @@ class Engine:
         frames = self.runner.predict_frame(padded)[:batch].clone()
         call = self._launch_codec(jobs, frames)
         self.runner.advance(padded, max(j.position for j in jobs) + 1)
+        # read after the step without waiting for what is queued behind it (prefills admitted meanwhile)
+        self._next_c0[:batch].copy_(self.runner.state.c0[:batch], non_blocking=True)
         if self.tts.device.type == "cuda":
             call.step_done = torch.cuda.Event()
             call.step_done.record()
         return call
 
     def _wait_for_step(self, call: _CodecCall) -> None:
-        """Wait for the frame step, building the prompts of requests that arrive meanwhile."""
+        """Wait for the frame step, building the prompts of requests that arrive meanwhile and queueing
+        their prefills behind the step, so they join the next frame with no host work in between."""
         if call.step_done is None:
             return
         while not call.step_done.query():
             if not self._prepare_prompts():
                 call.step_done.synchronize()
                 return
+            self._admit()
 
     def _finish_step(self, call: _CodecCall) -> None:
         """Count the frame of the call's jobs (the rows in step order), retire the rows that ended (EOS
         next, or cap reached)."""
         jobs = call.jobs
         self._wait_for_step(call)
-        next_c0 = self.runner.state.c0[: len(jobs)].tolist()
+        next_c0 = self._next_c0[: len(jobs)].tolist()
         self._rate.add(len(jobs), time.perf_counter())
         for job in jobs:
             job.position += 1

@@ -12,6 +12,7 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import sys
 import threading
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ class RemoteEngine:
                           "chunk_frames": self.chunk_frames, "max_len": self.max_len}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
                                   args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
-                                        logging.getLogger().level))
+                                        logging.getLogger().level, sys.getswitchinterval()))
         process.start()
         child_conn.close()
         deadline = time.monotonic() + self.start_timeout_s
@@ -252,9 +253,14 @@ class _RelayStream(Stream):
         return True
 
 
-def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, log_level: int) -> None:
+def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, log_level: int,
+                  switch_interval_s: float) -> None:
     """The engine process: load, warm up, then serve the pipe until told to stop or the parent goes."""
     import torch
+
+    # the pipe reader below needs the GIL to hand a request over while the engine thread runs Python;
+    # at the default 5 ms interval an arrival can wait that long before the engine sees it
+    sys.setswitchinterval(switch_interval_s)
 
     from ..api import TTS
     from .engine import Engine

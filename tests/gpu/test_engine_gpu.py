@@ -31,3 +31,33 @@ def test_warmed_up_engine_matches_solo_runs(tiny_custom_voice, exact_fp32):
         assert samples.shape == solo.shape
         assert np.abs(samples - solo).max() < 1e-3
     assert len(engine.runner._graphs) == graphs_after_warmup  # nothing was captured while serving
+
+
+def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp32):
+    """Arrivals while a frame runs are prefilled behind it and rows end while others join: every
+    stream still equals its solo run."""
+    import time
+
+    from qtts.api import TTS
+    from qtts.engine.engine import Engine
+
+    tts = TTS.from_pretrained(tiny_custom_voice, device="cuda", dtype="fp32", max_len=512)
+    engine = Engine(tts, max_batch=8, max_len=512)
+    engine.warmup(max_attend=256)
+    engine.start()
+    frames = [12, 5, 20, 7, 16, 3, 9, 25, 6, 11]
+    try:
+        requests = [tts.request(TEXTS[index % len(TEXTS)], speaker="aiden", seed=index, max_frames=count,
+                                min_frames=count) for index, count in enumerate(frames)]
+        streams = []
+        for request in requests:
+            streams.append(engine.submit(request))
+            time.sleep(0.002)
+        audio = [np.concatenate(list(stream)) for stream in streams]
+    finally:
+        engine.stop()
+    assert all(stream.finish_reason == "length" for stream in streams)
+    for request, samples in zip(requests, audio):
+        solo = tts.generate(request).samples
+        assert samples.shape == solo.shape
+        assert np.abs(samples - solo).max() < 1e-3
