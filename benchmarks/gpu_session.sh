@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: verify (= tests speed profile serve-check) tests parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   stages: verify (= tests speed profile serve-check) tests tests-gpu codec-profile parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,10 @@ for name in "${stages[@]}"; do
         echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"
         export QTTS_DISABLE_GEMV=1
       fi ;;
+    tests-gpu)  # only the CUDA tests of the engine and fast path
+      stage tests-gpu 150 python3 -m pytest -q tests/gpu -p no:cacheprovider ;;
+    codec-profile)
+      stage codec-profile 200 python3 benchmarks/codec_profile.py --out "$OUT/codec_profile.json" ;;
     parity)
       fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
       stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;
@@ -73,7 +77,7 @@ for name in "${stages[@]}"; do
         --out "$OUT/codec_cudnn_benchmark.json" ;;
     profile)
       fixtures custom_voice:1.7b
-      stage profile 300 python3 benchmarks/profile_engine.py --size 1.7b --streams 16,64,128 ;;
+      stage profile 300 python3 benchmarks/profile_engine.py --size 1.7b --streams 16,64,128 --profile-streams 16 ;;
     serve-check)  # the targets' region, open and closed loop, for a short device budget
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

@@ -155,14 +155,33 @@ def run_streams(tts: TTS, engine: Engine, count: int, frames: int) -> None:
 
 def profile_loop(tts: TTS, engine: Engine, count: int, frames: int, out: Path | None) -> dict:
     """torch.profiler over the loop while `count` streams run; CPU op totals (and a trace under out)."""
-    from torch.profiler import ProfilerActivity, profile
+    import gzip
+    import shutil
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run_streams(tts, engine, count, frames)
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def labelled(name, fn):  # the loop's phases show up as ranges in the trace
+        def run(*args, **kw):
+            with record_function(name):
+                return fn(*args, **kw)
+        return run
+
+    for name in PHASES + ("_wait_for_step", "_send_first_audio", "_start"):
+        setattr(engine, name, labelled(name, getattr(engine, name)))
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run_streams(tts, engine, count, frames)
+    finally:
+        for name in PHASES + ("_wait_for_step", "_send_first_audio", "_start"):
+            vars(engine).pop(name, None)
     table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
     if out is not None:
         (out / f"engine_profile_{count}.txt").write_text(table)
-        prof.export_chrome_trace(str(out / f"engine_trace_{count}.json"))
+        trace = out / f"engine_trace_{count}.json"
+        prof.export_chrome_trace(str(trace))
+        with trace.open("rb") as source, gzip.open(f"{trace}.gz", "wb") as target:
+            shutil.copyfileobj(source, target)
+        trace.unlink()
     return {"top_cpu_ops": table}
 
 

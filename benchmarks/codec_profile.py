@@ -1,0 +1,189 @@
+"""Where the streaming codec decoder's time goes at serving scale, and what its convolutions cost in
+other layouts (GPU, bf16, random weights at the real shape).
+
+Per layer: CUDA-event time of each top-level layer of one eager chunk decode. Per convolution shape
+of that call: cuDNN as the decoder runs it (N, C, L), cuDNN with channels-last 2-D convolutions, and the
+convolution as GEMMs over a (N, L, C) tensor (k shifted matmuls; a transposed convolution as one matmul
+plus an overlap-add). usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_codec import random_decoder  # noqa: E402
+
+from qtts.config import CodecDecoderConfig  # noqa: E402
+from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d  # noqa: E402
+from qtts.models.codec_streaming import StreamingCodecDecoder  # noqa: E402
+
+
+def cuda_ms(fn, calls: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+def layer_times(decoder, batch: int, frames: int) -> dict:
+    """Milliseconds per top-level layer of one eager decode call (events around each)."""
+    streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
+    slots = [streams.allocate() for _ in range(batch)]
+    codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
+    events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+    handles = []
+    layers = [("pre_conv", decoder.pre_conv), ("pre_transformer", decoder.pre_transformer)]
+    layers += [(f"upsample.{i}.{j}", m) for i, pair in enumerate(decoder.upsample) for j, m in enumerate(pair)]
+    layers += [(f"decoder.{i}", m) for i, m in enumerate(decoder.decoder)]
+    for name, module in layers:
+        def before(_m, _a, name=name):
+            begin = torch.cuda.Event(enable_timing=True)
+            begin.record()
+            events.append((name, begin, None))
+
+        def after(_m, _a, _o, name=name):
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            for index in range(len(events) - 1, -1, -1):
+                if events[index][0] == name and events[index][2] is None:
+                    events[index] = (name, events[index][1], end)
+                    break
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    for _ in range(3):
+        streams.decode(slots, codes)
+    torch.cuda.synchronize()
+    events.clear()
+    calls = 10
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        streams.decode(slots, codes)
+    end.record()
+    torch.cuda.synchronize()
+    for handle in handles:
+        handle.remove()
+    totals = defaultdict(float)
+    for name, begin, finish in events:
+        totals[name] += begin.elapsed_time(finish) / calls
+    return {"call_ms": start.elapsed_time(end) / calls, "layers_ms": {k: round(v, 3) for k, v in totals.items()}}
+
+
+def conv_shapes(decoder, batch: int, frames: int) -> list[dict]:
+    """Every stateful convolution's input shape in a call of `frames` frames (hooks on one eager call)."""
+    shapes = []
+    handles = []
+    for name, module in decoder.named_modules():
+        if isinstance(module, (CausalConv1d, CausalConvTranspose1d)):
+            def hook(m, args, name=name):
+                x = args[0]
+                conv = m.conv
+                shapes.append({"name": name, "transposed": isinstance(m, CausalConvTranspose1d),
+                               "channels": (conv.in_channels, conv.out_channels), "length": x.shape[-1],
+                               "kernel": conv.kernel_size[0], "dilation": conv.dilation[0], "stride": conv.stride[0],
+                               "groups": conv.groups, "history": m.history, "weight": conv.weight, "bias": conv.bias})
+            handles.append(module.register_forward_pre_hook(hook))
+    streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
+    slots = [streams.allocate() for _ in range(batch)]
+    codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
+    streams.decode(slots, codes)
+    for handle in handles:
+        handle.remove()
+    return shapes
+
+
+def gemm_conv(x_nlc: torch.Tensor, weight: torch.Tensor, bias, dilation: int, out_length: int) -> torch.Tensor:
+    """Causal conv (no padding: x carries its history) as k shifted matmuls over (N, L, C)."""
+    kernel = weight.shape[-1]
+    taps = weight.permute(2, 1, 0)  # (k, Cin, Cout)
+    out = torch.matmul(x_nlc[:, :out_length], taps[0])
+    for k in range(1, kernel):
+        out.baddbmm_(x_nlc[:, k * dilation:k * dilation + out_length], taps[k].expand(x_nlc.shape[0], -1, -1))
+    return out if bias is None else out.add_(bias)
+
+
+def gemm_conv_transposed(x_nlc: torch.Tensor, weight: torch.Tensor, bias, stride: int) -> torch.Tensor:
+    """ConvTranspose1d with kernel 2·stride as one matmul and an overlap-add, over (N, L, C)."""
+    batch, length, _ = x_nlc.shape
+    cout = weight.shape[1]
+    z = torch.matmul(x_nlc, weight.flatten(1)).view(batch, length, cout, 2, stride)
+    out = z[:, 1:, :, 0] + z[:, :-1, :, 1]  # output block t: its own first half and the previous input's second
+    out = out.permute(0, 1, 3, 2).reshape(batch, (length - 1) * stride, cout)
+    return out if bias is None else out.add_(bias)
+
+
+def conv_ab(shape: dict, batch: int) -> dict:
+    cin, cout = shape["channels"]
+    length = shape["length"] + shape["history"]
+    weight, bias = shape["weight"], shape["bias"]
+    x = torch.randn(batch, cin, length, device="cuda", dtype=weight.dtype)
+    row = {k: v for k, v in shape.items() if k not in ("weight", "bias")}
+    if shape["transposed"]:
+        torch.backends.cudnn.benchmark = False
+        row["cudnn_ms"] = cuda_ms(lambda: F.conv_transpose1d(x, weight, bias, stride=shape["stride"]))
+        torch.backends.cudnn.benchmark = True
+        row["cudnn_autotuned_ms"] = cuda_ms(lambda: F.conv_transpose1d(x, weight, bias, stride=shape["stride"]))
+        torch.backends.cudnn.benchmark = False
+        if shape["kernel"] == 2 * shape["stride"]:
+            x_nlc = x.transpose(1, 2).contiguous()
+            row["gemm_ms"] = cuda_ms(lambda: gemm_conv_transposed(x_nlc, weight, bias, shape["stride"]))
+        return row
+    conv = lambda: F.conv1d(x, weight, bias, dilation=shape["dilation"], groups=shape["groups"])  # noqa: E731
+    torch.backends.cudnn.benchmark = False
+    row["cudnn_ms"] = cuda_ms(conv)
+    torch.backends.cudnn.benchmark = True
+    row["cudnn_autotuned_ms"] = cuda_ms(conv)
+    x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    w4 = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    row["cudnn_channels_last_ms"] = cuda_ms(
+        lambda: F.conv2d(x4, w4, bias, dilation=(1, shape["dilation"]), groups=shape["groups"]))
+    torch.backends.cudnn.benchmark = False
+    if shape["groups"] == 1:
+        x_nlc = x.transpose(1, 2).contiguous()
+        out_length = length - shape["history"]
+        row["gemm_ms"] = cuda_ms(lambda: gemm_conv(x_nlc, weight, bias, shape["dilation"], out_length))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    decoder = random_decoder(CodecDecoderConfig(), "cuda", torch.bfloat16)
+    result = {"device": torch.cuda.get_device_name(), "batch": args.batch, "frames": args.frames}
+    with torch.no_grad():
+        result["eager"] = layer_times(decoder, args.batch, args.frames)
+        print(json.dumps(result["eager"]), flush=True)
+        seen, rows = set(), []
+        for shape in conv_shapes(decoder, args.batch, args.frames):
+            key = (shape["transposed"], shape["channels"], shape["length"], shape["kernel"], shape["dilation"],
+                   shape["groups"])
+            if key in seen:
+                continue
+            seen.add(key)
+            row = conv_ab(shape, args.batch)
+            rows.append(row)
+            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+        result["convolutions"] = rows
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
