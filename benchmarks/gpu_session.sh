@@ -72,7 +72,6 @@ for name in "${stages[@]}"; do
           --steps 80 --out "$OUT/anchor_$size.json"
       done ;;
     codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
-    tests-codec) stage tests-codec 120 python3 -m pytest -q tests/models/test_codec_decoder.py tests/gpu -p no:cacheprovider ;;
     codec-cudnn)
       stage codec-cudnn 200 python3 benchmarks/bench_codec.py --cudnn-benchmark --batches 1,16,64,128 --chunks 1,4,8 \
         --out "$OUT/codec_cudnn_benchmark.json" ;;

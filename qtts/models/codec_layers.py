@@ -48,45 +48,19 @@ def _with_history(layer: "CausalConv1d | CausalConvTranspose1d", x: torch.Tensor
 
 
 class CausalConv1d(nn.Module):
-    """Conv1d (stride 1) with (kernel-1)*dilation samples of left context.
-
-    On CUDA a dense convolution with a kernel wider than 1 runs as a channels-last 2-D convolution: for
-    several of the codec's shapes cuDNN's (N, C, L) algorithms are many times slower (6 ms instead of
-    0.5 ms for 384 channels, dilation 9, at 128 streams; benchmarks/codec_profile.py). Its output is then
-    (N, C, L) with channels innermost in memory.
-    """
+    """Conv1d (stride 1) with (kernel-1)*dilation samples of left context."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, groups: int = 1):
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, groups=groups)
         self.history = (kernel_size - 1) * dilation
         self.history_index = -1  # assigned by the decoder that owns the layer
-        self.channels_last_on_cuda = groups == 1 and kernel_size > 1
-        self._channels_last_weight: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None) -> torch.Tensor:
         """conv(activation(x)) continued from this layer's history."""
         if self.history == 0:
-            x = x if activation is None else activation(x)
-        else:
-            x = _with_history(self, x, histories, activation)
-        if x.is_cuda and self.channels_last_on_cuda:
-            return self._conv_channels_last(x)
-        return self.conv(x)
-
-    def _conv_channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        out = F.conv2d(x, self._weight_channels_last(), self.conv.bias, dilation=(1, self.conv.dilation[0]))
-        return out.squeeze(2)
-
-    def _weight_channels_last(self) -> torch.Tensor:
-        """The weight as (C_out, C_in, 1, k) channels-last, copied again only when the weight changed."""
-        weight = self.conv.weight
-        key = (weight.data_ptr(), weight._version)
-        if self._channels_last_weight is None or self._channels_last_weight[0] != key:
-            copy = weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            self._channels_last_weight = (key, copy)
-        return self._channels_last_weight[1]
+            return self.conv(x if activation is None else activation(x))
+        return self.conv(_with_history(self, x, histories, activation))
 
 
 class CausalConvTranspose1d(nn.Module):
