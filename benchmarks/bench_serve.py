@@ -10,7 +10,8 @@ forced to a frame count from its text length (random weights make EOS timing arb
   first audible   scheduled send -> arrival of the first sample with |x| > 32 (1e-3 of full scale)
   end to end      scheduled send -> last byte
   underruns       playback starts at the first audible sample and runs in real time; a piece that arrives
-                  after its playback time stalls playback until it arrives (counted, stall seconds summed)
+                  after its playback time stalls playback until it arrives (counted, stall seconds summed;
+                  where the first stall happened, and the lead the first audible piece gave, are reported)
   stream rtf      audio seconds / end-to-end seconds (> 1: faster than real time)
 The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
 or over 1% answered 429); the concurrency sweep stops on failures only (latency past max_batch is queueing).
@@ -108,6 +109,8 @@ class Outcome:
     end_s: float | None = None
     underruns: int = 0
     stall_s: float = 0.0
+    first_stall_at_s: float | None = None  # playback position (audio seconds) of the first stall
+    lead_s: float | None = None  # audio after the first audible sample in the piece that carried it
     error: str | None = None
 
     @property
@@ -137,6 +140,8 @@ class Playback:
         if self.audible_at is not None:
             due = self.audible_at + out.stall_s + (out.samples - self.audible_index) / SAMPLE_RATE
             if now > due:
+                if out.first_stall_at_s is None:
+                    out.first_stall_at_s = (out.samples - self.audible_index) / SAMPLE_RATE
                 out.underruns += 1
                 out.stall_s += now - due
         else:
@@ -144,6 +149,7 @@ class Playback:
             if loud.size:
                 self.audible_at, self.audible_index = now, out.samples + int(loud[0])
                 out.first_audible_s = now - self.sent_at
+                out.lead_s = (len(pcm) - int(loud[0])) / SAMPLE_RATE
         out.samples += len(pcm)
 
 
@@ -223,11 +229,13 @@ async def closed_loop(load: Load, clients: int, duration_s: float, seed: int) ->
     return outcomes, time.perf_counter() - start
 
 
-def percentiles_ms(values: list[float]) -> dict | None:
+def percentiles_ms(values: list[float], low: bool = False) -> dict | None:
+    """p50/p95/p99 in ms; with low, the bad end is the low one: p50/p5/p1."""
     if not values:
         return None
-    p50, p95, p99 = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
+    points = (50, 5, 1) if low else (50, 95, 99)
+    found = np.percentile(np.asarray(values) * 1000, points)
+    return {f"p{point}": round(float(value), 1) for point, value in zip(points, found)}
 
 
 def summarize(outcomes: list[Outcome], wall_s: float, load: Load) -> dict:
@@ -248,6 +256,9 @@ def summarize(outcomes: list[Outcome], wall_s: float, load: Load) -> dict:
         "audio_s_per_s": round(sum(o.samples for o in ok) / SAMPLE_RATE / wall_s, 2),
         "underrun_requests": sum(o.underruns > 0 for o in ok),
         "underrun_stall_s": round(sum(o.stall_s for o in ok), 3),
+        # where playback first stalled, and how much audio the piece with the first audible sample left
+        "underrun_first_at_s": sorted(round(o.first_stall_at_s, 3) for o in ok if o.first_stall_at_s is not None)[:10],
+        "first_piece_lead_ms": percentiles_ms([o.lead_s for o in ok if o.lead_s is not None], low=True),
         "stream_rtf": {"p50": round(float(np.percentile(rtf, 50)), 2),
                        "p5": round(float(np.percentile(rtf, 5)), 2)} if rtf else None,
         "client_lag_ms_max": round(load.client_lag_s * 1000, 1),
