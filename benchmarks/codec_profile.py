@@ -4,7 +4,8 @@ other layouts (GPU, bf16, random weights at the real shape).
 Per layer: CUDA-event time of each top-level layer of one eager chunk decode. Per convolution shape
 of that call: cuDNN as the decoder runs it (N, C, L), cuDNN with channels-last 2-D convolutions, and the
 convolution as GEMMs over a (N, L, C) tensor (k shifted matmuls; a transposed convolution as one matmul
-plus an overlap-add). usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4]
+plus an overlap-add). With --in-situ, each convolution is also timed inside the decoder with only it switched
+to channels-last. usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4] [--in-situ]
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codec import random_decoder  # noqa: E402
 
 from qtts.config import CodecDecoderConfig  # noqa: E402
-from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d  # noqa: E402
+from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d, _with_history  # noqa: E402
 from qtts.models.codec_streaming import StreamingCodecDecoder  # noqa: E402
 
 
@@ -157,10 +158,67 @@ def conv_ab(shape: dict, batch: int) -> dict:
     return row
 
 
+def module_ms(decoder, module, batch: int, frames: int, calls: int = 5) -> float:
+    """Milliseconds `module` takes inside an eager streaming decode call (CUDA events around it)."""
+    streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
+    slots = [streams.allocate() for _ in range(batch)]
+    codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
+    marks: list[torch.cuda.Event] = []
+
+    def mark(*_):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        marks.append(event)
+    handles = [module.register_forward_pre_hook(mark), module.register_forward_hook(mark)]
+    for _ in range(2):
+        streams.decode(slots, codes)
+    marks.clear()
+    for _ in range(calls):
+        streams.decode(slots, codes)
+    torch.cuda.synchronize()
+    for handle in handles:
+        handle.remove()
+    return sum(marks[i].elapsed_time(marks[i + 1]) for i in range(0, len(marks), 2)) / calls
+
+
+def channels_last_in_situ(decoder, batch: int, frames: int) -> list[dict]:
+    """Each dense convolution inside the decoder, alone switched to a channels-last conv2d: its time both ways.
+
+    Measured alone (conv_ab) every one of them is faster channels-last, yet all of them switched at once made
+    the decoder 3-12x slower; this finds the ones that misbehave in place.
+    """
+    original = CausalConv1d.forward
+    rows = []
+    for name, module in decoder.named_modules():
+        if not (isinstance(module, CausalConv1d) and module.conv.groups == 1 and module.conv.kernel_size[0] > 1):
+            continue
+        before = module_ms(decoder, module, batch, frames)
+        cache = {}
+
+        def forward(self, x, histories, activation=None, target=module):
+            if self is not target:
+                return original(self, x, histories, activation)
+            x = _with_history(self, x, histories, activation)  # every dense convolution wider than 1 has one
+            if "weight" not in cache:
+                cache["weight"] = self.conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            return F.conv2d(x, cache["weight"], self.conv.bias, dilation=(1, self.conv.dilation[0])).squeeze(2)
+        CausalConv1d.forward = forward
+        try:
+            after = module_ms(decoder, module, batch, frames)
+        finally:
+            CausalConv1d.forward = original
+        rows.append({"name": name, "ncl_ms": round(before, 3), "channels_last_ms": round(after, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--in-situ", action="store_true",
+                        help="also time each convolution inside the decoder, alone switched to channels-last")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -180,6 +238,9 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         result["convolutions"] = rows
+        if args.in_situ:
+            result["channels_last_in_situ"] = {f"{b}x{f}": channels_last_in_situ(decoder, b, f)
+                                               for b, f in ((16, 2), (args.batch, args.frames))}
     out = Path(args.out) if args.out else None
     if out is not None:
         out.write_text(json.dumps(result, indent=1, default=str))

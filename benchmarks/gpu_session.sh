@@ -50,7 +50,7 @@ for name in "${stages[@]}"; do
     tests-gpu)  # only the CUDA tests of the engine and fast path
       stage tests-gpu 150 python3 -m pytest -q tests/gpu -p no:cacheprovider ;;
     codec-profile)
-      stage codec-profile 200 python3 benchmarks/codec_profile.py --out "$OUT/codec_profile.json" ;;
+      stage codec-profile 200 python3 benchmarks/codec_profile.py --in-situ --out "$OUT/codec_profile.json" ;;
     parity)
       fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
       stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;
