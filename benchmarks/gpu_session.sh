@@ -82,6 +82,11 @@ for name in "${stages[@]}"; do
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
         --rates 10,20,30,40,60 --concurrency 16,64,128 --stop-p95-ms 1000 ;;
+    serve-check-concurrent)  # serve-check with prefills alongside the frame step
+      fixtures custom_voice:1.7b
+      stage serve-concurrent 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
+        --rates 10,20,30,40,60 --concurrency 16,64 --stop-p95-ms 1000 --concurrent-prefill \
+        --out "$OUT/serve_1.7b_concurrent_prefill.json" ;;
     serve-check-inproc)  # the same server with the engine in its own thread, for comparison
       fixtures custom_voice:1.7b
       stage serve-inproc 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

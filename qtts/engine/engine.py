@@ -1,11 +1,16 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
-One background thread runs the loop. Each iteration: drop cancelled requests; launch one frame for
-every active row (the code predictor's half, then the codec on the new frames, then the talker's
-half); while that runs, build the next prompts (on a stream of their own), queue their prefills
-behind the step, and hand out the audio of the previous frame; then retire rows that ended (the last active row moves into the freed one,
-so rows stay 0..batch-1), send the first audio of streams that just started, and prefill a few
-waiting requests into free rows.
+One background thread runs the loop. Each iteration: drop cancelled requests; move the requests
+prefilled since the last frame from their staging rows into the rows after the active ones; launch one
+frame for every active row (the code predictor's half, then the codec on the new frames, then the
+talker's half); while that runs, build the next prompts (on a stream of their own), prefill them into
+staging rows (behind the step, or alongside it with concurrent_prefill), and hand out the audio of the
+previous frame; then retire rows that ended (the last active row moves into the freed one, so rows
+stay 0..batch-1), send the first audio of streams that just started, and prefill a few more waiting
+requests.
+
+Staging rows lie past max_batch, where no frame step (padding rows included) writes, so a prefill
+never races the step in flight.
 
 The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
 it overlaps the talker's half and the next frame; the chunk schedule only decides how the decoded
@@ -116,31 +121,42 @@ class Engine:
     default chunk schedule: chunk k holds chunk_frames[k] frames, the last size repeats.
     batch_buckets: the frame step runs on the smallest bucket that holds the active rows (the rest
     are idle padding), so CUDA graphs are captured per bucket; default: graph_batch_buckets with
-    graphs, exact batch sizes without.
+    graphs, exact batch sizes without. concurrent_prefill (CUDA only, not yet the default): prefills
+    run on a CUDA stream of their own while the frame step runs, instead of after it.
     """
 
     def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
                  max_len: int = 4096, scheduler: Scheduler | None = None,
-                 batch_buckets: tuple[int, ...] | None = None):
+                 batch_buckets: tuple[int, ...] | None = None, concurrent_prefill: bool = False):
         self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
         if batch_buckets is None:
             batch_buckets = graph_batch_buckets(max_batch) if tts.use_graphs else range(1, max_batch + 1)
         self.batch_buckets = sorted(set(min(b, max_batch) for b in batch_buckets) | {max_batch})
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.scheduler = scheduler or Scheduler(max_batch)
-        step = FrameStep(tts.talker, tts.config, rows=max_batch, max_len=max_len, max_text=max_len,
+        on_cuda = tts.device.type == "cuda"
+        self.concurrent_prefill = concurrent_prefill and on_cuda
+        # prefills go to staging rows past max_batch, which no frame step (padding included) touches,
+        # and move into the active rows when the next frame is launched
+        staging = self.scheduler.burst_prefills_per_frame
+        self._staging_first, self._staging_rows = max_batch, staging
+        step = FrameStep(tts.talker, tts.config, rows=max_batch + staging, max_len=max_len, max_text=max_len,
                          prefix_cache=tts.prefix_cache)
-        self.runner = GraphRunner(step, tts.use_graphs)
+        self.runner = GraphRunner(step, tts.use_graphs, concurrent_prompts=self.concurrent_prefill)
         # every call decodes one frame per stream; other lengths (ICL references) run eagerly
         self.codec = StreamingCodecDecoder(tts.codec_decoder, max_streams=max_batch, use_graphs=tts.use_graphs,
                                            graph_chunk_frames=(1,))
         self.code_limit = tts.codec_config.decoder.codebook_size - 1
-        on_cuda = tts.device.type == "cuda"
         # high priority: a stream's first audio should not queue behind the next frame step's kernels
         self._codec_stream = torch.cuda.Stream(tts.device, priority=-1) if on_cuda else None
         # prompts are built on a stream of their own: their host<->device copies then wait for it
         # alone, not for the frame step in flight
         self._prompt_stream = torch.cuda.Stream(tts.device) if on_cuda else None
+        # with concurrent_prefill, prefills run on a stream of their own, alongside the frame step in flight
+        self._prefill_stream = torch.cuda.Stream(tts.device) if self.concurrent_prefill else None
+        self._staged: list[_Job] = []  # prefilled into staging rows (in order), joining the next frame
+        self._staged_done: torch.cuda.Event | None = None  # after their prefills, on the prefill stream
+        self._staging_free: torch.cuda.Event | None = None  # after the last move out of the staging rows
         samples_per_frame = tts.codec_config.decoder.samples_per_frame
         # two host buffers: a codec call is launched before the previous one's audio is read
         self._samples = [torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda) for _ in range(2)]
@@ -234,7 +250,7 @@ class Engine:
     def stats(self) -> dict:
         """Load and throughput: active/queued streams, frames_per_second, and finished counts."""
         cache = self.tts.prefix_cache.stats() if self.tts.prefix_cache is not None else {}
-        return {"active": len(self._rows) + len(self._draining), "queued": len(self._queue),
+        return {"active": len(self._rows) + len(self._staged) + len(self._draining), "queued": len(self._queue),
                 "generating": len(self._rows), "frames_per_second": self._rate.rate(time.perf_counter()),
                 "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
                 **{f"prefix_cache_{key}": value for key, value in cache.items()}}
@@ -245,7 +261,7 @@ class Engine:
             self._wakeup.notify_all()
 
     def _has_work(self) -> bool:
-        return bool(self._queue or self._rows or self._draining)
+        return bool(self._queue or self._rows or self._staged or self._draining)
 
     def _run(self) -> None:
         if self.tts.device.type == "cuda" and self.tts.device.index is not None:
@@ -266,6 +282,7 @@ class Engine:
     def _iteration(self) -> None:
         self._admitted = 0
         self._drop_cancelled()
+        self._join_staged()
         call = self._launch_step() if self._rows else None
         self._prepare_prompts()  # host work for the next prefills, while this frame runs
         self._collect_audio()  # the previous frame's audio, also while this frame runs
@@ -295,9 +312,11 @@ class Engine:
         # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then
         playing = [playback_buffer_s(j.samples_sent / self.tts.sample_rate, j.stream.first_chunk_at, now)
                    for j in self._rows]
-        free_slots = self.max_batch - len(self._rows) - len(self._draining)
-        count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None))
-                    - self._admitted, free_slots)  # the cap is per frame; some may have joined while it ran
+        free_slots = min(self.max_batch - len(self._rows) - len(self._staged) - len(self._draining),
+                         self._staging_rows - len(self._staged))
+        count = min(self.scheduler.admissions(len(self._queue), len(self._rows) + len(self._staged),
+                                              min(playing, default=None)) - self._admitted,
+                    free_slots)  # the cap is per frame; some may have been admitted while it ran
         starting = []
         for _ in range(count):
             with self._wakeup:
@@ -349,9 +368,10 @@ class Engine:
             raise InvalidRequestError(f"the prompt ({length} positions) does not fit max_len={self.max_len}; "
                                       "shorten the text or run the engine with a larger max_len")
         plan.max_frames = min(plan.max_frames, room)
-        if self._prompt_stream is not None:  # made on the prompt stream, freed after use on this one
+        if self._prompt_stream is not None:  # made on the prompt stream, freed after use on the prefill's
+            prefill_stream = self._prefill_stream or torch.cuda.current_stream(self.tts.device)
             for tensor in (plan.prompt.prefill, plan.prompt.trailing, plan.prompt.pad_row):
-                tensor.record_stream(torch.cuda.current_stream(self.tts.device))
+                tensor.record_stream(prefill_stream)
         # text rows past the frame cap are never read; dropping them keeps every prompt within max_text
         plan.prompt = replace(plan.prompt, trailing=plan.prompt.trailing[: plan.max_frames])
         voice = stream.request.voice
@@ -366,12 +386,19 @@ class Engine:
         return _Job(stream, plan, slot, position=length)
 
     def _start(self, jobs: list[_Job]) -> None:
-        """Prefill jobs into the next free rows, their prompts through the talker together."""
-        first = len(self._rows)
-        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows + jobs])
+        """Prefill jobs into the next staging rows, their prompts through the talker together; they join
+        the next frame."""
+        first = self._staging_first + len(self._staged)
+        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows + self._staged + jobs])
         items = [PrefillItem(j.plan.prompt, j.plan.sampling, j.plan.seed, j.plan.min_frames) for j in jobs]
         try:
-            self.runner.prefill_rows(first, items)
+            with _on(self._prefill_stream):
+                if self._staging_free is not None:  # the staging rows' last move has read them
+                    torch.cuda.current_stream(self.tts.device).wait_event(self._staging_free)
+                self.runner.prefill_rows(first, items)
+                if self._prefill_stream is not None:
+                    self._staged_done = torch.cuda.Event()
+                    self._staged_done.record(self._prefill_stream)
         except Exception as exc:
             if len(jobs) == 1:
                 log.info("request %s failed at its prefill: %s", jobs[0].stream.id, exc)
@@ -380,9 +407,24 @@ class Engine:
             for job in jobs:  # one request's failure must not fail the others admitted with it
                 self._start([job])
             return
-        self._rows.extend(jobs)
+        self._staged.extend(jobs)
+
+    def _join_staged(self) -> None:
+        """Move the prefilled jobs from the staging rows into the rows after the active ones."""
+        if not self._staged:
+            return
+        staged, self._staged = self._staged, []
+        if self._staged_done is not None:
+            torch.cuda.current_stream(self.tts.device).wait_event(self._staged_done)
+        first = len(self._rows)
+        for index, job in enumerate(staged, self._staging_first):
+            move_row(self.runner.step, index, len(self._rows), job.position)
+            self._rows.append(job)
+        if self._prefill_stream is not None:
+            self._staging_free = torch.cuda.Event()
+            self._staging_free.record()
         # EOS is masked before min_frames samples, so only min_frames=0 can end at the prefill
-        for row in reversed(range(first, first + len(jobs))):
+        for row in reversed(range(first, len(self._rows))):
             job = self._rows[row]
             if job.plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:
                 self._close(self._release_row(row), "stop")
@@ -520,7 +562,7 @@ class Engine:
 
     def _fail_all(self, error: Exception) -> None:
         self._in_flight = None
-        jobs, self._rows, self._draining = self._rows + self._draining, [], []
+        jobs, self._rows, self._staged, self._draining = self._rows + self._staged + self._draining, [], [], []
         for job in jobs:
             self._close(job, "error", error)
 
@@ -531,6 +573,6 @@ class Engine:
         for stream in queued:
             self._finish(stream, "cancelled")
         self._in_flight = None
-        jobs, self._rows, self._draining = self._rows + self._draining, [], []
+        jobs, self._rows, self._staged, self._draining = self._rows + self._staged + self._draining, [], [], []
         for job in jobs:
             self._close(job, "cancelled")

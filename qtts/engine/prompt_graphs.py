@@ -26,8 +26,8 @@ class PromptGraphs:
     they leave past the prompt are overwritten by the frames that follow before anything reads them.
     """
 
-    def __init__(self, step: FrameStep, pool):
-        self.step, self.pool = step, pool
+    def __init__(self, step: FrameStep, pool, capture_stream: torch.cuda.Stream | None = None):
+        self.step, self.pool, self.capture_stream = step, pool, capture_stream
         device = step.codes.device
         hidden = step.talker.cfg.hidden_size
         dtype = step.talker.codec_head.weight.dtype
@@ -55,7 +55,8 @@ class PromptGraphs:
             self.starts[index].fill_(start)
             self.last[index].fill_(rows.shape[0] - 1)
         self.first_slot.fill_(first_row)
-        run_graphed(self._graphs, self._warm, key, lambda: self._forward(*key), self.pool)
+        run_graphed(self._graphs, self._warm, key, lambda: self._forward(*key), self.pool,
+                    capture_stream=self.capture_stream)
         return self.out[: len(parts)].clone()
 
     def warmup(self) -> None:

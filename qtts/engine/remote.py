@@ -53,8 +53,10 @@ class RemoteEngine:
     """
 
     def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
-                 max_len: int = 4096, start_timeout_s: float = 1800.0, restart: bool = True):
+                 max_len: int = 4096, start_timeout_s: float = 1800.0, restart: bool = True,
+                 concurrent_prefill: bool = False):
         self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
+        self.concurrent_prefill = concurrent_prefill
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.start_timeout_s = start_timeout_s
         self.restart = restart
@@ -134,7 +136,8 @@ class RemoteEngine:
         # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet,
         # and cancelled ones until its next iteration drops them
         engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
-                          "chunk_frames": self.chunk_frames, "max_len": self.max_len}
+                          "chunk_frames": self.chunk_frames, "max_len": self.max_len,
+                          "concurrent_prefill": self.concurrent_prefill}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
                                   args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
                                         logging.getLogger().level, sys.getswitchinterval()))

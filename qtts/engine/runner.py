@@ -20,17 +20,20 @@ def attend_bucket(needed: int, max_len: int) -> int:
     return min(bucket, max_len)
 
 
-def capture_graph(fn, pool) -> torch.cuda.CUDAGraph:
-    """fn's kernels captured as one CUDA graph (fn has run once before, outside capture)."""
+def capture_graph(fn, pool, stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGraph:
+    """fn's kernels captured as one CUDA graph (fn has run once before, outside capture), on `stream`
+    (default: torch's shared capture stream; cuBLAS builds that stream's workspace into the graph)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
         fn()
     return graph
 
 
-def run_graphed(graphs: dict, warm: set, key, fn, pool, warmup_stream: torch.cuda.Stream | None = None) -> None:
+def run_graphed(graphs: dict, warm: set, key, fn, pool, warmup_stream: torch.cuda.Stream | None = None,
+                capture_stream: torch.cuda.Stream | None = None) -> None:
     """One CUDA graph of fn per key: the key's first call runs fn eagerly (on warmup_stream when given),
-    which warms its kernels up; the second captures it into graphs[key]; later ones replay."""
+    which warms its kernels up; the second captures it into graphs[key] (on capture_stream when given);
+    later ones replay."""
     graph = graphs.get(key)
     if graph is not None:
         graph.replay()
@@ -44,14 +47,18 @@ def run_graphed(graphs: dict, warm: set, key, fn, pool, warmup_stream: torch.cud
             fn()
         torch.cuda.current_stream().wait_stream(warmup_stream)
     else:
-        graph = graphs[key] = capture_graph(fn, pool)
+        graph = graphs[key] = capture_graph(fn, pool, capture_stream)
         graph.replay()
 
 
 class GraphRunner:
-    """Drop-in for FrameStep in the decode loops: same prefill/state, graphed frame_step."""
+    """Drop-in for FrameStep in the decode loops: same prefill/state, graphed frame_step.
 
-    def __init__(self, step: FrameStep, use_graphs: bool | None = None):
+    concurrent_prompts: prompt prefills may replay while a frame step runs on another stream, so the
+    prompt graphs get a memory pool and a capture stream (hence a cuBLAS workspace) of their own.
+    """
+
+    def __init__(self, step: FrameStep, use_graphs: bool | None = None, concurrent_prompts: bool = False):
         self.step = step
         device = step.codes.device
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
@@ -62,7 +69,10 @@ class GraphRunner:
         if self.use_graphs:
             from .prompt_graphs import PromptGraphs
 
-            step.prompt_runner = PromptGraphs(step, self._pool)
+            if concurrent_prompts:
+                step.prompt_runner = PromptGraphs(step, torch.cuda.graph_pool_handle(), torch.cuda.Stream(device))
+            else:
+                step.prompt_runner = PromptGraphs(step, self._pool)
 
     @property
     def state(self):

@@ -38,7 +38,8 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
         else:
             from ..engine.engine import Engine as engine_type
         engine = engine_type(tts, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                             chunk_frames=settings.chunk_frames, max_len=tts.max_len)
+                             chunk_frames=settings.chunk_frames, max_len=tts.max_len,
+                             concurrent_prefill=settings.concurrent_prefill)
     voices = VoiceStore(settings.voices_dir)
     started = int(time.time())
     state = ServerState(settings=settings, tts=tts, engine=engine, voices=voices,

@@ -27,6 +27,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="streams generated together")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that before 429")
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
+    p.add_argument("--concurrent-prefill", action="store_true",
+                   help="run new requests' prefills alongside the frame step in flight (GPU; experimental)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for the K/V of reused voice prompt prefixes (0: off)")
     p.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
@@ -69,6 +71,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_upload_seconds=args.max_upload_seconds,
         engine_process=engine_process,
+        concurrent_prefill=args.concurrent_prefill,
     )
     uvicorn.run(create_app(tts, settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)

@@ -25,6 +25,7 @@ class ServerSettings:
     max_upload_seconds: float = 60.0
     chunk_frames: tuple[int, ...] = (1, 2, 4, 8, 12)
     engine_process: bool = False  # run the engine in a child process (RemoteEngine)
+    concurrent_prefill: bool = False  # Engine(concurrent_prefill=...)
 
 
 @dataclass

@@ -23,7 +23,7 @@ def test_prompt_bucket():
 
 
 def test_padded_prompt_rows_give_the_eager_tokens(tiny_custom_voice, monkeypatch):
-    monkeypatch.setattr(runner_module, "capture_graph", lambda fn, pool: _ReplayCallsFunction(fn))
+    monkeypatch.setattr(runner_module, "capture_graph", lambda fn, pool, stream=None: _ReplayCallsFunction(fn))
     plain = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", prefix_cache_mb=0)
     graphed = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32")
     for non_streaming in (True, False):
@@ -40,7 +40,7 @@ def test_two_prompts_in_one_call_match_each_alone(tiny_custom_voice, monkeypatch
     """The engine's prefills of one iteration share a call: different lengths and starts, each in its slot."""
     from qtts.engine.step import FrameStep
 
-    monkeypatch.setattr(runner_module, "capture_graph", lambda fn, pool: _ReplayCallsFunction(fn))
+    monkeypatch.setattr(runner_module, "capture_graph", lambda fn, pool, stream=None: _ReplayCallsFunction(fn))
     tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", prefix_cache_mb=0)
     step = FrameStep(tts.talker, tts.config, rows=3, max_len=256, max_text=256)
     hidden = tts.config.talker.hidden_size

@@ -33,16 +33,18 @@ def test_warmed_up_engine_matches_solo_runs(tiny_custom_voice, exact_fp32):
     assert len(engine.runner._graphs) == graphs_after_warmup  # nothing was captured while serving
 
 
-def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp32):
-    """Arrivals while a frame runs are prefilled behind it and rows end while others join: every
-    stream still equals its solo run."""
+@pytest.mark.parametrize("concurrent_prefill", [False, True], ids=["prefill behind the frame", "prefill alongside"])
+def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp32, concurrent_prefill):
+    """Arrivals while a frame runs are prefilled behind it (or alongside it, on a stream of their own) and
+    rows end while others join: every stream still equals its solo run."""
     import time
 
     from qtts.api import TTS
     from qtts.engine.engine import Engine
 
     tts = TTS.from_pretrained(tiny_custom_voice, device="cuda", dtype="fp32", max_len=512)
-    engine = Engine(tts, max_batch=8, max_len=512)
+    engine = Engine(tts, max_batch=8, max_len=512, concurrent_prefill=concurrent_prefill)
+    assert engine.concurrent_prefill == concurrent_prefill
     engine.warmup(max_attend=256)
     engine.start()
     frames = [12, 5, 20, 7, 16, 3, 9, 25, 6, 11]
