@@ -121,8 +121,9 @@ class Engine:
     default chunk schedule: chunk k holds chunk_frames[k] frames, the last size repeats.
     batch_buckets: the frame step runs on the smallest bucket that holds the active rows (the rest
     are idle padding), so CUDA graphs are captured per bucket; default: graph_batch_buckets with
-    graphs, exact batch sizes without. concurrent_prefill (CUDA only, not yet the default): prefills
-    run on a CUDA stream of their own while the frame step runs, instead of after it.
+    graphs, exact batch sizes without. concurrent_prefill (not yet the default): prefills run on a CUDA
+    stream of their own while the frame step runs, instead of after it; off CUDA they take the same
+    staging rows but run in order.
     """
 
     def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
@@ -135,14 +136,14 @@ class Engine:
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.scheduler = scheduler or Scheduler(max_batch)
         on_cuda = tts.device.type == "cuda"
-        self.concurrent_prefill = concurrent_prefill and on_cuda
-        # prefills go to staging rows past max_batch, which no frame step (padding included) touches,
-        # and move into the active rows when the next frame is launched
-        staging = self.scheduler.burst_prefills_per_frame
+        self.concurrent_prefill = concurrent_prefill
+        # concurrent prefills go to staging rows past max_batch, which no frame step (padding included)
+        # touches, and move into the active rows when the next frame is launched
+        staging = self.scheduler.burst_prefills_per_frame if self.concurrent_prefill else 0
         self._staging_first, self._staging_rows = max_batch, staging
         step = FrameStep(tts.talker, tts.config, rows=max_batch + staging, max_len=max_len, max_text=max_len,
                          prefix_cache=tts.prefix_cache)
-        self.runner = GraphRunner(step, tts.use_graphs, concurrent_prompts=self.concurrent_prefill)
+        self.runner = GraphRunner(step, tts.use_graphs, concurrent_prompts=self.concurrent_prefill and on_cuda)
         # every call decodes one frame per stream; other lengths (ICL references) run eagerly
         self.codec = StreamingCodecDecoder(tts.codec_decoder, max_streams=max_batch, use_graphs=tts.use_graphs,
                                            graph_chunk_frames=(1,))
@@ -153,7 +154,7 @@ class Engine:
         # alone, not for the frame step in flight
         self._prompt_stream = torch.cuda.Stream(tts.device) if on_cuda else None
         # with concurrent_prefill, prefills run on a stream of their own, alongside the frame step in flight
-        self._prefill_stream = torch.cuda.Stream(tts.device) if self.concurrent_prefill else None
+        self._prefill_stream = torch.cuda.Stream(tts.device) if concurrent_prefill and on_cuda else None
         self._staged: list[_Job] = []  # prefilled into staging rows (in order), joining the next frame
         self._staged_done: torch.cuda.Event | None = None  # after their prefills, on the prefill stream
         self._staging_free: torch.cuda.Event | None = None  # after the last move out of the staging rows
@@ -312,8 +313,9 @@ class Engine:
         # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then
         playing = [playback_buffer_s(j.samples_sent / self.tts.sample_rate, j.stream.first_chunk_at, now)
                    for j in self._rows]
-        free_slots = min(self.max_batch - len(self._rows) - len(self._staged) - len(self._draining),
-                         self._staging_rows - len(self._staged))
+        free_slots = self.max_batch - len(self._rows) - len(self._staged) - len(self._draining)
+        if self.concurrent_prefill:
+            free_slots = min(free_slots, self._staging_rows - len(self._staged))
         count = min(self.scheduler.admissions(len(self._queue), len(self._rows) + len(self._staged),
                                               min(playing, default=None)) - self._admitted,
                     free_slots)  # the cap is per frame; some may have been admitted while it ran
@@ -386,9 +388,10 @@ class Engine:
         return _Job(stream, plan, slot, position=length)
 
     def _start(self, jobs: list[_Job]) -> None:
-        """Prefill jobs into the next staging rows, their prompts through the talker together; they join
-        the next frame."""
-        first = self._staging_first + len(self._staged)
+        """Prefill jobs, their prompts through the talker together, into the rows after the active ones
+        (with concurrent_prefill: into the next staging rows, on the prefill stream); they join the next
+        frame."""
+        first = self._staging_first + len(self._staged) if self.concurrent_prefill else len(self._rows)
         self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows + self._staged + jobs])
         items = [PrefillItem(j.plan.prompt, j.plan.sampling, j.plan.seed, j.plan.min_frames) for j in jobs]
         try:
@@ -407,10 +410,14 @@ class Engine:
             for job in jobs:  # one request's failure must not fail the others admitted with it
                 self._start([job])
             return
-        self._staged.extend(jobs)
+        if self.concurrent_prefill:
+            self._staged.extend(jobs)
+        else:
+            self._rows.extend(jobs)
+            self._close_ended_at_prefill(first)
 
     def _join_staged(self) -> None:
-        """Move the prefilled jobs from the staging rows into the rows after the active ones."""
+        """Move the jobs prefilled concurrently from the staging rows into the rows after the active ones."""
         if not self._staged:
             return
         staged, self._staged = self._staged, []
@@ -423,7 +430,11 @@ class Engine:
         if self._prefill_stream is not None:
             self._staging_free = torch.cuda.Event()
             self._staging_free.record()
-        # EOS is masked before min_frames samples, so only min_frames=0 can end at the prefill
+        self._close_ended_at_prefill(first)
+
+    def _close_ended_at_prefill(self, first: int) -> None:
+        """Close the new rows from `first` on whose prefill sampled EOS; EOS is masked before min_frames
+        samples, so only min_frames=0 can end there."""
         for row in reversed(range(first, len(self._rows))):
             job = self._rows[row]
             if job.plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:

@@ -33,12 +33,14 @@ def eos_tts(tiny_custom_voice):
     return tts
 
 
-@pytest.fixture
-def engine_factory(tts):
+@pytest.fixture(params=[False, True], ids=["prefill in place", "prefill staged"])
+def engine_factory(tts, request):
+    """Engines in both prefill modes: into the rows after the active ones, and into staging rows that
+    join at the next frame (concurrent_prefill; on CPU it runs in order)."""
     engines = []
 
     def make(**options) -> Engine:
-        engine = Engine(tts, **options)
+        engine = Engine(tts, **{"concurrent_prefill": request.param, **options})
         engines.append(engine)
         return engine
 
@@ -81,8 +83,9 @@ def test_concurrent_greedy_requests_equal_their_solo_runs(tts, engine_factory, b
     assert stats["active"] == 0 and stats["queued"] == 0 and stats["completed"] == len(requests)
 
 
-def test_requests_that_stop_early_leave_and_others_take_their_rows(eos_tts):
-    engine = Engine(eos_tts, max_batch=2, chunk_frames=(2,))
+@pytest.mark.parametrize("concurrent_prefill", [False, True], ids=["prefill in place", "prefill staged"])
+def test_requests_that_stop_early_leave_and_others_take_their_rows(eos_tts, concurrent_prefill):
+    engine = Engine(eos_tts, max_batch=2, chunk_frames=(2,), concurrent_prefill=concurrent_prefill)
     engine.start()
     try:
         requests = [_request(eos_tts, text, greedy=True, max_frames=frames)
