@@ -70,7 +70,10 @@ class GraphRunner:
             from .prompt_graphs import PromptGraphs
 
             if concurrent_prompts:
-                step.prompt_runner = PromptGraphs(step, torch.cuda.graph_pool_handle(), torch.cuda.Stream(device))
+                # torch hands streams out round-robin from per-priority pools; the frame graphs' capture and
+                # warm-up streams come from the default-priority pool, this capture stream from the high one
+                capture = torch.cuda.Stream(device, priority=-1)
+                step.prompt_runner = PromptGraphs(step, torch.cuda.graph_pool_handle(), capture)
             else:
                 step.prompt_runner = PromptGraphs(step, self._pool)
 
