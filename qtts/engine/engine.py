@@ -60,6 +60,7 @@ class _Job:
     chunks_sent: int = 0
     samples_sent: int = 0
     end_reason: str | None = None  # set when generation ended; its last frame may still be decoding
+    joined: int = 0  # frames the engine had launched when this job was admitted
 
     def chunk_due(self) -> bool:
         """Enough decoded frames for the next chunk, or the last ones (frames decode in order, so once
@@ -164,6 +165,7 @@ class Engine:
         self._turn = 0
         self._next_c0 = torch.zeros(max_batch, dtype=torch.long, pin_memory=on_cuda)  # each step's codebook 0
         self._admitted = 0  # requests admitted in this iteration (the scheduler's cap is per frame)
+        self._frames_launched = 0
         self._in_flight: _CodecCall | None = None
         self._plans: dict[Stream, RowPlan | Exception] = {}  # prompts built ahead for queued streams
         self._queue: deque[Stream] = deque()
@@ -310,9 +312,10 @@ class Engine:
 
     def _admit(self) -> None:
         now = time.perf_counter()
-        # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then
+        # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then.
+        # Rows admitted since the last launch are left out: the per-frame cap already counts them
         playing = [playback_buffer_s(j.samples_sent / self.tts.sample_rate, j.stream.first_chunk_at, now)
-                   for j in self._rows]
+                   for j in self._rows if j.joined < self._frames_launched]
         free_slots = self.max_batch - len(self._rows) - len(self._staged) - len(self._draining)
         if self.concurrent_prefill:
             free_slots = min(free_slots, self._staging_rows - len(self._staged))
@@ -343,8 +346,14 @@ class Engine:
         head = [stream for stream in head if stream not in self._plans]
         if not head:
             return False
+        self._build_plans(head)
+        return True
+
+    def _build_plans(self, streams: list[Stream]) -> None:
+        """Each stream's plan (or the error building it raised) into self._plans, built on the prompt
+        stream and finished before this returns: prefills read them on another stream."""
         with _on(self._prompt_stream):
-            for stream in head:
+            for stream in streams:
                 try:
                     plan = self.tts.plans([stream.request])[0]
                     prompt = plan.prompt
@@ -354,16 +363,15 @@ class Engine:
                 except Exception as exc:  # raised again when the request is started
                     self._plans[stream] = exc
         if self._prompt_stream is not None:
-            self._prompt_stream.synchronize()  # prefills read them on the step's stream
-        return True
+            self._prompt_stream.synchronize()
 
     def _job_for(self, stream: Stream) -> _Job:
         """A request's plan, checked against the cache, and a codec slot: a job ready to prefill."""
-        plan = self._plans.pop(stream, None)
+        if stream not in self._plans:  # arrived after the last _prepare_prompts
+            self._build_plans([stream])
+        plan = self._plans.pop(stream)
         if isinstance(plan, Exception):
             raise plan
-        if plan is None:
-            plan = self.tts.plans([stream.request])[0]
         length = plan.prompt.prefill.shape[0]
         room = self.max_len - length - 2
         if room < 1:
@@ -410,6 +418,8 @@ class Engine:
             for job in jobs:  # one request's failure must not fail the others admitted with it
                 self._start([job])
             return
+        for job in jobs:
+            job.joined = self._frames_launched
         if self.concurrent_prefill:
             self._staged.extend(jobs)
         else:
@@ -420,13 +430,13 @@ class Engine:
         """Move the jobs prefilled concurrently from the staging rows into the rows after the active ones."""
         if not self._staged:
             return
-        staged, self._staged = self._staged, []
+        first, staged = len(self._rows), self._staged
+        self._rows.extend(staged)  # rows first: should a move fail, _fail_all still finds every job
+        self._staged = []
         if self._staged_done is not None:
             torch.cuda.current_stream(self.tts.device).wait_event(self._staged_done)
-        first = len(self._rows)
-        for index, job in enumerate(staged, self._staging_first):
-            move_row(self.runner.step, index, len(self._rows), job.position)
-            self._rows.append(job)
+        for offset, job in enumerate(staged):
+            move_row(self.runner.step, self._staging_first + offset, first + offset, job.position)
         if self._prefill_stream is not None:
             self._staging_free = torch.cuda.Event()
             self._staging_free.record()
@@ -445,6 +455,7 @@ class Engine:
         (on the codec stream), then the talker's half, which the codec overlaps."""
         jobs = list(self._rows)
         batch = len(jobs)
+        self._frames_launched += 1
         padded = next(b for b in self.batch_buckets if b >= batch)
         # idle padding rows recompute position 0 of their own slot, which no active row reads
         self.runner.state.positions[batch:padded] = 0

@@ -350,3 +350,23 @@ def test_requests_ending_at_their_prefill_leave_the_rows_admitted_with_them_inta
         assert streams[index].finish_reason == "stop" and streams[index].frames == 0 and audio[index].size == 0
     for index in (1, 3):
         _assert_same_as_solo(tts, requests[index], streams[index], audio[index])
+
+
+def test_requests_admitted_within_one_frame_share_its_cap(tts, engine_factory):
+    """A frame's admissions may come in several calls (requests whose prompts are built while the frame
+    runs join at once): together they get the scheduler's cap, and the ones admitted earlier in the frame
+    do not count as streams waiting for their first chunk, which would cut the cap to one."""
+    engine = engine_factory(max_batch=4, scheduler=Scheduler(4, max_prefills_per_frame=2, burst_prefills_per_frame=3))
+    requests = [_request(tts, text, greedy=True, max_frames=4) for text in TEXTS[:5]]
+    streams = [engine.submit(requests[0])]
+    engine._admit()
+    admitted = lambda: len(engine._rows) + len(engine._staged)  # noqa: E731
+    assert admitted() == 1
+    streams += [engine.submit(r) for r in requests[1:]]
+    engine._admit()  # the same frame: its burst cap of 3 leaves room for 2
+    assert admitted() == 3
+    engine._admit()
+    assert admitted() == 3
+    engine.start()
+    for request, stream in zip(requests, streams):
+        _assert_same_as_solo(tts, request, stream, _audio(stream))
