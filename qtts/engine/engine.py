@@ -477,10 +477,11 @@ class Engine:
         if call.step_done is None:
             return
         while not call.step_done.query():
+            if self._queue:
+                self._admit()
             if not self._prepare_prompts():
                 call.step_done.synchronize()
                 return
-            self._admit()
 
     def _finish_step(self, call: _CodecCall) -> None:
         """Count the frame of the call's jobs (the rows in step order), retire the rows that ended (EOS

@@ -370,3 +370,55 @@ def test_requests_admitted_within_one_frame_share_its_cap(tts, engine_factory):
     engine.start()
     for request, stream in zip(requests, streams):
         _assert_same_as_solo(tts, request, stream, _audio(stream))
+
+
+class _SlowStep:
+    """Stands in for a frame step's CUDA event: reports "still running" `polls` times, then done."""
+
+    def __init__(self, polls: int):
+        self.polls = polls
+
+    def query(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+    def synchronize(self) -> None:
+        self.polls = -1
+
+
+def test_requests_admitted_while_a_frame_runs_equal_their_solo_runs(tts, engine_factory, monkeypatch):
+    """Requests waiting while a frame runs are admitted before it ends; the rows that end with that frame
+    are retired after them (the last row moving into a freed one), and every stream still sounds as it
+    does alone."""
+    engine = engine_factory(max_batch=4)
+    real_launch = engine._launch_step
+
+    def launch():
+        call = real_launch()
+        call.step_done = _SlowStep(2)
+        return call
+
+    real_start, started_while_running = engine._start, []
+
+    def start(jobs):
+        call = engine._in_flight
+        started_while_running.append(call is not None and call.step_done.polls >= 0)
+        real_start(jobs)
+
+    monkeypatch.setattr(engine, "_launch_step", launch)
+    monkeypatch.setattr(engine, "_start", start)
+    requests = [_request(tts, text, greedy=True, max_frames=frames)
+                for text, frames in zip(TEXTS, (1, 6, 3, 5))]
+    streams = [engine.submit(requests[0])]
+    engine._iteration()  # admits the first request
+    assert len(engine._rows) + len(engine._staged) == 1
+    streams += [engine.submit(r) for r in requests[1:3]]
+    # its only frame runs; one more is admitted meanwhile (the cap is one while a stream waits for its
+    # first chunk), then the first request ends and the new row moves into its place
+    engine._iteration()
+    assert engine._admitted == 1 and started_while_running == [False, True]
+    streams.append(engine.submit(requests[3]))
+    while engine._has_work():
+        engine._iteration()
+    for request, stream in zip(requests, streams):
+        _assert_same_as_solo(tts, request, stream, _audio(stream))
