@@ -2,7 +2,8 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: verify (= tests speed profile serve-check) tests tests-gpu codec-profile parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec-profile serve-check
+#   serve-check-concurrent), tests tests-gpu codec-profile serve-check-concurrent parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,12 @@ fixtures() {  # fixtures TYPE:SIZE ... (written in parallel, once per machine)
 
 stages=()
 for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues are judged by
-  if [ "$name" = verify ]; then stages+=(tests speed profile serve-check); else stages+=("$name"); fi
+  case $name in
+    verify) stages+=(tests speed profile serve-check) ;;
+    # what the session of 2026-12-02 left unmeasured: concurrent prefills, per-convolution channels-last
+    verify-pending) stages+=(tests-gpu codec-profile serve-check serve-check-concurrent) ;;
+    *) stages+=("$name") ;;
+  esac
 done
 for name in "${stages[@]}"; do
   case $name in
