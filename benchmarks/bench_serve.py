@@ -292,6 +292,7 @@ def server_process(args, folder: Path):
                "--log-level", "warning"]
     command += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
     command += ["--engine-process", args.engine_process] + (["--concurrent-prefill"] if args.concurrent_prefill else [])
+    command += args.server_args.split()
     if args.switch_interval_us is not None:
         command += ["--switch-interval-us", str(args.switch_interval_us)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -388,6 +389,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
                         help="the server's engine in its own process (auto: on GPU)")
     parser.add_argument("--concurrent-prefill", action="store_true", help="the server's --concurrent-prefill")
+    parser.add_argument("--server-args", default="", help="more `qtts serve` flags, e.g. '--low-buffer-ms 50'")
     parser.add_argument("--rates", type=numbers, default=numbers("1,2,4,8,10,16,20,30,40,60"), help="'' skips")
     parser.add_argument("--concurrency", type=lambda t: numbers(t, int), default=[1, 2, 4, 8, 16, 32, 64, 128],
                         help="closed-loop client counts; '' skips")
@@ -424,7 +426,8 @@ def main() -> None:
               "commit": commit + ("+dirty" if dirty else ""), "model": str(folder),
               "model_type": None if args.model else args.type, "size": None if args.model else args.size,
               "max_batch": args.max_batch, "max_queue": args.max_queue, "max_len": args.max_len,
-              "switch_interval_us": args.switch_interval_us, "engine_process": args.engine_process, "concurrent_prefill": args.concurrent_prefill, "duration_s": args.duration, "seed": args.seed, "smoke": args.smoke, "stop_p95_ms": args.stop_p95_ms,
+              "switch_interval_us": args.switch_interval_us, "engine_process": args.engine_process, "concurrent_prefill": args.concurrent_prefill,
+              "server_args": args.server_args, "duration_s": args.duration, "seed": args.seed, "smoke": args.smoke, "stop_p95_ms": args.stop_p95_ms,
               "audible_level_int16": AUDIBLE_LEVEL, "chars_per_second": CHARS_PER_SECOND,
               "prompts": {"count": len(prompts), "mean_chars": round(float(np.mean([len(p) for p in prompts])), 1),
                           "mean_audio_s": round(float(np.mean([frames_for(p) for p in prompts])) / FRAMES_PER_SECOND,

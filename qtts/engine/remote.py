@@ -54,9 +54,9 @@ class RemoteEngine:
 
     def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
                  max_len: int = 4096, start_timeout_s: float = 1800.0, restart: bool = True,
-                 concurrent_prefill: bool = False):
+                 concurrent_prefill: bool = False, scheduler=None):
         self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
-        self.concurrent_prefill = concurrent_prefill
+        self.concurrent_prefill, self.scheduler = concurrent_prefill, scheduler
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.start_timeout_s = start_timeout_s
         self.restart = restart
@@ -137,7 +137,7 @@ class RemoteEngine:
         # and cancelled ones until its next iteration drops them
         engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
                           "chunk_frames": self.chunk_frames, "max_len": self.max_len,
-                          "concurrent_prefill": self.concurrent_prefill}
+                          "concurrent_prefill": self.concurrent_prefill, "scheduler": self.scheduler}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
                                   args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
                                         logging.getLogger().level, sys.getswitchinterval()))

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from ..engine.scheduler import Scheduler
 from .metrics import RequestCounter, ServerMetrics
 from .openai import ApiError
 from .state import ServerSettings, ServerState
@@ -37,8 +38,10 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
             from ..engine.remote import RemoteEngine as engine_type
         else:
             from ..engine.engine import Engine as engine_type
+        scheduler = Scheduler(settings.max_batch, max_prefills_per_frame=settings.max_prefills_per_frame,
+                              low_buffer_s=settings.low_buffer_s)
         engine = engine_type(tts, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                             chunk_frames=settings.chunk_frames, max_len=tts.max_len,
+                             chunk_frames=settings.chunk_frames, max_len=tts.max_len, scheduler=scheduler,
                              concurrent_prefill=settings.concurrent_prefill)
     voices = VoiceStore(settings.voices_dir)
     started = int(time.time())

@@ -27,6 +27,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="streams generated together")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that before 429")
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
+    p.add_argument("--max-prefills-per-frame", type=int, default=2,
+                   help="new requests prefilled between two frames while every stream is comfortably ahead")
+    p.add_argument("--low-buffer-ms", type=float, default=200,
+                   help="one prefill per frame while a stream holds less audio than this, or has none yet")
     p.add_argument("--concurrent-prefill", action="store_true",
                    help="run new requests' prefills alongside the frame step in flight (GPU; experimental)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
@@ -72,6 +76,8 @@ def run_serve(args: argparse.Namespace) -> None:
         max_upload_seconds=args.max_upload_seconds,
         engine_process=engine_process,
         concurrent_prefill=args.concurrent_prefill,
+        max_prefills_per_frame=args.max_prefills_per_frame,
+        low_buffer_s=args.low_buffer_ms / 1000,
     )
     uvicorn.run(create_app(tts, settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)

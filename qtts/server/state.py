@@ -26,6 +26,8 @@ class ServerSettings:
     chunk_frames: tuple[int, ...] = (1, 2, 4, 8, 12)
     engine_process: bool = False  # run the engine in a child process (RemoteEngine)
     concurrent_prefill: bool = False  # Engine(concurrent_prefill=...)
+    max_prefills_per_frame: int = 2  # Scheduler(...)
+    low_buffer_s: float = 0.2  # Scheduler(...)
 
 
 @dataclass
