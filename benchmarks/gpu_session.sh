@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec-profile serve-check
-#   serve-check-concurrent), tests tests-gpu codec-profile serve-check-concurrent parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-check-concurrent serve-check-admit), tests tests-gpu codec-profile serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues 
   case $name in
     verify) stages+=(tests speed profile serve-check) ;;
     # what the session of 2026-12-02 left unmeasured: concurrent prefills, per-convolution channels-last
-    verify-pending) stages+=(tests-gpu codec-profile serve-check serve-check-concurrent) ;;
+    verify-pending) stages+=(tests-gpu codec-profile serve-check serve-check-concurrent serve-check-admit) ;;
     *) stages+=("$name") ;;
   esac
 done
@@ -93,6 +93,11 @@ for name in "${stages[@]}"; do
       stage serve-concurrent 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
         --rates 10,20,30,40,60 --concurrency 16,64 --stop-p95-ms 1000 --concurrent-prefill \
         --out "$OUT/serve_1.7b_concurrent_prefill.json" ;;
+    serve-check-admit)  # serve-check without the one-prefill-per-frame rule
+      fixtures custom_voice:1.7b
+      stage serve-admit 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
+        --rates 20,40,60 --concurrency 64,128 --stop-p95-ms 1000 --server-args "--low-buffer-ms 0" \
+        --out "$OUT/serve_1.7b_low_buffer_0.json" ;;
     serve-check-inproc)  # the same server with the engine in its own thread, for comparison
       fixtures custom_voice:1.7b
       stage serve-inproc 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

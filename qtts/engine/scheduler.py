@@ -32,7 +32,7 @@ class Scheduler:
 
     The prefills run between two frames are capped, so a burst of arrivals cannot stall the streams
     already playing: at one while any playing stream's buffer is below low_buffer_s or a stream is
-    still waiting for its first chunk, at burst_prefills_per_frame (default: twice
+    still waiting for its first chunk (low_buffer_s=0 turns this off), at burst_prefills_per_frame (default: twice
     max_prefills_per_frame) while every stream holds at least high_buffer_s or none is active, and
     at max_prefills_per_frame otherwise.
     """
@@ -55,7 +55,7 @@ class Scheduler:
         has sent nothing yet), None if none is active.
         """
         cap = self.max_prefills_per_frame
-        if lowest_buffer_s is not None and lowest_buffer_s < self.low_buffer_s:
+        if self.low_buffer_s > 0 and lowest_buffer_s is not None and lowest_buffer_s < self.low_buffer_s:
             cap = 1
         elif lowest_buffer_s is None or lowest_buffer_s >= self.high_buffer_s:
             cap = self.burst_prefills_per_frame

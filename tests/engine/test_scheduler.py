@@ -49,3 +49,9 @@ def test_bad_limits_are_refused():
         Scheduler(max_batch=0)
     with pytest.raises(ValueError):
         Scheduler(max_batch=2, max_prefills_per_frame=0)
+
+
+def test_a_zero_low_buffer_turns_the_one_prefill_rule_off():
+    scheduler = Scheduler(max_batch=8, max_prefills_per_frame=2, low_buffer_s=0)
+    assert scheduler.admissions(waiting=5, active=3, lowest_buffer_s=NOT_STARTED) == 2
+    assert scheduler.admissions(waiting=5, active=3, lowest_buffer_s=0.01) == 2
