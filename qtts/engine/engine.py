@@ -472,8 +472,9 @@ class Engine:
         return call
 
     def _wait_for_step(self, call: _CodecCall) -> None:
-        """Wait for the frame step, building the prompts of requests that arrive meanwhile and queueing
-        their prefills behind the step, so they join the next frame with no host work in between."""
+        """Wait for the frame step, admitting waiting requests meanwhile (their prompts built on the prompt
+        stream, their prefills queued behind the step), so they join the next frame with no host work in
+        between."""
         if call.step_done is None:
             return
         while not call.step_done.query():
