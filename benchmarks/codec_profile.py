@@ -125,6 +125,11 @@ def gemm_conv_transposed(x_nlc: torch.Tensor, weight: torch.Tensor, bias, stride
     return out if bias is None else out.add_(bias)
 
 
+def channels_last_2d(tensor: torch.Tensor) -> torch.Tensor:
+    """(N, C, L) as (N, C, 1, L) with channels innermost in memory: a conv2d input or weight in that layout."""
+    return tensor.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
 def conv_ab(shape: dict, batch: int) -> dict:
     cin, cout = shape["channels"]
     length = shape["length"] + shape["history"]
@@ -146,8 +151,7 @@ def conv_ab(shape: dict, batch: int) -> dict:
     row["cudnn_ms"] = cuda_ms(conv)
     torch.backends.cudnn.benchmark = True
     row["cudnn_autotuned_ms"] = cuda_ms(conv)
-    x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    w4 = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    x4, w4 = channels_last_2d(x), channels_last_2d(weight)
     row["cudnn_channels_last_ms"] = cuda_ms(
         lambda: F.conv2d(x4, w4, bias, dilation=(1, shape["dilation"]), groups=shape["groups"]))
     torch.backends.cudnn.benchmark = False
@@ -193,16 +197,13 @@ def channels_last_in_situ(decoder, batch: int, frames: int) -> list[dict]:
         if not (isinstance(module, CausalConv1d) and module.conv.groups == 1 and module.conv.kernel_size[0] > 1):
             continue
         before = module_ms(decoder, module, batch, frames)
-        cache = {}
+        weight = channels_last_2d(module.conv.weight.detach())
 
-        def forward(self, x, histories, activation=None, target=module):
+        def forward(self, x, histories, activation=None, target=module, weight=weight):
             if self is not target:
                 return original(self, x, histories, activation)
             x = _with_history(self, x, histories, activation)  # every dense convolution wider than 1 has one
-            if "weight" not in cache:
-                cache["weight"] = self.conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            return F.conv2d(x, cache["weight"], self.conv.bias, dilation=(1, self.conv.dilation[0])).squeeze(2)
+            return F.conv2d(channels_last_2d(x), weight, self.conv.bias, dilation=(1, self.conv.dilation[0])).squeeze(2)
         CausalConv1d.forward = forward
         try:
             after = module_ms(decoder, module, batch, frames)

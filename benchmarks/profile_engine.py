@@ -166,13 +166,14 @@ def profile_loop(tts: TTS, engine: Engine, count: int, frames: int, out: Path | 
                 return fn(*args, **kw)
         return run
 
-    for name in PHASES + ("_wait_for_step", "_send_first_audio", "_start"):
+    names = PHASES + ("_wait_for_step", "_send_first_audio", "_start")
+    for name in names:
         setattr(engine, name, labelled(name, getattr(engine, name)))
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             run_streams(tts, engine, count, frames)
     finally:
-        for name in PHASES + ("_wait_for_step", "_send_first_audio", "_start"):
+        for name in names:
             vars(engine).pop(name, None)
     table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
     if out is not None:

@@ -1,16 +1,15 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
-One background thread runs the loop. Each iteration: drop cancelled requests; move the requests
-prefilled since the last frame from their staging rows into the rows after the active ones; launch one
-frame for every active row (the code predictor's half, then the codec on the new frames, then the
+One background thread runs the loop. Each iteration: drop cancelled requests; launch one frame for
+every active row (the code predictor's half, then the codec on the new frames, then the
 talker's half); while that runs, build the next prompts (on a stream of their own), prefill them into
-staging rows (behind the step, or alongside it with concurrent_prefill), and hand out the audio of the
-previous frame; then retire rows that ended (the last active row moves into the freed one, so rows
-stay 0..batch-1), send the first audio of streams that just started, and prefill a few more waiting
-requests.
+the rows after the active ones (queued behind the step), and hand out the audio of the previous frame;
+then retire rows that ended (the last active row moves into the freed one, so rows stay 0..batch-1),
+send the first audio of streams that just started, and prefill a few more waiting requests.
 
-Staging rows lie past max_batch, where no frame step (padding rows included) writes, so a prefill
-never races the step in flight.
+With concurrent_prefill the prefills run alongside the step instead, into staging rows past max_batch,
+where no frame step (padding rows included) writes, so a prefill never races the step in flight; the
+next iteration moves them into the rows after the active ones before it launches its frame.
 
 The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
 it overlaps the talker's half and the next frame; the chunk schedule only decides how the decoded

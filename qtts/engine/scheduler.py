@@ -32,9 +32,9 @@ class Scheduler:
 
     The prefills run between two frames are capped, so a burst of arrivals cannot stall the streams
     already playing: at one while any playing stream's buffer is below low_buffer_s or a stream is
-    still waiting for its first chunk (low_buffer_s=0 turns this off), at burst_prefills_per_frame (default: twice
-    max_prefills_per_frame) while every stream holds at least high_buffer_s or none is active, and
-    at max_prefills_per_frame otherwise.
+    still waiting for its first chunk (low_buffer_s=0 turns this off), at burst_prefills_per_frame
+    (default: twice max_prefills_per_frame) while every stream holds at least high_buffer_s or none is
+    active, and at max_prefills_per_frame otherwise.
     """
 
     def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2,
