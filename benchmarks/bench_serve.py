@@ -13,7 +13,8 @@ forced to a frame count from its text length (random weights make EOS timing arb
                   after its playback time stalls playback until it arrives (counted, stall seconds summed;
                   where the first stall happened, and the lead the first audible piece gave, are reported)
   stream rtf      audio seconds / end-to-end seconds (> 1: faster than real time)
-The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
+Each level also reports the server's pauses while it ran (engine loop iterations and garbage collections over
+10/20/50/100 ms, from /metrics). The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
 or over 1% answered 429); the concurrency sweep stops on failures only (latency past max_batch is queueing).
 One JSON line per rate or concurrency is printed, and the JSON file is rewritten after each.
 """
@@ -265,6 +266,45 @@ def summarize(outcomes: list[Outcome], wall_s: float, load: Load) -> dict:
     }
 
 
+PAUSE_METRICS = {"qtts_engine_iteration_seconds": "engine_iteration", "qtts_engine_gc_pause_seconds": "engine_gc",
+                 "qtts_server_gc_pause_seconds": "server_gc"}
+PAUSE_THRESHOLDS_MS = (10, 20, 50, 100)  # bucket bounds of qtts.engine.pauses
+
+
+async def pause_histograms(client: httpx.AsyncClient) -> dict | None:
+    """The server's pause histograms from /metrics: {name: {le: cumulative count, "sum": seconds}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = (await client.get("/metrics")).text
+        families = list(text_string_to_metric_families(text))
+    except (httpx.HTTPError, ValueError):
+        return None
+    histograms = {}
+    for family in families:
+        if family.name in PAUSE_METRICS:
+            samples = {s.labels.get("le", s.name): s.value for s in family.samples}
+            histograms[PAUSE_METRICS[family.name]] = {
+                "buckets": {le: v for le, v in samples.items() if not le.startswith("qtts_")},
+                "sum": samples.get(family.name + "_sum", 0.0)}
+    return histograms
+
+
+def pauses_between(before: dict | None, after: dict | None) -> dict | None:
+    """Per pause histogram, what happened between two scrapes: count, total ms, and how many took
+    longer than each of PAUSE_THRESHOLDS_MS."""
+    if not before or not after:
+        return None
+    out = {}
+    for name, now in after.items():
+        then = before.get(name, {"buckets": {}, "sum": 0.0})
+        delta = {le: count - then["buckets"].get(le, 0.0) for le, count in now["buckets"].items()}
+        total = delta.get("+Inf", 0.0)
+        out[name] = {"count": int(total), "total_ms": round((now["sum"] - then["sum"]) * 1000, 1),
+                     "over_ms": {str(ms): int(total - delta.get(repr(ms / 1000), total)) for ms in PAUSE_THRESHOLDS_MS}}
+    return out
+
+
 def overload(stats: dict, stop_p95_ms: float) -> str | None:
     """Why a rate is clearly past what the server sustains, or None."""
     if stats["failed"]:
@@ -360,7 +400,9 @@ async def sweep(args, url: str, result: dict, save) -> None:
                   ("closed_loop", "concurrency", args.concurrency, closed_loop, float("inf"))]
         for phase, key, levels, measure, stop_p95_ms in phases:
             for level in levels:
+                before = await pause_histograms(client)
                 stats = {key: level, **summarize(*await measure(load, level, args.duration, args.seed), load)}
+                stats["pauses"] = pauses_between(before, await pause_histograms(client))
                 stats["overloaded"] = reason = overload(stats, stop_p95_ms)
                 result[phase].append(stats)
                 if reason and level != levels[-1]:

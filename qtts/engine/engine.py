@@ -31,6 +31,7 @@ import torch
 from ..errors import InvalidRequestError, OverloadedError
 from ..models.codec_streaming import StreamingCodecDecoder
 from .generate import RowPlan
+from .pauses import DurationHistogram, gc_pauses
 from .prefix_cache import prefix_key
 from .prompt import resolve_mode
 from .request import SpeechRequest
@@ -174,6 +175,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._rate = _RateMeter()
+        self._iteration_time = DurationHistogram()
+        self._gc_pauses = gc_pauses()
         self._counts = {"completed": 0, "cancelled": 0, "failed": 0}
 
     # ----- public interface ---------------------------------------------------------------------
@@ -250,12 +253,15 @@ class Engine:
         return stream
 
     def stats(self) -> dict:
-        """Load and throughput: active/queued streams, frames_per_second, and finished counts."""
+        """Load and throughput: active/queued streams, frames_per_second, finished counts, and the
+        histograms (DurationHistogram.snapshot) of loop iteration times and this process's GC pauses."""
         cache = self.tts.prefix_cache.stats() if self.tts.prefix_cache is not None else {}
         return {"active": len(self._rows) + len(self._staged) + len(self._draining), "queued": len(self._queue),
                 "generating": len(self._rows), "frames_per_second": self._rate.rate(time.perf_counter()),
                 "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
-                **{f"prefix_cache_{key}": value for key, value in cache.items()}}
+                **{f"prefix_cache_{key}": value for key, value in cache.items()},
+                "iteration_seconds": self._iteration_time.snapshot(),
+                "gc_pause_seconds": self._gc_pauses.histogram.snapshot()}
 
     # ----- the loop -----------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -274,11 +280,13 @@ class Engine:
                     self._wakeup.wait_for(lambda: self._stopping or self._has_work())
                     if self._stopping:
                         break
+                started = time.perf_counter()
                 try:
                     self._iteration()
                 except Exception as exc:  # a failure of batched work cannot be pinned on one request
                     log.exception("engine iteration failed; failing the requests in flight")
                     self._fail_all(exc)
+                self._iteration_time.observe(time.perf_counter() - started)
             self._cancel_all()
 
     def _iteration(self) -> None:

@@ -267,12 +267,14 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
 
     from ..api import TTS
     from .engine import Engine
+    from .pauses import freeze_heap
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
     try:
         tts = TTS.from_pretrained(Path(folder), **load_options)
         engine = Engine(tts, **engine_options)
         engine.warmup()
+        freeze_heap()
         engine.start()
     except BaseException as exc:  # report why, then exit
         _put(conn, ("failed", f"{type(exc).__name__}: {exc}"))

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from ..engine.pauses import freeze_heap
 from ..engine.scheduler import Scheduler
 from .metrics import RequestCounter, ServerMetrics
 from .openai import ApiError
@@ -51,6 +52,7 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.warmup()  # a failure here leaves the device unusable: better not to start
+        freeze_heap()  # a full collection then scans only what requests allocate
         engine.start()
         state.ready = True
         log.info("serving %s (%s) with %s", settings.model_name, tts.model_type, tts.device)

@@ -7,17 +7,34 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ..engine.pauses import gc_pauses
 
 FIRST_AUDIO_BUCKETS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 
 
+def _histogram(name: str, help_text: str, snapshot: dict | None) -> HistogramMetricFamily:
+    """A DurationHistogram.snapshot() as a Prometheus histogram (cumulative buckets)."""
+    family = HistogramMetricFamily(name, help_text)
+    if snapshot:
+        cumulative, buckets = 0, []
+        for bound, count in zip([*snapshot["buckets"], float("inf")], snapshot["counts"]):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family.add_metric([], buckets, snapshot["sum"])
+    return family
+
+
 class _EngineCollector:
-    """Reads the engine's stats at scrape time: queue depth, active streams, frames/s, completed."""
+    """Reads the engine's stats at scrape time: queue depth, active streams, frames/s, completed, and the
+    engine loop's iteration times and garbage-collection pauses (where the engine runs), plus this
+    process's own collection pauses."""
 
     def __init__(self, stats: Callable[[], dict]):
         self.stats = stats
+        self.gc_pauses = gc_pauses()  # timing starts now
 
     def collect(self):
         stats = self.stats()
@@ -33,6 +50,12 @@ class _EngineCollector:
                                       value=float(stats.get(f"prefix_cache_{key}", 0)))
         yield GaugeMetricFamily("qtts_prefix_cache_bytes", "bytes of prompt-prefix K/V held",
                                 value=float(stats.get("prefix_cache_bytes", 0)))
+        yield _histogram("qtts_engine_iteration_seconds", "one engine loop iteration (a frame and its admissions)",
+                         stats.get("iteration_seconds"))
+        yield _histogram("qtts_engine_gc_pause_seconds", "garbage collections in the engine's process",
+                         stats.get("gc_pause_seconds"))
+        yield _histogram("qtts_server_gc_pause_seconds", "garbage collections in the server's process",
+                         self.gc_pauses.histogram.snapshot())
 
 
 class ServerMetrics:

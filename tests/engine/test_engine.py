@@ -81,6 +81,9 @@ def test_concurrent_greedy_requests_equal_their_solo_runs(tts, engine_factory, b
         _assert_same_as_solo(tts, request, stream, samples)
     stats = engine.stats()
     assert stats["active"] == 0 and stats["queued"] == 0 and stats["completed"] == len(requests)
+    iterations = stats["iteration_seconds"]  # one frame of every active row per iteration, at most
+    assert sum(iterations["counts"]) >= max(s.frames for s in streams)
+    assert 0 < iterations["max"] and iterations["sum"] >= iterations["max"]
 
 
 @pytest.mark.parametrize("concurrent_prefill", [False, True], ids=["prefill in place", "prefill staged"])
