@@ -91,7 +91,10 @@ def stateful_run(decoder, batch, chunk, device, graphs, args) -> dict:
     slots = [streams.allocate() for _ in range(batch)]
     codes = codes_for(decoder.cfg, batch, chunk, device)
     seconds = seconds_per_call(lambda: streams.decode(slots, codes), device, args.min_time_s, args.max_iters)
-    return {"ms_per_call": 1e3 * seconds, "audio_s_per_s": batch * chunk * FRAME_MS / 1e3 / seconds}
+    run = {"ms_per_call": 1e3 * seconds, "audio_s_per_s": batch * chunk * FRAME_MS / 1e3 / seconds}
+    if (batch, chunk) in streams.conv_layouts:  # the convolutions its capture switched to channels-last
+        run["channels_last"] = [r["name"] for r in streams.conv_layouts[(batch, chunk)] if r["channels_last"]]
+    return run
 
 
 def redecode_run(module, cfg, batch, chunk, device, args) -> dict:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import OverloadedError
+from .conv_layout import choose_conv_layouts
 
 if TYPE_CHECKING:
     from .codec_decoder import CodecDecoder
@@ -30,7 +31,8 @@ class StreamingCodecDecoder:
     """Slots for up to max_streams streams decoded chunk by chunk.
 
     use_graphs: replay CUDA graphs for chunks of graph_chunk_frames frames (captured on first use,
-    one per batch bucket and chunk length); other calls, and every call off CUDA, run eagerly.
+    one per batch bucket and chunk length, each with its convolutions' layouts chosen by timing);
+    other calls, and every call off CUDA, run eagerly.
     """
 
     def __init__(self, decoder: "CodecDecoder", max_streams: int, use_graphs: bool = False,
@@ -49,6 +51,8 @@ class StreamingCodecDecoder:
         self.graph_chunk_frames = set(graph_chunk_frames)
         self.batch_buckets = sorted(batch_buckets or _buckets(max_streams))
         self._graphs: dict[tuple[int, int], _GraphedChunk] = {}
+        # per captured (bucket, frames): each dense convolution's time in both layouts and the one chosen
+        self.conv_layouts: dict[tuple[int, int], list[dict]] = {}
         self._graph_pool = None
         self._capture_stream = None
 
@@ -149,6 +153,8 @@ class StreamingCodecDecoder:
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up on the scratch row only
                     self._decode_rows(slots, codes)
+                self.conv_layouts[(bucket, frames)] = choose_conv_layouts(
+                    self.decoder, lambda: self._decode_rows(slots, codes))
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._graph_pool, stream=self._capture_stream):

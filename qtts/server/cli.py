@@ -29,9 +29,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
     p.add_argument("--max-prefills-per-frame", type=int, default=2,
                    help="new requests prefilled between two frames while every stream is comfortably ahead")
-    p.add_argument("--low-buffer-ms", type=float, default=200,
+    p.add_argument("--low-buffer-ms", type=float, default=0,
                    help="one prefill per frame while a stream holds less audio than this, or has none yet "
-                        "(0: no such limit)")
+                        "(default 0: no such limit; it cost more first-audio latency than it saved)")
     p.add_argument("--concurrent-prefill", action="store_true",
                    help="run new requests' prefills alongside the frame step in flight (GPU; experimental)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,

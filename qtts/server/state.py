@@ -23,11 +23,13 @@ class ServerSettings:
     max_input_chars: int = 4096
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_seconds: float = 60.0
-    chunk_frames: tuple[int, ...] = (1, 2, 4, 8, 12)
+    # a second 1-frame chunk: a new listener starts with 80 ms of audio, and the next 2 frames take 2-3
+    # iterations (over 20 ms each at 128 streams), so it would run dry for one slow iteration
+    chunk_frames: tuple[int, ...] = (1, 1, 2, 4, 8, 12)
     engine_process: bool = False  # run the engine in a child process (RemoteEngine)
     concurrent_prefill: bool = False  # Engine(concurrent_prefill=...)
     max_prefills_per_frame: int = 2  # Scheduler(...)
-    low_buffer_s: float = 0.2  # Scheduler(...)
+    low_buffer_s: float = 0.0  # Scheduler(...)
 
 
 @dataclass

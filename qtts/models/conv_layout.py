@@ -1,0 +1,86 @@
+"""Which layout each dense convolution of the codec decoder runs in, chosen by timing both in place.
+
+cuDNN is up to 10x slower in one layout than the other, and which one depends on the shape: on an
+H200 the 384-channel, dilation-9 convolution of a 128-stream, 4-frame call takes 6 ms as (N, C, L)
+and 0.9 ms channels-last, while at 16 streams and 2 frames channels-last is the slow one (22 ms for
+others). So the layout is chosen per convolution and call shape, by timing one call both ways.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .codec_layers import CausalConv1d
+
+MIN_GAIN = 0.9  # channels-last only where it takes under 90% of the (N, C, L) time
+
+
+def dense_convolutions(decoder: nn.Module) -> list[tuple[str, CausalConv1d]]:
+    """The convolutions with a choice: dense (not depthwise) ones that read a history."""
+    return [(name, m) for name, m in decoder.named_modules()
+            if isinstance(m, CausalConv1d) and m.conv.groups == 1 and m.history > 0]
+
+
+def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats: int = 3) -> list[dict]:
+    """Run call() (one decoder call at the shape to tune) with every dense convolution in (N, C, L), then
+    channels-last, timing each convolution in place; keep channels-last for that call's shape where it is
+    faster. Returns one row per convolution: name, shape, both times in ms, the choice."""
+    layers = dense_convolutions(decoder)
+    shapes: dict[CausalConv1d, tuple[int, int]] = {}
+
+    def record(module, args) -> None:  # a pre-hook's return value would replace the arguments
+        shapes.setdefault(module, (args[0].shape[0], args[0].shape[-1]))
+    hooks = [m.register_forward_pre_hook(record) for _, m in layers]
+    try:
+        call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for _, m in layers:
+        m.channels_last_shapes.discard(shapes[m])
+    ncl = _layer_ms([m for _, m in layers], call, repeats)
+    for _, m in layers:
+        m.channels_last_shapes.add(shapes[m])
+    channels_last = _layer_ms([m for _, m in layers], call, repeats)
+    rows = []
+    for name, m in layers:
+        chosen = channels_last[m] < MIN_GAIN * ncl[m]
+        if not chosen:
+            m.channels_last_shapes.discard(shapes[m])
+        rows.append({"name": name, "batch": shapes[m][0], "length": shapes[m][1], "ncl_ms": round(ncl[m], 4),
+                     "channels_last_ms": round(channels_last[m], 4), "channels_last": chosen})
+    return rows
+
+
+def _layer_ms(layers: list[nn.Module], call: Callable[[], object], repeats: int) -> dict[nn.Module, float]:
+    """Milliseconds each layer takes inside call(), the best of `repeats` calls after one warm-up call."""
+    cuda = next(layers[0].parameters()).is_cuda if layers else False
+    marks: dict[nn.Module, list] = {m: [] for m in layers}
+
+    def mark(module, *_):
+        if cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            marks[module].append(event)
+        else:
+            marks[module].append(time.perf_counter())
+    hooks = [h for m in layers for h in (m.register_forward_pre_hook(mark), m.register_forward_hook(mark))]
+    try:
+        call()  # cuDNN picks (and, when benchmarking, times) its algorithms for a new layout here
+        for m in layers:
+            marks[m].clear()
+        for _ in range(repeats):
+            call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if cuda:
+        torch.cuda.synchronize()
+    best = {}
+    for m, stamps in marks.items():
+        pairs = zip(stamps[0::2], stamps[1::2])
+        best[m] = min(start.elapsed_time(end) if cuda else (end - start) * 1000 for start, end in pairs)
+    return best

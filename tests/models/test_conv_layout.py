@@ -1,0 +1,51 @@
+"""Choosing each codec convolution's layout: channels-last conv2d gives the samples (N, C, L) conv1d gives."""
+import torch
+
+from qtts.models.codec_decoder import StreamingCodecDecoder
+from qtts.models.conv_layout import choose_conv_layouts, dense_convolutions
+from tests.models.test_codec_decoder import FP32_TOLERANCE, _max_diff, ours_random, random_codes, tiny_config
+
+
+def _decode(decoder, codes: torch.Tensor, schedule: list[int]) -> torch.Tensor:
+    streams = StreamingCodecDecoder(decoder, max_streams=codes.shape[0])
+    slots = [streams.allocate() for _ in range(codes.shape[0])]
+    pieces, start = [], 0
+    for size in schedule:
+        pieces.append(streams.decode(slots, codes[:, :, start:start + size]))
+        start += size
+    return torch.cat(pieces, dim=-1)
+
+
+@torch.no_grad()
+def test_channels_last_convolutions_give_the_same_samples(monkeypatch):
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=2, frames=7, seed=3)
+    reference = _decode(decoder, codes, [1, 2, 4])
+    layers = dense_convolutions(decoder)
+    assert len(layers) >= 10  # every residual unit's dilated conv, the input and output convs
+    for _, layer in layers:  # every shape these calls make, channels-last
+        layer.channels_last_shapes |= {(2, length) for length in range(1, 7681)}
+    conv2d, calls = torch.nn.functional.conv2d, []
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(a[0].shape) or conv2d(*a, **k))
+    switched = _decode(decoder, codes, [1, 2, 4])
+    assert _max_diff(switched, reference) <= FP32_TOLERANCE
+    assert len(calls) == 3 * len(layers)  # every dense convolution of every call ran channels-last
+
+
+@torch.no_grad()
+def test_the_chosen_layouts_cover_only_the_tuned_shape_and_keep_the_samples():
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=3, frames=2, seed=4)
+    streams = StreamingCodecDecoder(decoder, max_streams=3)
+    slots = torch.tensor([streams.allocate() for _ in range(3)])
+    before = streams.decode(slots.tolist(), codes)
+    rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
+    layers = dict(dense_convolutions(decoder))
+    assert [row["name"] for row in rows] == list(layers)
+    for row in rows:
+        layer = layers[row["name"]]
+        assert row["batch"] == 3 and row["ncl_ms"] > 0 and row["channels_last_ms"] > 0
+        assert layer.channels_last_shapes == ({(3, row["length"])} if row["channels_last"] else set())
+    fresh = StreamingCodecDecoder(decoder, max_streams=3)
+    after = fresh.decode([fresh.allocate() for _ in range(3)], codes)
+    assert _max_diff(after, before) <= FP32_TOLERANCE
