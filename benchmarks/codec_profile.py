@@ -5,7 +5,9 @@ Per layer: CUDA-event time of each top-level layer of one eager chunk decode. Pe
 of that call: cuDNN as the decoder runs it (N, C, L), cuDNN with channels-last 2-D convolutions, and the
 convolution as GEMMs over a (N, L, C) tensor (k shifted matmuls; a transposed convolution as one matmul
 plus an overlap-add). With --in-situ, each convolution is also timed inside the decoder with only it switched
-to channels-last. usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4] [--in-situ]
+to channels-last. With --graphed, only the captured call as the server runs it: each dense convolution's
+in-place time in both layouts (the capture's choice), the replay time, and its kernels by total time.
+usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4] [--in-situ | --graphed]
 """
 from __future__ import annotations
 
@@ -214,18 +216,49 @@ def channels_last_in_situ(decoder, batch: int, frames: int) -> list[dict]:
     return rows
 
 
+def graphed_call(decoder, batch: int, frames: int, top: int = 25) -> dict:
+    """The captured (batch, frames) call: its layout choices, ms per replay, and its top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=True, graph_chunk_frames=(frames,),
+                                    batch_buckets=[batch])
+    slots = [streams.allocate() for _ in range(batch)]
+    codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
+    replay_ms = cuda_ms(lambda: streams.decode(slots, codes))
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        for _ in range(10):
+            streams.decode(slots, codes)
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in trace.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name][0] += event.time_range.elapsed_us() / 1000 / 10
+            kernels[event.name][1] += 1
+    ranked = sorted(kernels.items(), key=lambda item: -item[1][0])[:top]
+    return {"replay_ms": round(replay_ms, 3), "conv_layouts": streams.conv_layouts[(batch, frames)],
+            "kernels_ms_per_call": [{"name": name[:120], "ms": round(ms, 3), "launches_per_call": count // 10}
+                                    for name, (ms, count) in ranked]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--in-situ", action="store_true",
                         help="also time each convolution inside the decoder, alone switched to channels-last")
+    parser.add_argument("--graphed", action="store_true", help="only the captured call, profiled")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
     decoder = random_decoder(CodecDecoderConfig(), "cuda", torch.bfloat16)
     result = {"device": torch.cuda.get_device_name(), "batch": args.batch, "frames": args.frames}
     with torch.no_grad():
+        if args.graphed:
+            result["graphed"] = graphed_call(decoder, args.batch, args.frames)
+            print(json.dumps(result["graphed"], indent=1), flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(result, indent=1))
+            return
         result["eager"] = layer_times(decoder, args.batch, args.frames)
         print(json.dumps(result["eager"]), flush=True)
         seen, rows = set(), []

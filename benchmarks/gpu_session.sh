@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec-profile serve-check
-#   serve-check-concurrent serve-check-admit), tests tests-gpu codec-profile serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-check-concurrent serve-check-admit), tests tests-gpu codec-profile codec-graphed serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,8 @@ for name in "${stages[@]}"; do
       stage tests-gpu 150 python3 -m pytest -q tests/gpu -p no:cacheprovider ;;
     codec-profile)
       stage codec-profile 200 python3 benchmarks/codec_profile.py --in-situ --out "$OUT/codec_profile.json" ;;
+    codec-graphed)  # the captured 128 x 4 call: layout choices, replay time, kernels
+      stage codec-graphed 120 python3 benchmarks/codec_profile.py --graphed --out "$OUT/codec_graphed_128x4.json" ;;
     parity)
       fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b base:1.7b voice_design:1.7b
       stage parity 300 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --frames 32 ;;
