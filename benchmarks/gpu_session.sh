@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec-profile serve-check
-#   serve-check-concurrent serve-check-admit), tests tests-gpu codec-profile codec-graphed serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-check-concurrent serve-check-admit), tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +65,12 @@ for name in "${stages[@]}"; do
     parity-short)  # what fits after the benchmarks in one call
       fixtures custom_voice:0.6b custom_voice:1.7b base:0.6b voice_design:1.7b
       stage parity 240 python3 benchmarks/gpu_parity.py --sizes 0.6b,1.7b --types custom_voice,base,voice_design ;;
+    serve-sweep)  # the issue's whole sweep at both sizes: every rate and client count, 8 s each (~7 min)
+      fixtures custom_voice:1.7b custom_voice:0.6b
+      for size in 1.7b 0.6b; do
+        stage "serve-sweep $size" 280 python3 benchmarks/bench_serve.py --size $size --max-batch 128 --duration 8 \
+          --rates 1,2,4,8,10,16,20,30,40,60 --concurrency 1,2,4,8,16,32,64,128 --stop-p95-ms 1000
+      done ;;
     serve-short)
       fixtures custom_voice:1.7b
       stage serve 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 10 \
