@@ -4,8 +4,8 @@ other layouts (GPU, bf16, random weights at the real shape).
 Per layer: CUDA-event time of each top-level layer of one eager chunk decode. Per convolution shape
 of that call: cuDNN as the decoder runs it (N, C, L), cuDNN with channels-last 2-D convolutions, and the
 convolution as GEMMs over a (N, L, C) tensor (k shifted matmuls; a transposed convolution as one matmul
-plus an overlap-add). With --in-situ, each convolution is also timed inside the decoder with only it switched
-to channels-last. With --graphed, only the captured call as the server runs it: each dense convolution's
+plus an overlap-add). With --in-situ, each dense convolution is also timed inside the decoder in both layouts
+(as the captures choose them, but eager). With --graphed, only the captured call as the server runs it: each dense convolution's
 in-place time in both layouts (the capture's choice), the replay time, and its kernels by total time.
 usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4] [--in-situ | --graphed]
 """
@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codec import random_decoder  # noqa: E402
 
 from qtts.config import CodecDecoderConfig  # noqa: E402
-from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d, _with_history  # noqa: E402
+from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d, channels_last_2d  # noqa: E402
 from qtts.models.codec_streaming import StreamingCodecDecoder  # noqa: E402
+from qtts.models.conv_layout import choose_conv_layouts, dense_convolutions  # noqa: E402
 
 
 def cuda_ms(fn, calls: int = 20) -> float:
@@ -127,11 +128,6 @@ def gemm_conv_transposed(x_nlc: torch.Tensor, weight: torch.Tensor, bias, stride
     return out if bias is None else out.add_(bias)
 
 
-def channels_last_2d(tensor: torch.Tensor) -> torch.Tensor:
-    """(N, C, L) as (N, C, 1, L) with channels innermost in memory: a conv2d input or weight in that layout."""
-    return tensor.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-
-
 def conv_ab(shape: dict, batch: int) -> dict:
     cin, cout = shape["channels"]
     length = shape["length"] + shape["history"]
@@ -164,55 +160,18 @@ def conv_ab(shape: dict, batch: int) -> dict:
     return row
 
 
-def module_ms(decoder, module, batch: int, frames: int, calls: int = 5) -> float:
-    """Milliseconds `module` takes inside an eager streaming decode call (CUDA events around it)."""
-    streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
-    slots = [streams.allocate() for _ in range(batch)]
-    codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
-    marks: list[torch.cuda.Event] = []
-
-    def mark(*_):
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        marks.append(event)
-    handles = [module.register_forward_pre_hook(mark), module.register_forward_hook(mark)]
-    for _ in range(2):
-        streams.decode(slots, codes)
-    marks.clear()
-    for _ in range(calls):
-        streams.decode(slots, codes)
-    torch.cuda.synchronize()
-    for handle in handles:
-        handle.remove()
-    return sum(marks[i].elapsed_time(marks[i + 1]) for i in range(0, len(marks), 2)) / calls
-
-
 def channels_last_in_situ(decoder, batch: int, frames: int) -> list[dict]:
-    """Each dense convolution inside the decoder, alone switched to a channels-last conv2d: its time both ways.
-
-    Measured alone (conv_ab) every one of them is faster channels-last, yet all of them switched at once made
-    the decoder 3-12x slower; this finds the ones that misbehave in place.
-    """
-    original = CausalConv1d.forward
-    rows = []
-    for name, module in decoder.named_modules():
-        if not (isinstance(module, CausalConv1d) and module.conv.groups == 1 and module.conv.kernel_size[0] > 1):
-            continue
-        before = module_ms(decoder, module, batch, frames)
-        weight = channels_last_2d(module.conv.weight.detach())
-
-        def forward(self, x, histories, activation=None, target=module, weight=weight):
-            if self is not target:
-                return original(self, x, histories, activation)
-            x = _with_history(self, x, histories, activation)  # every dense convolution wider than 1 has one
-            return F.conv2d(channels_last_2d(x), weight, self.conv.bias, dilation=(1, self.conv.dilation[0])).squeeze(2)
-        CausalConv1d.forward = forward
-        try:
-            after = module_ms(decoder, module, batch, frames)
-        finally:
-            CausalConv1d.forward = original
-        rows.append({"name": name, "ncl_ms": round(before, 3), "channels_last_ms": round(after, 3)})
-        print(json.dumps(rows[-1]), flush=True)
+    """Each dense convolution inside an eager decode call, timed in both layouts (conv_layout's in-place timing,
+    cuDNN not autotuned); the decoder is left as it was."""
+    streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
+    slots = torch.tensor([streams.allocate() for _ in range(batch)], device="cuda")
+    codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
+    before = {name: set(m.channels_last_shapes) for name, m in dense_convolutions(decoder)}
+    rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
+    for name, module in dense_convolutions(decoder):
+        module.channels_last_shapes = before[name]
+    for row in rows:
+        print(json.dumps(row), flush=True)
     return rows
 
 

@@ -1,6 +1,7 @@
 """SnakeBeta activation of the codec vocoder, x + sin²(x·e^α) / (e^β + 1e-9) per channel — Triton and reference.
 
-Both compute in fp32 and return x's dtype. The kernel reduces the sine's argument to [-π, π] itself
+Both compute in fp32 and return x's dtype. An optional per-channel bias is added to x first: the bias of
+the convolution before, which then needs no pass of its own. The kernel reduces the sine's argument to [-π, π] itself
 (Cody–Waite with a two-part 2π), so a fast hardware sine stays accurate for large arguments.
 """
 from __future__ import annotations
@@ -10,11 +11,12 @@ import functools
 import torch
 
 
-def snake_beta_reference(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """x (B, C, T); alpha, beta (C,) in log scale. Same operations as upstream SnakeBeta, in fp32."""
+def snake_beta_reference(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, C, T); alpha, beta (C,) in log scale; SnakeBeta(x + bias). Same operations as upstream SnakeBeta, in fp32."""
     alpha = torch.exp(alpha.float())[None, :, None]
     beta = torch.exp(beta.float())[None, :, None]
-    x32 = x.float()
+    x32 = x.float() if bias is None else x.float() + bias.float()[None, :, None]
     return (x32 + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x32 * alpha), 2)).to(x.dtype)
 
 
@@ -25,8 +27,9 @@ def _snake_kernel():
     import triton.language as tl
 
     @triton.jit
-    def snake_beta_kernel(x_ptr, alpha_ptr, beta_ptr, out_ptr, channels, length, x_stride_batch, x_stride_channel,
-               out_stride_batch, out_stride_channel, BLOCK: tl.constexpr):
+    def snake_beta_kernel(x_ptr, alpha_ptr, beta_ptr, bias_ptr, out_ptr, channels, length, x_stride_batch,
+                          x_stride_channel, out_stride_batch, out_stride_channel, HAS_BIAS: tl.constexpr,
+                          BLOCK: tl.constexpr):
         row = tl.program_id(0)
         batch, channel = row // channels, row % channels
         t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -35,6 +38,8 @@ def _snake_kernel():
         frequency = tl.exp(tl.load(alpha_ptr + channel).to(tl.float32))
         magnitude = 1.0 / (tl.exp(tl.load(beta_ptr + channel).to(tl.float32)) + 1e-9)
         x32 = x.to(tl.float32)
+        if HAS_BIAS:
+            x32 += tl.load(bias_ptr + channel).to(tl.float32)
         phase = x32 * frequency
         turns = tl.floor(phase * 0.15915494309189535 + 0.5)
         reduced = tl.fma(turns, -6.2831854820251465, phase)
@@ -47,7 +52,7 @@ def _snake_kernel():
 
 
 def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, out: torch.Tensor | None = None,
-                     block: int = 1024) -> torch.Tensor:
+                     block: int = 1024, bias: torch.Tensor | None = None) -> torch.Tensor:
     """As snake_beta_reference, in one pass over x; into `out` when given (same shape, unit stride in time)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -60,6 +65,6 @@ def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, o
         return out
     block = min(block, max(16, 1 << (length - 1).bit_length()))
     grid = (batch * channels, -(-length // block))
-    _snake_kernel()[grid](x, alpha, beta, out, channels, length, x.stride(0), x.stride(1), out.stride(0),
-                          out.stride(1), BLOCK=block)
+    _snake_kernel()[grid](x, alpha, beta, alpha if bias is None else bias, out, channels, length, x.stride(0),
+                          x.stride(1), out.stride(0), out.stride(1), HAS_BIAS=bias is not None, BLOCK=block)
     return out

@@ -7,6 +7,7 @@ zero padding == a zero history).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import kernels_enabled
+from ..kernels.residual import bias_residual_fused, bias_residual_reference
 from ..kernels.snake import snake_beta_fused, snake_beta_reference
 
 
@@ -66,17 +68,20 @@ class CausalConv1d(nn.Module):
         self.history_index = -1  # assigned by the decoder that owns the layer
         self.channels_last_shapes: set[tuple[int, int]] = set()
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None) -> torch.Tensor:
-        """conv(activation(x)) continued from this layer's history."""
+    def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None,
+                add_bias: bool = True) -> torch.Tensor:
+        """conv(activation(x)) continued from this layer's history; without the bias if not add_bias (the
+        caller folds it into the next elementwise step)."""
+        conv = self.conv
+        bias = conv.bias if add_bias else None
         if self.history == 0:
-            return self.conv(x if activation is None else activation(x))
+            return F.conv1d(x if activation is None else activation(x), conv.weight, bias, groups=conv.groups)
         full = _with_history(self, x, histories, activation)
         if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
-            conv = self.conv
-            y = F.conv2d(channels_last_2d(full), channels_last_2d(conv.weight), conv.bias,
+            y = F.conv2d(channels_last_2d(full), channels_last_2d(conv.weight), bias,
                          dilation=(1, conv.dilation[0]), groups=conv.groups)
             return y.squeeze(2)
-        return self.conv(full)
+        return F.conv1d(full, conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -110,11 +115,11 @@ class SnakeBeta(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """SnakeBeta(x), written into `out` (same shape, unit stride in time) when given."""
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """SnakeBeta(x + bias), written into `out` (same shape, unit stride in time) when given."""
         if kernels_enabled(x.device):
-            return snake_beta_fused(x, self.alpha, self.beta, out=out)
-        y = snake_beta_reference(x, self.alpha, self.beta)
+            return snake_beta_fused(x, self.alpha, self.beta, out=out, bias=bias)
+        y = snake_beta_reference(x, self.alpha, self.beta, bias)
         return y if out is None else out.copy_(y)
 
 
@@ -136,7 +141,11 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ResidualUnit(nn.Module):
-    """x + conv1x1(Snake(conv_k7_dilated(Snake(x))))."""
+    """x + conv1x1(Snake(conv_k7_dilated(Snake(x)))).
+
+    Both convolutions run without their bias: the first one's is added inside the second Snake, the
+    second one's with the residual, so neither costs a pass over the activation of its own.
+    """
 
     def __init__(self, dim: int, dilation: int):
         super().__init__()
@@ -146,8 +155,12 @@ class ResidualUnit(nn.Module):
         self.conv2 = CausalConv1d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
-        h = self.conv1(x, histories, activation=self.act1)
-        return x + self.conv2(h, histories, activation=self.act2)
+        h = self.conv1(x, histories, activation=self.act1, add_bias=False)
+        act2 = functools.partial(self.act2, bias=self.conv1.conv.bias)
+        y = self.conv2(h, histories, activation=act2, add_bias=False)
+        if kernels_enabled(x.device):
+            return bias_residual_fused(y, self.conv2.conv.bias, x)
+        return bias_residual_reference(y, self.conv2.conv.bias, x)
 
 
 class VocoderBlock(nn.Module):

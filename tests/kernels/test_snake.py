@@ -30,6 +30,17 @@ def test_snake_beta_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_bias_is_added_before_the_activation(dtype):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 6, 70, generator=g).to(DEVICE, dtype)
+    alpha, beta, bias = (0.5 * torch.randn(3, 6, generator=g)).to(DEVICE)
+    expected = snake_beta_reference(x, alpha, beta, bias)
+    assert _close(snake_beta_fused(x, alpha, beta, bias=bias, block=32), expected)
+    shifted = snake_beta_reference(x.float() + bias[None, :, None], alpha, beta)  # the bias shifts x
+    assert torch.allclose(expected.float(), shifted, atol=2e-5 if dtype == torch.float32 else 0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_snake_beta_writes_into_a_conv_input_buffer(dtype):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, 50, generator=g).to(DEVICE, dtype)
