@@ -13,8 +13,8 @@ forced to a frame count from its text length (random weights make EOS timing arb
                   after its playback time stalls playback until it arrives (counted, stall seconds summed;
                   where the first stall happened, and the lead the first audible piece gave, are reported)
   stream rtf      audio seconds / end-to-end seconds (> 1: faster than real time)
-Each level also reports the server's pauses while it ran (engine loop iterations and garbage collections over
-10/20/50/100 ms, from /metrics). The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
+Each level also reports the server's pauses while it ran (engine loop iterations, garbage collections, and how
+late the server's event loop ran a 10 ms timer: counts over 10/20/50/100 ms, from /metrics). The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
 or over 1% answered 429); the concurrency sweep stops on failures only (latency past max_batch is queueing).
 One JSON line per rate or concurrency is printed, and the JSON file is rewritten after each.
 """
@@ -267,7 +267,7 @@ def summarize(outcomes: list[Outcome], wall_s: float, load: Load) -> dict:
 
 
 PAUSE_METRICS = {"qtts_engine_iteration_seconds": "engine_iteration", "qtts_engine_gc_pause_seconds": "engine_gc",
-                 "qtts_server_gc_pause_seconds": "server_gc"}
+                 "qtts_server_gc_pause_seconds": "server_gc", "qtts_server_loop_lag_seconds": "server_loop_lag"}
 PAUSE_THRESHOLDS_MS = (10, 20, 50, 100)  # bucket bounds of qtts.engine.pauses
 
 

@@ -8,6 +8,7 @@ Endpoints (all under /v1 need the API key when one is set):
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from ..engine.pauses import freeze_heap
 from ..engine.scheduler import Scheduler
-from .metrics import RequestCounter, ServerMetrics
+from .metrics import RequestCounter, ServerMetrics, watch_loop_lag
 from .openai import ApiError
 from .state import ServerSettings, ServerState
 from .voices_store import VoiceStore
@@ -55,10 +56,12 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
         freeze_heap()  # a full collection then scans only what requests allocate
         engine.start()
         state.ready = True
+        loop_lag = asyncio.create_task(watch_loop_lag(state.metrics.loop_lag))
         log.info("serving %s (%s) with %s", settings.model_name, tts.model_type, tts.device)
         try:
             yield
         finally:
+            loop_lag.cancel()
             state.ready = False
             engine.stop()
             voices.close()

@@ -4,12 +4,13 @@ Each app has its own registry, so several apps (tests, restarts) never clash.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ..engine.pauses import gc_pauses
+from ..engine.pauses import DurationHistogram, gc_pauses
 
 FIRST_AUDIO_BUCKETS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
@@ -32,9 +33,10 @@ class _EngineCollector:
     engine loop's iteration times and garbage-collection pauses (where the engine runs), plus this
     process's own collection pauses."""
 
-    def __init__(self, stats: Callable[[], dict]):
+    def __init__(self, stats: Callable[[], dict], loop_lag: DurationHistogram):
         self.stats = stats
         self.gc_pauses = gc_pauses()  # timing starts now
+        self.loop_lag = loop_lag
 
     def collect(self):
         stats = self.stats()
@@ -56,6 +58,8 @@ class _EngineCollector:
                          stats.get("gc_pause_seconds"))
         yield _histogram("qtts_server_gc_pause_seconds", "garbage collections in the server's process",
                          self.gc_pauses.histogram.snapshot())
+        yield _histogram("qtts_server_loop_lag_seconds", "how late the server's event loop ran a 10 ms timer "
+                         "(how long something held the loop, delaying every stream's chunks)", self.loop_lag.snapshot())
 
 
 class ServerMetrics:
@@ -73,7 +77,8 @@ class ServerMetrics:
                                 "(499: the client went away)", ["endpoint", "status"], registry=self.registry)
         self.audio_seconds = Counter("qtts_audio_seconds", "seconds of audio sent", ["endpoint"],
                                      registry=self.registry)
-        self.registry.register(_EngineCollector(engine_stats))
+        self.loop_lag = DurationHistogram()
+        self.registry.register(_EngineCollector(engine_stats, self.loop_lag))
 
     def count(self, endpoint: str, status: int) -> None:
         """Count one finished request (or websocket utterance) with its status."""
@@ -88,6 +93,15 @@ class ServerMetrics:
     def render(self) -> tuple[bytes, str]:
         """The /metrics body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+async def watch_loop_lag(histogram: DurationHistogram, period_s: float = 0.01) -> None:
+    """Until cancelled: sleep period_s and record how much later than asked the event loop woke up."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(period_s)
+        histogram.observe(max(0.0, loop.time() - asked - period_s))
 
 
 class RequestCounter:
