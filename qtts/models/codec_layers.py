@@ -98,13 +98,17 @@ class CausalConvTranspose1d(nn.Module):
         self.history = -(-(kernel_size - stride) // stride)
         self.history_index = -1
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None) -> torch.Tensor:
-        """conv_transpose(activation(x)) continued from this layer's history, stride · L samples."""
+    def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None,
+                add_bias: bool = True) -> torch.Tensor:
+        """conv_transpose(activation(x)) continued from this layer's history, stride · L samples (a view);
+        without the bias if not add_bias (the caller folds it into the next elementwise step)."""
         length = x.shape[-1] * self.stride
+        bias = self.conv.bias if add_bias else None
         if self.history == 0:
-            return self.conv(x if activation is None else activation(x))[..., :length]
-        start = self.history * self.stride
-        return self.conv(_with_history(self, x, histories, activation))[..., start:start + length]
+            full, start = (x if activation is None else activation(x)), 0
+        else:
+            full, start = _with_history(self, x, histories, activation), self.history * self.stride
+        return F.conv_transpose1d(full, self.conv.weight, bias, stride=self.stride)[..., start:start + length]
 
 
 class SnakeBeta(nn.Module):
@@ -144,7 +148,8 @@ class ResidualUnit(nn.Module):
     """x + conv1x1(Snake(conv_k7_dilated(Snake(x)))).
 
     Both convolutions run without their bias: the first one's is added inside the second Snake, the
-    second one's with the residual, so neither costs a pass over the activation of its own.
+    second one's with the residual, so neither costs a pass over the activation of its own. Likewise an
+    input_bias (the bias the layer before left out) goes into the first Snake and the residual.
     """
 
     def __init__(self, dim: int, dilation: int):
@@ -154,13 +159,15 @@ class ResidualUnit(nn.Module):
         self.act2 = SnakeBeta(dim)
         self.conv2 = CausalConv1d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
-        h = self.conv1(x, histories, activation=self.act1, add_bias=False)
+    def forward(self, x: torch.Tensor, histories: ConvHistories, input_bias: torch.Tensor | None = None) -> torch.Tensor:
+        act1 = self.act1 if input_bias is None else functools.partial(self.act1, bias=input_bias)
+        h = self.conv1(x, histories, activation=act1, add_bias=False)
         act2 = functools.partial(self.act2, bias=self.conv1.conv.bias)
         y = self.conv2(h, histories, activation=act2, add_bias=False)
+        bias = self.conv2.conv.bias if input_bias is None else self.conv2.conv.bias + input_bias
         if kernels_enabled(x.device):
-            return bias_residual_fused(y, self.conv2.conv.bias, x)
-        return bias_residual_reference(y, self.conv2.conv.bias, x)
+            return bias_residual_fused(y, bias, x)
+        return bias_residual_reference(y, bias, x)
 
 
 class VocoderBlock(nn.Module):
@@ -173,7 +180,8 @@ class VocoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
         snake, upsample, *units = self.block
-        x = upsample(x, histories, activation=snake)
-        for unit in units:
+        x = upsample(x, histories, activation=snake, add_bias=False)
+        x = units[0](x, histories, input_bias=upsample.conv.bias)  # the first unit adds the upsampler's bias
+        for unit in units[1:]:
             x = unit(x, histories)
         return x
