@@ -14,7 +14,8 @@ forced to a frame count from its text length (random weights make EOS timing arb
                   where the first stall happened, and the lead the first audible piece gave, are reported)
   stream rtf      audio seconds / end-to-end seconds (> 1: faster than real time)
 Each level also reports the server's pauses while it ran (engine loop iterations, garbage collections, and how
-late the server's event loop ran a 10 ms timer: counts over 10/20/50/100 ms, from /metrics). The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
+late the server's event loop ran a 10 ms timer: counts over 10/20/50/100 ms, from /metrics).
+The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
 or over 1% answered 429); the concurrency sweep stops on failures only (latency past max_batch is queueing).
 One JSON line per rate or concurrency is printed, and the JSON file is rewritten after each.
 """

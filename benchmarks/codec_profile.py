@@ -5,8 +5,9 @@ Per layer: CUDA-event time of each top-level layer of one eager chunk decode. Pe
 of that call: cuDNN as the decoder runs it (N, C, L), cuDNN with channels-last 2-D convolutions, and the
 convolution as GEMMs over a (N, L, C) tensor (k shifted matmuls; a transposed convolution as one matmul
 plus an overlap-add). With --in-situ, each dense convolution is also timed inside the decoder in both layouts
-(as the captures choose them, but eager). With --graphed, only the captured call as the server runs it: each dense convolution's
-in-place time in both layouts (the capture's choice), the replay time, and its kernels by total time.
+(as the captures choose them, but eager). With --graphed, only the captured call as the server runs it:
+each dense convolution's in-place time in both layouts (the capture's choice), the replay time, and its
+kernels by total time.
 usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4] [--in-situ | --graphed]
 """
 from __future__ import annotations
@@ -204,7 +205,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--in-situ", action="store_true",
-                        help="also time each convolution inside the decoder, alone switched to channels-last")
+                        help="also time each dense convolution inside an eager decode call in both layouts")
     parser.add_argument("--graphed", action="store_true", help="only the captured call, profiled")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

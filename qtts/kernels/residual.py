@@ -13,7 +13,7 @@ import torch
 
 def bias_residual_reference(y: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual + (y + bias) for y, residual (B, C, T) and bias (C,), as the unfused layers compute it."""
-    return residual + (y + bias[None, :, None])
+    return residual + (y + bias.to(y.dtype)[None, :, None])
 
 
 @functools.cache
@@ -25,7 +25,7 @@ def _bias_residual_kernel():
     @triton.jit
     def bias_residual_kernel(y_ptr, bias_ptr, residual_ptr, out_ptr, channels, length, y_stride_batch,
                              y_stride_channel, residual_stride_batch, residual_stride_channel, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # whole clips can pass 2**31 elements
         batch, channel = row // channels, row % channels
         t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = t < length

@@ -13,7 +13,7 @@ import torch
 
 def snake_beta_reference(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (B, C, T); alpha, beta (C,) in log scale; SnakeBeta(x + bias). Same operations as upstream SnakeBeta, in fp32."""
+    """x (B, C, T); alpha, beta (C,) in log scale; SnakeBeta(x + bias). Upstream SnakeBeta's operations, in fp32."""
     alpha = torch.exp(alpha.float())[None, :, None]
     beta = torch.exp(beta.float())[None, :, None]
     x32 = x.float() if bias is None else x.float() + bias.float()[None, :, None]
@@ -30,7 +30,7 @@ def _snake_kernel():
     def snake_beta_kernel(x_ptr, alpha_ptr, beta_ptr, bias_ptr, out_ptr, channels, length, x_stride_batch,
                           x_stride_channel, out_stride_batch, out_stride_channel, HAS_BIAS: tl.constexpr,
                           BLOCK: tl.constexpr):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # whole clips can pass 2**31 elements
         batch, channel = row // channels, row % channels
         t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = t < length
@@ -65,6 +65,7 @@ def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, o
         return out
     block = min(block, max(16, 1 << (length - 1).bit_length()))
     grid = (batch * channels, -(-length // block))
+    # without a bias the kernel never reads bias_ptr; alpha stands in for it
     _snake_kernel()[grid](x, alpha, beta, alpha if bias is None else bias, out, channels, length, x.stride(0),
                           x.stride(1), out.stride(0), out.stride(1), HAS_BIAS=bias is not None, BLOCK=block)
     return out

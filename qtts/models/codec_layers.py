@@ -119,7 +119,8 @@ class SnakeBeta(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         """SnakeBeta(x + bias), written into `out` (same shape, unit stride in time) when given."""
         if kernels_enabled(x.device):
             return snake_beta_fused(x, self.alpha, self.beta, out=out, bias=bias)
@@ -159,12 +160,13 @@ class ResidualUnit(nn.Module):
         self.act2 = SnakeBeta(dim)
         self.conv2 = CausalConv1d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, histories: ConvHistories, input_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, histories: ConvHistories,
+                input_bias: torch.Tensor | None = None) -> torch.Tensor:
         act1 = self.act1 if input_bias is None else functools.partial(self.act1, bias=input_bias)
         h = self.conv1(x, histories, activation=act1, add_bias=False)
         act2 = functools.partial(self.act2, bias=self.conv1.conv.bias)
         y = self.conv2(h, histories, activation=act2, add_bias=False)
-        bias = self.conv2.conv.bias if input_bias is None else self.conv2.conv.bias + input_bias
+        bias = self.conv2.conv.bias if input_bias is None else self.conv2.conv.bias.float() + input_bias.float()
         if kernels_enabled(x.device):
             return bias_residual_fused(y, bias, x)
         return bias_residual_reference(y, bias, x)

@@ -27,24 +27,34 @@ def dense_convolutions(decoder: nn.Module) -> list[tuple[str, CausalConv1d]]:
 def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats: int = 3) -> list[dict]:
     """Run call() (one decoder call at the shape to tune) with every dense convolution in (N, C, L), then
     channels-last, timing each convolution in place; keep channels-last for that call's shape where it is
-    faster. Returns one row per convolution: name, shape, both times in ms, the choice."""
-    layers = dense_convolutions(decoder)
-    shapes: dict[CausalConv1d, tuple[int, int]] = {}
+    faster. Returns one row per convolution the call ran (once): name, shape, both times in ms, the choice.
+
+    The times are eager, hence include launch gaps the captured graph does not have."""
+    seen: dict[CausalConv1d, set[tuple[int, int]]] = {}
 
     def record(module, args) -> None:  # a pre-hook's return value would replace the arguments
-        shapes.setdefault(module, (args[0].shape[0], args[0].shape[-1]))
-    hooks = [m.register_forward_pre_hook(record) for _, m in layers]
+        seen.setdefault(module, set()).add((args[0].shape[0], args[0].shape[-1]))
+    hooks = [m.register_forward_pre_hook(record) for _, m in dense_convolutions(decoder)]
     try:
         call()
     finally:
         for hook in hooks:
             hook.remove()
-    for _, m in layers:
-        m.channels_last_shapes.discard(shapes[m])
-    ncl = _layer_ms([m for _, m in layers], call, repeats)
-    for _, m in layers:
-        m.channels_last_shapes.add(shapes[m])
-    channels_last = _layer_ms([m for _, m in layers], call, repeats)
+    # one input shape per call, or the times below would mix shapes
+    layers = [(name, m) for name, m in dense_convolutions(decoder) if len(seen.get(m, ())) == 1]
+    shapes = {m: next(iter(seen[m])) for _, m in layers}
+    before = {m: set(m.channels_last_shapes) for _, m in layers}
+    try:
+        for _, m in layers:
+            m.channels_last_shapes.discard(shapes[m])
+        ncl = _layer_ms([m for _, m in layers], call, repeats)
+        for _, m in layers:
+            m.channels_last_shapes.add(shapes[m])
+        channels_last = _layer_ms([m for _, m in layers], call, repeats)
+    except BaseException:
+        for _, m in layers:
+            m.channels_last_shapes = before[m]
+        raise
     rows = []
     for name, m in layers:
         chosen = channels_last[m] < MIN_GAIN * ncl[m]

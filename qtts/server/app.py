@@ -9,6 +9,7 @@ Endpoints (all under /v1 need the API key when one is set):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -62,6 +63,7 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
             yield
         finally:
             loop_lag.cancel()
+            gc.unfreeze()  # a process that starts another app (tests) can collect this one's garbage
             state.ready = False
             engine.stop()
             voices.close()

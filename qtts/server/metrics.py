@@ -54,7 +54,8 @@ class _EngineCollector:
                                 value=float(stats.get("prefix_cache_bytes", 0)))
         yield _histogram("qtts_engine_iteration_seconds", "one engine loop iteration (a frame and its admissions)",
                          stats.get("iteration_seconds"))
-        yield _histogram("qtts_engine_gc_pause_seconds", "garbage collections in the engine's process",
+        yield _histogram("qtts_engine_gc_pause_seconds", "garbage collections in the engine's process (the "
+                         "server's own when the engine runs in it)",
                          stats.get("gc_pause_seconds"))
         yield _histogram("qtts_server_gc_pause_seconds", "garbage collections in the server's process",
                          self.gc_pauses.histogram.snapshot())

@@ -49,3 +49,17 @@ def test_the_chosen_layouts_cover_only_the_tuned_shape_and_keep_the_samples():
     fresh = StreamingCodecDecoder(decoder, max_streams=3)
     after = fresh.decode([fresh.allocate() for _ in range(3)], codes)
     assert _max_diff(after, before) <= FP32_TOLERANCE
+
+
+@torch.no_grad()
+def test_convolutions_called_at_two_shapes_are_left_alone():
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=2, frames=1, seed=5)
+    streams = StreamingCodecDecoder(decoder, max_streams=2)
+    slots = torch.tensor([streams.allocate() for _ in range(2)])
+
+    def two_calls() -> None:  # each convolution sees batch 1, then batch 2: no single shape to tune
+        streams._decode_rows(slots[:1], codes[:1])
+        streams._decode_rows(slots, codes)
+    assert choose_conv_layouts(decoder, two_calls) == []
+    assert all(not layer.channels_last_shapes for _, layer in dense_convolutions(decoder))
