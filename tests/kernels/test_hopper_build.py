@@ -1,4 +1,4 @@
-"""Every Triton kernel of the decode step compiles for Hopper (sm_90), down to a cubin, without a GPU:
+"""Every Triton kernel of the decode step and the codec compiles for Hopper (sm_90), down to a cubin, without a GPU:
 a kernel the interpreter runs can still fail to compile, and GPU time is scarce.
 
 The build runs in a child process: compiling leaves Triton's globals unfit for the interpreter
@@ -20,7 +20,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from qtts.kernels.attention import _decode_attention_kernel
 from qtts.kernels.gemv import BLOCK_K, _gemv_kernel, block_n
+from qtts.kernels.residual import _bias_residual_kernel
 from qtts.kernels.rope import _qk_norm_rope_kernel
+from qtts.kernels.snake import _snake_kernel
 
 
 def build(fn, signature, constexprs, **options):
@@ -49,6 +51,15 @@ for n_out, k_dim in ((1024, 2048), (3072, 1024), (6144, 2048)):
                   {"ROWS": 2, "NORM": False, "HAS_RESIDUAL": False, "HAS_BIAS": True, "SILU_MUL": False}):
         build(_gemv_kernel(), {**pointers, "n_out": "i32", "eps": "fp32"},
               {"K_DIM": k_dim, **flags, "BLOCK_N": block_n(n_out), "BLOCK_K": BLOCK_K}, num_warps=4)
+rows = {"channels": "i32", "length": "i32"}
+for has_bias in (False, True):
+    build(_snake_kernel(), {"x_ptr": "*bf16", "alpha_ptr": "*bf16", "beta_ptr": "*bf16", "bias_ptr": "*bf16",
+                            "out_ptr": "*bf16", **rows, "x_stride_batch": "i32", "x_stride_channel": "i32",
+                            "out_stride_batch": "i32", "out_stride_channel": "i32"},
+          {"HAS_BIAS": has_bias, "BLOCK": 1024})
+build(_bias_residual_kernel(), {"y_ptr": "*bf16", "bias_ptr": "*fp32", "residual_ptr": "*bf16", "out_ptr": "*bf16",
+                                **rows, "y_stride_batch": "i32", "y_stride_channel": "i32",
+                                "residual_stride_batch": "i32", "residual_stride_channel": "i32"}, {"BLOCK": 1024})
 print("built")
 '''
 
