@@ -5,11 +5,14 @@ usage: python benchmarks/bench_codec.py [--batches 1,16,64,128] [--chunks 1,2,4,
 Real decoder shapes (CodecDecoderConfig defaults), random weights, bf16 on CUDA. "audio_s_per_s" is audio
 seconds produced per wall second over all streams. The baseline decodes 25 frames of left context plus the
 chunk from scratch and keeps the chunk's samples, as upstream chunked_decode and faster-qwen3-tts do (the
-upstream module when importable, else our one-pass forward). Writes JSON (default
+upstream module when importable, else our one-pass forward). "bf16_snr_db": the streamed bf16 decode (4-frame
+chunks, as the benchmark runs it) against an fp32 one-pass decode of the same codes, with the fixture
+checkpoint's codec weights (scaled random init, so the waveform is not just clamped noise). Writes JSON (default
 benchmarks/results/codec_<device>.json; only with --out under --smoke) and prints it.
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from qtts.bench import save_results  # noqa: E402
 from qtts.config import FRAME_MS, CodecDecoderConfig  # noqa: E402
+from qtts.config import parse_codec_config  # noqa: E402
 from qtts.models.codec_decoder import CodecDecoder, StreamingCodecDecoder  # noqa: E402
+from qtts.testing.configs import codec_config  # noqa: E402
+from qtts.testing.random_weights import random_tensor  # noqa: E402
+from qtts.testing.tensors import codec_tensor_specs  # noqa: E402
+from qtts.weights import load_module  # noqa: E402
 
 LEFT_CONTEXT = 25
 TINY = CodecDecoderConfig(codebook_size=64, codebook_dim=32, latent_dim=32, hidden_size=32, intermediate_size=64,
@@ -79,6 +87,40 @@ def seconds_per_call(fn, device: str, min_time_s: float, max_iters: int) -> floa
             sync(device)
     sync(device)
     return (time.perf_counter() - start) / calls
+
+
+def fixture_decoder(size: str) -> CodecDecoder:
+    """The codec decoder of the fixture checkpoint of `size` (fp32, CPU), built in memory."""
+    config = codec_config(size)
+    specs = [s for s in codec_tensor_specs(config) if s.name.startswith("decoder.")]
+    decoder = CodecDecoder(parse_codec_config(config).decoder).eval()
+    load_module(decoder, {s.name.removeprefix("decoder."): random_tensor(s, seed=0) for s in specs}, "fixture")
+    decoder.refresh_codebooks()  # in fp32, before any cast, as load_codec_decoder does
+    return decoder
+
+
+def bf16_snr_db(size: str, device: str, graphs: bool, batch: int = 2, frames: int = 24, chunk: int = 4) -> dict:
+    """SNR of the streamed bf16 decode against the fp32 one-pass decode (the fp32 one on CPU)."""
+    fp32 = fixture_decoder(size)
+    codes = torch.randint(0, fp32.cfg.codebook_size, (batch, fp32.cfg.num_quantizers, frames),
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = fp32(codes)[:, 0].double()
+        bf16 = fixture_decoder(size).to(device=device, dtype=torch.bfloat16)
+        streams = StreamingCodecDecoder(bf16, max_streams=batch, use_graphs=graphs, graph_chunk_frames=(chunk,))
+        slots = [streams.allocate() for _ in range(batch)]
+        pieces = [streams.decode(slots, codes[:, :, start:start + chunk].to(device))
+                  for start in range(0, frames, chunk)]
+        upstream = upstream_decoder(fp32.to(device=device, dtype=torch.bfloat16))
+        upstream_wave = None if upstream is None else upstream(codes.to(device))[:, 0].double().cpu()
+
+    def snr(test: torch.Tensor) -> float:
+        noise = (test - reference).pow(2).sum().item()
+        return round(10 * math.log10(reference.pow(2).sum().item() / max(noise, 1e-30)), 2)
+    return {"batch": batch, "frames": frames, "chunk_frames": chunk,
+            "reference_rms": round(reference.pow(2).mean().sqrt().item(), 4),
+            "snr_db": snr(torch.cat(pieces, dim=-1).double().cpu()),
+            "upstream_one_pass_snr_db": None if upstream_wave is None else snr(upstream_wave)}
 
 
 def codes_for(cfg: CodecDecoderConfig, batch: int, frames: int, device: str) -> torch.Tensor:
@@ -169,6 +211,7 @@ def main() -> None:
         "stateful_eager": first_chunk_latency_ms(decoder, device, False),
         **({"stateful_graphs": first_chunk_latency_ms(decoder, device, True)} if device == "cuda" else {}),
     }
+    results["bf16_snr_db"] = bf16_snr_db("tiny" if args.smoke else "0.6b", device, device == "cuda")
     text = json.dumps(results, indent=1)
     print(text)
     if args.smoke and not args.out:
