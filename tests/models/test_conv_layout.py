@@ -32,12 +32,17 @@ def test_channels_last_convolutions_give_the_same_samples(monkeypatch):
     assert len(calls) == 3 * len(layers)  # every dense convolution of every call ran channels-last
 
 
+def _streams(batch: int, frames: int, seed: int):
+    """A tiny decoder, codes for `batch` streams, and those streams' slots (a tensor) in a StreamingCodecDecoder."""
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=batch, frames=frames, seed=seed)
+    streams = StreamingCodecDecoder(decoder, max_streams=batch)
+    return decoder, codes, streams, torch.tensor([streams.allocate() for _ in range(batch)])
+
+
 @torch.no_grad()
 def test_the_chosen_layouts_cover_only_the_tuned_shape_and_keep_the_samples():
-    decoder = ours_random(tiny_config(window=8))
-    codes = random_codes(decoder.cfg, batch=3, frames=2, seed=4)
-    streams = StreamingCodecDecoder(decoder, max_streams=3)
-    slots = torch.tensor([streams.allocate() for _ in range(3)])
+    decoder, codes, streams, slots = _streams(batch=3, frames=2, seed=4)
     before = streams.decode(slots.tolist(), codes)
     rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
     layers = dict(dense_convolutions(decoder))
@@ -53,10 +58,7 @@ def test_the_chosen_layouts_cover_only_the_tuned_shape_and_keep_the_samples():
 
 @torch.no_grad()
 def test_convolutions_called_at_two_shapes_are_left_alone():
-    decoder = ours_random(tiny_config(window=8))
-    codes = random_codes(decoder.cfg, batch=2, frames=1, seed=5)
-    streams = StreamingCodecDecoder(decoder, max_streams=2)
-    slots = torch.tensor([streams.allocate() for _ in range(2)])
+    decoder, codes, streams, slots = _streams(batch=2, frames=1, seed=5)
 
     def two_calls() -> None:  # each convolution sees batch 1, then batch 2: no single shape to tune
         streams._decode_rows(slots[:1], codes[:1])
