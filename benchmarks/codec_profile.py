@@ -27,7 +27,7 @@ from bench_codec import random_decoder  # noqa: E402
 from qtts.config import CodecDecoderConfig  # noqa: E402
 from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d, channels_last_2d  # noqa: E402
 from qtts.models.codec_streaming import StreamingCodecDecoder  # noqa: E402
-from qtts.models.conv_layout import choose_conv_layouts, dense_convolutions  # noqa: E402
+from qtts.models.conv_layout import choose_conv_layouts, dense_convolutions, layer_ms  # noqa: E402
 
 
 def cuda_ms(fn, calls: int = 20) -> float:
@@ -44,46 +44,17 @@ def cuda_ms(fn, calls: int = 20) -> float:
 
 
 def layer_times(decoder, batch: int, frames: int) -> dict:
-    """Milliseconds per top-level layer of one eager decode call (events around each)."""
+    """Milliseconds per top-level layer of one eager decode call (events around each, best of 10), and of the
+    whole call (mean of 20)."""
     streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
     slots = [streams.allocate() for _ in range(batch)]
     codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
-    events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
-    handles = []
     layers = [("pre_conv", decoder.pre_conv), ("pre_transformer", decoder.pre_transformer)]
     layers += [(f"upsample.{i}.{j}", m) for i, pair in enumerate(decoder.upsample) for j, m in enumerate(pair)]
     layers += [(f"decoder.{i}", m) for i, m in enumerate(decoder.decoder)]
-    for name, module in layers:
-        def before(_m, _a, name=name):
-            begin = torch.cuda.Event(enable_timing=True)
-            begin.record()
-            events.append((name, begin, None))
-
-        def after(_m, _a, _o, name=name):
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            for index in range(len(events) - 1, -1, -1):
-                if events[index][0] == name and events[index][2] is None:
-                    events[index] = (name, events[index][1], end)
-                    break
-        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
-    for _ in range(3):
-        streams.decode(slots, codes)
-    torch.cuda.synchronize()
-    events.clear()
-    calls = 10
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        streams.decode(slots, codes)
-    end.record()
-    torch.cuda.synchronize()
-    for handle in handles:
-        handle.remove()
-    totals = defaultdict(float)
-    for name, begin, finish in events:
-        totals[name] += begin.elapsed_time(finish) / calls
-    return {"call_ms": start.elapsed_time(end) / calls, "layers_ms": {k: round(v, 3) for k, v in totals.items()}}
+    times = layer_ms([m for _, m in layers], lambda: streams.decode(slots, codes), repeats=10)
+    return {"call_ms": cuda_ms(lambda: streams.decode(slots, codes)),
+            "layers_ms": {name: round(times[m], 3) for name, m in layers}}
 
 
 def conv_shapes(decoder, batch: int, frames: int) -> list[dict]:

@@ -34,23 +34,25 @@ def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats:
 
     def record(module, args) -> None:  # a pre-hook's return value would replace the arguments
         seen.setdefault(module, set()).add((args[0].shape[0], args[0].shape[-1]))
-    hooks = [m.register_forward_pre_hook(record) for _, m in dense_convolutions(decoder)]
+    candidates = dense_convolutions(decoder)
+    hooks = [m.register_forward_pre_hook(record) for _, m in candidates]
     try:
         call()
     finally:
         for hook in hooks:
             hook.remove()
     # one input shape per call, or the times below would mix shapes
-    layers = [(name, m) for name, m in dense_convolutions(decoder) if len(seen.get(m, ())) == 1]
-    shapes = {m: next(iter(seen[m])) for _, m in layers}
+    layers = [(name, m) for name, m in candidates if len(seen.get(m, ())) == 1]
+    modules = [m for _, m in layers]
+    shapes = {m: next(iter(seen[m])) for m in modules}
     before = {m: set(m.channels_last_shapes) for _, m in layers}
     try:
         for _, m in layers:
             m.channels_last_shapes.discard(shapes[m])
-        ncl = _layer_ms([m for _, m in layers], call, repeats)
+        ncl = layer_ms(modules, call, repeats)
         for _, m in layers:
             m.channels_last_shapes.add(shapes[m])
-        channels_last = _layer_ms([m for _, m in layers], call, repeats)
+        channels_last = layer_ms(modules, call, repeats)
     except BaseException:
         for _, m in layers:
             m.channels_last_shapes = before[m]
@@ -65,7 +67,7 @@ def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats:
     return rows
 
 
-def _layer_ms(layers: list[nn.Module], call: Callable[[], object], repeats: int) -> dict[nn.Module, float]:
+def layer_ms(layers: list[nn.Module], call: Callable[[], object], repeats: int) -> dict[nn.Module, float]:
     """Milliseconds each layer takes inside call(), the best of `repeats` calls after one warm-up call."""
     cuda = next(layers[0].parameters()).is_cuda if layers else False
     marks: dict[nn.Module, list] = {m: [] for m in layers}
