@@ -134,8 +134,8 @@ def stateful_run(decoder, batch, chunk, device, graphs, args) -> dict:
     codes = codes_for(decoder.cfg, batch, chunk, device)
     seconds = seconds_per_call(lambda: streams.decode(slots, codes), device, args.min_time_s, args.max_iters)
     run = {"ms_per_call": 1e3 * seconds, "audio_s_per_s": batch * chunk * FRAME_MS / 1e3 / seconds}
-    if (batch, chunk) in streams.conv_layouts:  # the convolutions its capture switched to channels-last
-        run["channels_last"] = [r["name"] for r in streams.conv_layouts[(batch, chunk)] if r["channels_last"]]
+    if (batch, chunk) in streams.conv_layouts:  # the convolutions its capture switched to (N, C, L)
+        run["ncl"] = [r["name"] for r in streams.conv_layouts[(batch, chunk)] if r["ncl"]]
     return run
 
 

@@ -4,9 +4,9 @@ other layouts (GPU, bf16, random weights at the real shape).
 Per layer: CUDA-event time of each top-level layer of one eager chunk decode. Per convolution shape
 of that call: cuDNN as the decoder runs it (N, C, L), cuDNN with channels-last 2-D convolutions, and the
 convolution as GEMMs over a (N, L, C) tensor (k shifted matmuls; a transposed convolution as one matmul
-plus an overlap-add). With --in-situ, each dense convolution is also timed inside the decoder in both layouts
+plus an overlap-add). With --in-situ, each convolution with a history is also timed inside the decoder in both layouts
 (as the captures choose them, but eager). With --graphed, only the captured call as the server runs it:
-each dense convolution's in-place time in both layouts (the capture's choice), the replay time, and its
+each such convolution's in-place time in both layouts (the capture's choice), the replay time, and its
 kernels by total time.
 usage: python benchmarks/codec_profile.py [--batch 128] [--frames 4] [--in-situ | --graphed]
 """
@@ -27,7 +27,7 @@ from bench_codec import random_decoder  # noqa: E402
 from qtts.config import CodecDecoderConfig  # noqa: E402
 from qtts.models.codec_layers import CausalConv1d, CausalConvTranspose1d, channels_last_2d  # noqa: E402
 from qtts.models.codec_streaming import StreamingCodecDecoder  # noqa: E402
-from qtts.models.conv_layout import choose_conv_layouts, dense_convolutions, layer_ms  # noqa: E402
+from qtts.models.conv_layout import choose_conv_layouts, layer_ms, tunable_convolutions  # noqa: E402
 
 
 def cuda_ms(fn, calls: int = 20) -> float:
@@ -132,16 +132,16 @@ def conv_ab(shape: dict, batch: int) -> dict:
     return row
 
 
-def channels_last_in_situ(decoder, batch: int, frames: int) -> list[dict]:
-    """Each dense convolution inside an eager decode call, timed in both layouts (conv_layout's in-place timing,
-    cuDNN not autotuned); the decoder is left as it was."""
+def layouts_in_situ(decoder, batch: int, frames: int) -> list[dict]:
+    """Each convolution with a history inside an eager decode call, timed in both layouts (conv_layout's
+    in-place timing, cuDNN not autotuned); the decoder is left as it was."""
     streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
     slots = torch.tensor([streams.allocate() for _ in range(batch)], device="cuda")
     codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
-    before = {name: set(m.channels_last_shapes) for name, m in dense_convolutions(decoder)}
+    before = {name: set(m.ncl_shapes) for name, m in tunable_convolutions(decoder)}
     rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
-    for name, module in dense_convolutions(decoder):
-        module.channels_last_shapes = before[name]
+    for name, module in tunable_convolutions(decoder):
+        module.ncl_shapes = before[name]
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--in-situ", action="store_true",
-                        help="also time each dense convolution inside an eager decode call in both layouts")
+                        help="also time each convolution with a history inside an eager decode call in both layouts")
     parser.add_argument("--graphed", action="store_true", help="only the captured call, profiled")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -204,7 +204,7 @@ def main() -> None:
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         result["convolutions"] = rows
         if args.in_situ:
-            result["channels_last_in_situ"] = {f"{b}x{f}": channels_last_in_situ(decoder, b, f)
+            result["layouts_in_situ"] = {f"{b}x{f}": layouts_in_situ(decoder, b, f)
                                                for b, f in ((16, 2), (args.batch, args.frames))}
     out = Path(args.out) if args.out else None
     if out is not None:

@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec codec-graphed
-#   serve-check), tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-check), verify-codec (= tests codec codec-graphed serve-check), tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,13 +42,15 @@ for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues 
     # what the session of 2026-12-02 (morning) left unmeasured: the codec's folded biases, and serving with them
     # (~6.5 min; then `serve-sweep` in a call of its own)
     verify-pending) stages+=(tests-gpu codec codec-graphed serve-check) ;;
+    # the channels-last codec of 2026-12-02 (afternoon): its kernels' tests on CUDA, its numbers, serving (~7 min)
+    verify-codec) stages+=(tests codec codec-graphed serve-check) ;;
     *) stages+=("$name") ;;
   esac
 done
 for name in "${stages[@]}"; do
   case $name in
     tests)
-      stage tests 120 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
+      stage tests 200 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
       # the later stages still measure something if the skinny-layer kernel is wrong here
       if ! python3 -m pytest -q tests/kernels -k gemv -p no:cacheprovider >/dev/null 2>&1; then
         echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"

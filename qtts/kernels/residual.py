@@ -10,6 +10,8 @@ import functools
 
 import torch
 
+from .tiles import channel_tiles
+
 
 def bias_residual_reference(y: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual + (y + bias) for y, residual (B, C, T) and bias (C,), as the unfused layers compute it."""
@@ -23,34 +25,41 @@ def _bias_residual_kernel():
     import triton.language as tl
 
     @triton.jit
-    def bias_residual_kernel(y_ptr, bias_ptr, residual_ptr, out_ptr, channels, length, y_stride_batch,
-                             y_stride_channel, residual_stride_batch, residual_stride_channel, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)  # whole clips can pass 2**31 elements
-        batch, channel = row // channels, row % channels
-        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    def bias_residual_kernel(y_ptr, bias_ptr, residual_ptr, out_ptr, length,
+                             y_stride_batch, y_stride_channel, y_stride_time,
+                             residual_stride_batch, residual_stride_channel, residual_stride_time,
+                             out_stride_batch, out_stride_channel, out_stride_time,
+                             BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+        # time tiles on grid axis 0, the only one that takes over 65535 (long clips in one pass)
+        t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        t = tl.max_contiguous(tl.multiple_of(t, BLOCK_T), BLOCK_T)[None, :]  # the cast hides this from Triton
+        batch = tl.program_id(1).to(tl.int64)  # whole clips can pass 2**31 elements
+        channel = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
         mask = t < length
-        y = tl.load(y_ptr + batch * y_stride_batch + channel * y_stride_channel + t, mask=mask, other=0.0)
-        residual = tl.load(residual_ptr + batch * residual_stride_batch + channel * residual_stride_channel + t,
-                           mask=mask, other=0.0)
+        y = tl.load(y_ptr + batch * y_stride_batch + channel * y_stride_channel + t * y_stride_time,
+                    mask=mask, other=0.0)
+        residual = tl.load(residual_ptr + batch * residual_stride_batch + channel * residual_stride_channel
+                           + t * residual_stride_time, mask=mask, other=0.0)
         total = residual.to(tl.float32) + y.to(tl.float32) + tl.load(bias_ptr + channel).to(tl.float32)
-        tl.store(out_ptr + row * length + t, total.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + batch * out_stride_batch + channel * out_stride_channel + t * out_stride_time,
+                 total.to(out_ptr.dtype.element_ty), mask=mask)
 
     return bias_residual_kernel
 
 
 def bias_residual_fused(y: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
                         block: int = 1024) -> torch.Tensor:
-    """As bias_residual_reference, in one pass (computed in fp32, rounded once); a new contiguous tensor."""
+    """As bias_residual_reference, in one pass (computed in fp32, rounded once); a new tensor, dense in y's
+    layout (channels innermost or time innermost). y and residual may have any strides."""
     if y.shape != residual.shape:
         raise ValueError(f"y {tuple(y.shape)} and residual {tuple(residual.shape)} must have the same shape")
-    y = y if y.stride(-1) == 1 else y.contiguous()
-    residual = residual if residual.stride(-1) == 1 else residual.contiguous()
     batch, channels, length = y.shape
-    out = torch.empty(batch, channels, length, device=y.device, dtype=y.dtype)
+    out = torch.empty(batch, length, channels, device=y.device, dtype=y.dtype).transpose(1, 2) \
+        if y.stride(1) == 1 else torch.empty(batch, channels, length, device=y.device, dtype=y.dtype)
     if out.numel() == 0:
         return out
-    block = min(block, max(16, 1 << (length - 1).bit_length()))
-    grid = (batch * channels, -(-length // block))
-    _bias_residual_kernel()[grid](y, bias, residual, out, channels, length, y.stride(0), y.stride(1),
-                                  residual.stride(0), residual.stride(1), BLOCK=block)
+    block_c, block_t = channel_tiles(out, block)
+    grid = (-(-length // block_t), batch, channels // block_c)
+    _bias_residual_kernel()[grid](y, bias, residual, out, length, *y.stride(), *residual.stride(), *out.stride(),
+                                  BLOCK_C=block_c, BLOCK_T=block_t)
     return out

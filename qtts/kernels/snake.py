@@ -1,14 +1,17 @@
 """SnakeBeta activation of the codec vocoder, x + sin²(x·e^α) / (e^β + 1e-9) per channel — Triton and reference.
 
 Both compute in fp32 and return x's dtype. An optional per-channel bias is added to x first: the bias of
-the convolution before, which then needs no pass of its own. The kernel reduces the sine's argument to [-π, π] itself
-(Cody–Waite with a two-part 2π), so a fast hardware sine stays accurate for large arguments.
+the convolution before, which then needs no pass of its own. The kernel takes e^α and 1 / (e^β + 1e-9)
+precomputed (snake_coefficients), so each sample costs one sine; it reduces the sine's argument to [-π, π]
+itself (Cody–Waite with a two-part 2π), so a fast hardware sine stays accurate for large arguments.
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+
+from .tiles import channel_tiles
 
 
 def snake_beta_reference(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
@@ -20,6 +23,11 @@ def snake_beta_reference(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tenso
     return (x32 + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x32 * alpha), 2)).to(x.dtype)
 
 
+def snake_coefficients(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's per-channel (frequency, magnitude) in fp32: e^α and 1 / (e^β + 1e-9)."""
+    return torch.exp(alpha.float()), 1.0 / (torch.exp(beta.float()) + 1e-9)
+
+
 @functools.cache
 def _snake_kernel():
     """Compiled lazily, so that the Triton interpreter setting is read when it is first used."""
@@ -27,45 +35,50 @@ def _snake_kernel():
     import triton.language as tl
 
     @triton.jit
-    def snake_beta_kernel(x_ptr, alpha_ptr, beta_ptr, bias_ptr, out_ptr, channels, length, x_stride_batch,
-                          x_stride_channel, out_stride_batch, out_stride_channel, HAS_BIAS: tl.constexpr,
-                          BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)  # whole clips can pass 2**31 elements
-        batch, channel = row // channels, row % channels
-        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    def snake_beta_kernel(x_ptr, frequency_ptr, magnitude_ptr, bias_ptr, out_ptr, length,
+                          x_stride_batch, x_stride_channel, x_stride_time,
+                          out_stride_batch, out_stride_channel, out_stride_time,
+                          HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+        # one (BLOCK_C channels × BLOCK_T samples) tile of one stream; the grid's channel tiles cover C exactly
+        # time tiles on grid axis 0, the only one that takes over 65535 (long clips in one pass)
+        t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        t = tl.max_contiguous(tl.multiple_of(t, BLOCK_T), BLOCK_T)[None, :]  # the cast hides this from Triton
+        batch = tl.program_id(1).to(tl.int64)  # whole clips can pass 2**31 elements
+        channel = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
         mask = t < length
-        x = tl.load(x_ptr + batch * x_stride_batch + channel * x_stride_channel + t, mask=mask, other=0.0)
-        frequency = tl.exp(tl.load(alpha_ptr + channel).to(tl.float32))
-        magnitude = 1.0 / (tl.exp(tl.load(beta_ptr + channel).to(tl.float32)) + 1e-9)
-        x32 = x.to(tl.float32)
+        x = tl.load(x_ptr + batch * x_stride_batch + channel * x_stride_channel + t * x_stride_time,
+                    mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            x32 += tl.load(bias_ptr + channel).to(tl.float32)
-        phase = x32 * frequency
+            x += tl.load(bias_ptr + channel).to(tl.float32)
+        phase = x * tl.load(frequency_ptr + channel)
         turns = tl.floor(phase * 0.15915494309189535 + 0.5)
         reduced = tl.fma(turns, -6.2831854820251465, phase)
         reduced = tl.fma(turns, 1.7484556000744487e-07, reduced)
         sine = tl.sin(reduced)
-        out = out_ptr + batch * out_stride_batch + channel * out_stride_channel + t
-        tl.store(out, (x32 + magnitude * sine * sine).to(out_ptr.dtype.element_ty), mask=mask)
+        y = x + tl.load(magnitude_ptr + channel) * sine * sine
+        tl.store(out_ptr + batch * out_stride_batch + channel * out_stride_channel + t * out_stride_time,
+                 y.to(out_ptr.dtype.element_ty), mask=mask)
 
     return snake_beta_kernel
 
 
-def snake_beta_fused(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, out: torch.Tensor | None = None,
-                     block: int = 1024, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """As snake_beta_reference, in one pass over x; into `out` when given (same shape, unit stride in time)."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+def snake_beta_fused(x: torch.Tensor, frequency: torch.Tensor, magnitude: torch.Tensor,
+                     out: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                     block: int = 1024) -> torch.Tensor:
+    """As snake_beta_reference, in one pass over x (any strides), given snake_coefficients(alpha, beta); into
+    `out` when given (same shape, any strides), else into a new tensor in x's layout (channels innermost or
+    time innermost)."""
     batch, channels, length = x.shape
     if out is None:
-        out = torch.empty(batch, channels, length, device=x.device, dtype=x.dtype)
-    elif out.shape != x.shape or out.stride(-1) != 1:
-        raise ValueError(f"out must have shape {tuple(x.shape)} and unit stride in time")
+        out = torch.empty_like(x, memory_format=torch.contiguous_format) if x.stride(1) != 1 else \
+            torch.empty(batch, length, channels, device=x.device, dtype=x.dtype).transpose(1, 2)
+    elif out.shape != x.shape:
+        raise ValueError(f"out must have shape {tuple(x.shape)}, got {tuple(out.shape)}")
     if out.numel() == 0:
         return out
-    block = min(block, max(16, 1 << (length - 1).bit_length()))
-    grid = (batch * channels, -(-length // block))
-    # without a bias the kernel never reads bias_ptr; alpha stands in for it
-    _snake_kernel()[grid](x, alpha, beta, alpha if bias is None else bias, out, channels, length, x.stride(0),
-                          x.stride(1), out.stride(0), out.stride(1), HAS_BIAS=bias is not None, BLOCK=block)
+    block_c, block_t = channel_tiles(out, block)
+    grid = (-(-length // block_t), batch, channels // block_c)
+    # without a bias the kernel never reads bias_ptr; frequency stands in for it
+    _snake_kernel()[grid](x, frequency, magnitude, frequency if bias is None else bias, out, length,
+                          *x.stride(), *out.stride(), HAS_BIAS=bias is not None, BLOCK_C=block_c, BLOCK_T=block_t)
     return out

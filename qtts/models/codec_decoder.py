@@ -77,7 +77,7 @@ class SplitQuantizer(nn.Module):
 class CodecState:
     """Decoder state of a number of streams; every tensor has the stream on dim 0 (keys/values: dim 1)."""
 
-    histories: list[torch.Tensor]  # per conv with context: (streams, C_in, history) last input samples
+    histories: list[torch.Tensor]  # per conv with context: (streams, history, C_in) last input samples
     keys: torch.Tensor  # (layers, streams, kv_heads, ring, head_dim) rotated keys of the latest frames
     values: torch.Tensor
     positions: torch.Tensor  # (streams,) int64: frames decoded so far
@@ -134,7 +134,7 @@ class CodecDecoder(nn.Module):
         """Zero state for `batch` fresh streams, on the decoder's device and dtype."""
         weight = self.pre_conv.conv.weight
         like = dict(device=weight.device, dtype=weight.dtype)
-        histories = [torch.zeros(batch, layer.conv.in_channels, layer.history, **like) for layer in self.stateful]
+        histories = [torch.zeros(batch, layer.history, layer.conv.in_channels, **like) for layer in self.stateful]
         cfg = self.cfg
         kv_shape = (cfg.num_layers, batch, cfg.num_kv_heads, ring_size(cfg), cfg.head_dim)
         return CodecState(histories, torch.zeros(kv_shape, **like), torch.zeros(kv_shape, **like),

@@ -4,6 +4,11 @@ Every layer takes `(x, histories)`. A layer with context reads its history (the 
 it saw; zeros for a fresh stream), runs on [history, x] without padding and writes back the new last
 h samples, so decoding a sequence chunk by chunk gives the same samples as decoding it at once (left
 zero padding == a zero history).
+
+Activations are (B, C, L) tensors with channels innermost in memory (laid out as (B, L, C)): cuDNN's
+convolutions on Hopper work in that layout, so none of them converts its input and output, the
+ConvNeXt blocks' linear layers need no transpose, and a [history, x] buffer is one contiguous block
+per stream.
 """
 from __future__ import annotations
 
@@ -16,11 +21,27 @@ from torch.nn import functional as F
 
 from ..kernels import kernels_enabled
 from ..kernels.residual import bias_residual_fused, bias_residual_reference
-from ..kernels.snake import snake_beta_fused, snake_beta_reference
+from ..kernels.snake import snake_beta_fused, snake_beta_reference, snake_coefficients
+
+
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x (B, C, L) with channels innermost in memory (x itself when it already is)."""
+    return x if x.stride(1) == 1 else x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _cached(module: nn.Module, make: Callable[[], torch.Tensor], *sources: torch.Tensor) -> torch.Tensor:
+    """make()'s tensor, derived from `sources` (parameters), made again only when one of them changes:
+    a derived weight made inside a captured CUDA graph would be remade on every replay."""
+    stamp = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in sources)
+    cache = module.__dict__.setdefault("_derived", {})
+    if cache.get(make.__name__, (None,))[0] != stamp:
+        with torch.no_grad():
+            cache[make.__name__] = (stamp, make())
+    return cache[make.__name__][1]
 
 
 class ConvHistories:
-    """The rows `rows` (B,) of per-layer history tensors (streams, C_in, h), read and written by layer index."""
+    """The rows `rows` (B,) of per-layer history tensors (streams, h, C_in), read and written by layer index."""
 
     def __init__(self, tensors: list[torch.Tensor], rows: torch.Tensor):
         self.tensors, self.rows = tensors, rows
@@ -37,15 +58,17 @@ Activation = Callable[..., torch.Tensor]  # activation(x, out=buffer) writes act
 
 def _with_history(layer: "CausalConv1d | CausalConvTranspose1d", x: torch.Tensor, histories: ConvHistories,
                   activation: Activation | None) -> torch.Tensor:
-    """[history, activation(x)] as one (B, C, h + L) tensor; the activation writes straight into it (no cat)."""
+    """[history, activation(x)] as one (B, C, h + L) tensor, channels innermost; the activation writes
+    straight into it (no cat), and the history rows are whole (h, C) blocks."""
     batch, channels, length = x.shape
-    full = torch.empty(batch, channels, layer.history + length, device=x.device, dtype=x.dtype)
-    full[..., :layer.history] = histories.read(layer.history_index)
+    rows = torch.empty(batch, layer.history + length, channels, device=x.device, dtype=x.dtype)
+    rows[:, :layer.history] = histories.read(layer.history_index)
+    full = rows.transpose(1, 2)
     if activation is None:
         full[..., layer.history:] = x
     else:
         activation(x, out=full[..., layer.history:])
-    histories.write(layer.history_index, full[..., -layer.history:])
+    histories.write(layer.history_index, rows[:, -layer.history:])
     return full
 
 
@@ -55,10 +78,12 @@ def channels_last_2d(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class CausalConv1d(nn.Module):
-    """Conv1d (stride 1) with (kernel-1)*dilation samples of left context.
+    """Conv1d (stride 1) with (kernel-1)*dilation samples of left context, on (B, C, L) tensors whose
+    channels are innermost in memory; the output is laid out the same way.
 
-    channels_last_shapes: the (batch, length) inputs run as a channels-last conv2d instead. cuDNN's speed
-    in the two layouts depends on the shape, up to 10x either way (conv_layout.choose_conv_layouts).
+    It runs as a channels-last conv2d (a 1x1 one as a matrix product), so cuDNN converts nothing.
+    ncl_shapes: the (batch, length) inputs that run as (N, C, L) conv1d instead, converted there and back:
+    cuDNN's speed in a layout depends on the shape (conv_layout.choose_conv_layouts).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, groups: int = 1):
@@ -66,7 +91,7 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, groups=groups)
         self.history = (kernel_size - 1) * dilation
         self.history_index = -1  # assigned by the decoder that owns the layer
-        self.channels_last_shapes: set[tuple[int, int]] = set()
+        self.ncl_shapes: set[tuple[int, int]] = set()
 
     def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None,
                 add_bias: bool = True) -> torch.Tensor:
@@ -75,17 +100,26 @@ class CausalConv1d(nn.Module):
         conv = self.conv
         bias = conv.bias if add_bias else None
         if self.history == 0:
-            return F.conv1d(x if activation is None else activation(x), conv.weight, bias, groups=conv.groups)
+            x = as_channels_last(x if activation is None else activation(x))
+            if conv.groups == 1:
+                return F.linear(x.transpose(1, 2), conv.weight[:, :, 0], bias).transpose(1, 2)
+            return F.conv2d(x.unsqueeze(2), _cached(self, self._weight_2d, conv.weight), bias,
+                            groups=conv.groups).squeeze(2)
         full = _with_history(self, x, histories, activation)
-        if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
-            y = F.conv2d(channels_last_2d(full), channels_last_2d(conv.weight), bias,
-                         dilation=(1, conv.dilation[0]), groups=conv.groups)
-            return y.squeeze(2)
-        return F.conv1d(full, conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
+        if (x.shape[0], x.shape[-1]) in self.ncl_shapes:
+            y = F.conv1d(full.contiguous(), conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
+            return as_channels_last(y)
+        y = F.conv2d(full.unsqueeze(2), _cached(self, self._weight_2d, conv.weight), bias,
+                     dilation=(1, conv.dilation[0]), groups=conv.groups)
+        return as_channels_last(y.squeeze(2))
+
+    def _weight_2d(self) -> torch.Tensor:
+        return channels_last_2d(self.conv.weight.detach())
 
 
 class CausalConvTranspose1d(nn.Module):
-    """ConvTranspose1d whose output is cut to stride * input length (upstream drops the last kernel-stride).
+    """ConvTranspose1d whose output is cut to stride * input length (upstream drops the last kernel-stride),
+    on tensors with channels innermost in memory, as CausalConv1d (and with its ncl_shapes).
 
     An output sample also depends on the ceil((kernel-stride)/stride) inputs before the one that
     starts it; those are the history.
@@ -97,6 +131,7 @@ class CausalConvTranspose1d(nn.Module):
         self.stride = stride
         self.history = -(-(kernel_size - stride) // stride)
         self.history_index = -1
+        self.ncl_shapes: set[tuple[int, int]] = set()
 
     def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None,
                 add_bias: bool = True) -> torch.Tensor:
@@ -105,10 +140,18 @@ class CausalConvTranspose1d(nn.Module):
         length = x.shape[-1] * self.stride
         bias = self.conv.bias if add_bias else None
         if self.history == 0:
-            full, start = (x if activation is None else activation(x)), 0
+            full, start = as_channels_last(x if activation is None else activation(x)), 0
         else:
             full, start = _with_history(self, x, histories, activation), self.history * self.stride
-        return F.conv_transpose1d(full, self.conv.weight, bias, stride=self.stride)[..., start:start + length]
+        if (x.shape[0], x.shape[-1]) in self.ncl_shapes:
+            y = F.conv_transpose1d(full.contiguous(), self.conv.weight, bias, stride=self.stride)
+            return as_channels_last(y[..., start:start + length])
+        y = F.conv_transpose2d(full.unsqueeze(2), _cached(self, self._weight_2d, self.conv.weight), bias,
+                               stride=(1, self.stride))
+        return as_channels_last(y.squeeze(2))[..., start:start + length]
+
+    def _weight_2d(self) -> torch.Tensor:
+        return channels_last_2d(self.conv.weight.detach())
 
 
 class SnakeBeta(nn.Module):
@@ -121,11 +164,15 @@ class SnakeBeta(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-        """SnakeBeta(x + bias), written into `out` (same shape, unit stride in time) when given."""
+        """SnakeBeta(x + bias), written into `out` (same shape) when given, else a new tensor in x's layout."""
         if kernels_enabled(x.device):
-            return snake_beta_fused(x, self.alpha, self.beta, out=out, bias=bias)
+            frequency, magnitude = _cached(self, self._coefficients, self.alpha, self.beta)
+            return snake_beta_fused(x, frequency, magnitude, out=out, bias=bias)
         y = snake_beta_reference(x, self.alpha, self.beta, bias)
         return y if out is None else out.copy_(y)
+
+    def _coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return snake_coefficients(self.alpha, self.beta)
 
 
 class ConvNeXtBlock(nn.Module):

@@ -1,9 +1,11 @@
-"""Which layout each dense convolution of the codec decoder runs in, chosen by timing both in place.
+"""Which layout each convolution of the codec decoder runs in, chosen by timing both in place.
 
-cuDNN is up to 10x slower in one layout than the other, and which one depends on the shape: on an
-H200 the 384-channel, dilation-9 convolution of a 128-stream, 4-frame call takes 6 ms as (N, C, L)
-and 0.9 ms channels-last, while at 16 streams and 2 frames channels-last is the slow one (22 ms for
-others). So the layout is chosen per convolution and call shape, by timing one call both ways.
+The decoder keeps its activations channels-last, the layout cuDNN's Hopper convolutions work in, so a
+convolution normally converts nothing. But cuDNN's speed in a layout depends on the shape, up to 10x
+either way: on an H200 the 384-channel, dilation-9 convolution of a 128-stream, 4-frame call took 6 ms
+as (N, C, L) and 0.9 ms channels-last, while at 16 streams and 2 frames channels-last was the slow one.
+So each convolution with a history may run as (N, C, L) for a call shape, converted there and back,
+where one call timed both ways says that is faster, conversions included.
 """
 from __future__ import annotations
 
@@ -13,28 +15,30 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .codec_layers import CausalConv1d
+from .codec_layers import CausalConv1d, CausalConvTranspose1d
 
-MIN_GAIN = 0.9  # channels-last only where it takes under 90% of the (N, C, L) time
+MIN_GAIN = 0.9  # (N, C, L) only where it takes under 90% of the channels-last time
+
+Convolution = CausalConv1d | CausalConvTranspose1d
 
 
-def dense_convolutions(decoder: nn.Module) -> list[tuple[str, CausalConv1d]]:
-    """The convolutions with a choice: dense (not depthwise) ones that read a history."""
+def tunable_convolutions(decoder: nn.Module) -> list[tuple[str, Convolution]]:
+    """The convolutions with a choice: those that read a history (the 1x1 ones are matrix products)."""
     return [(name, m) for name, m in decoder.named_modules()
-            if isinstance(m, CausalConv1d) and m.conv.groups == 1 and m.history > 0]
+            if isinstance(m, (CausalConv1d, CausalConvTranspose1d)) and m.history > 0]
 
 
 def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats: int = 3) -> list[dict]:
-    """Run call() (one decoder call at the shape to tune) with every dense convolution in (N, C, L), then
-    channels-last, timing each convolution in place; keep channels-last for that call's shape where it is
+    """Run call() (one decoder call at the shape to tune) with every tunable convolution channels-last,
+    then as (N, C, L), timing each convolution in place; keep (N, C, L) for that call's shape where it is
     faster. Returns one row per convolution the call ran (once): name, shape, both times in ms, the choice.
 
     The times are eager, hence include launch gaps the captured graph does not have."""
-    seen: dict[CausalConv1d, set[tuple[int, int]]] = {}
+    seen: dict[Convolution, set[tuple[int, int]]] = {}
 
     def record(module, args) -> None:  # a pre-hook's return value would replace the arguments
         seen.setdefault(module, set()).add((args[0].shape[0], args[0].shape[-1]))
-    candidates = dense_convolutions(decoder)
+    candidates = tunable_convolutions(decoder)
     hooks = [m.register_forward_pre_hook(record) for _, m in candidates]
     try:
         call()
@@ -45,25 +49,25 @@ def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats:
     layers = [(name, m) for name, m in candidates if len(seen.get(m, ())) == 1]
     modules = [m for _, m in layers]
     shapes = {m: next(iter(seen[m])) for m in modules}
-    before = {m: set(m.channels_last_shapes) for _, m in layers}
+    before = {m: set(m.ncl_shapes) for _, m in layers}
     try:
         for _, m in layers:
-            m.channels_last_shapes.discard(shapes[m])
-        ncl = layer_ms(modules, call, repeats)
-        for _, m in layers:
-            m.channels_last_shapes.add(shapes[m])
+            m.ncl_shapes.discard(shapes[m])
         channels_last = layer_ms(modules, call, repeats)
+        for _, m in layers:
+            m.ncl_shapes.add(shapes[m])
+        ncl = layer_ms(modules, call, repeats)
     except BaseException:
         for _, m in layers:
-            m.channels_last_shapes = before[m]
+            m.ncl_shapes = before[m]
         raise
     rows = []
     for name, m in layers:
-        chosen = channels_last[m] < MIN_GAIN * ncl[m]
+        chosen = ncl[m] < MIN_GAIN * channels_last[m]
         if not chosen:
-            m.channels_last_shapes.discard(shapes[m])
-        rows.append({"name": name, "batch": shapes[m][0], "length": shapes[m][1], "ncl_ms": round(ncl[m], 4),
-                     "channels_last_ms": round(channels_last[m], 4), "channels_last": chosen})
+            m.ncl_shapes.discard(shapes[m])
+        rows.append({"name": name, "batch": shapes[m][0], "length": shapes[m][1],
+                     "channels_last_ms": round(channels_last[m], 4), "ncl_ms": round(ncl[m], 4), "ncl": chosen})
     return rows
 
 

@@ -25,11 +25,14 @@ from qtts.kernels.rope import _qk_norm_rope_kernel
 from qtts.kernels.snake import _snake_kernel
 
 
-def build(fn, signature, constexprs, **options):
+def build(fn, signature, constexprs, aligned=(), **options):
+    """The kernel's PTX; `aligned`: arguments Triton sees as divisible by 16, as it does at launch."""
     signature = {**signature, **{name: "constexpr" for name in constexprs}}
-    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options=options or None)
     assert "cubin" in compiled.asm, constexprs
+    return compiled.asm["ptx"]
 
 
 for has_slots in (False, True):
@@ -51,15 +54,27 @@ for n_out, k_dim in ((1024, 2048), (3072, 1024), (6144, 2048)):
                   {"ROWS": 2, "NORM": False, "HAS_RESIDUAL": False, "HAS_BIAS": True, "SILU_MUL": False}):
         build(_gemv_kernel(), {**pointers, "n_out": "i32", "eps": "fp32"},
               {"K_DIM": k_dim, **flags, "BLOCK_N": block_n(n_out), "BLOCK_K": BLOCK_K}, num_warps=4)
-rows = {"channels": "i32", "length": "i32"}
-for has_bias in (False, True):
-    build(_snake_kernel(), {"x_ptr": "*bf16", "alpha_ptr": "*bf16", "beta_ptr": "*bf16", "bias_ptr": "*bf16",
-                            "out_ptr": "*bf16", **rows, "x_stride_batch": "i32", "x_stride_channel": "i32",
-                            "out_stride_batch": "i32", "out_stride_channel": "i32"},
-          {"HAS_BIAS": has_bias, "BLOCK": 1024})
-build(_bias_residual_kernel(), {"y_ptr": "*bf16", "bias_ptr": "*fp32", "residual_ptr": "*bf16", "out_ptr": "*bf16",
-                                **rows, "y_stride_batch": "i32", "y_stride_channel": "i32",
-                                "residual_stride_batch": "i32", "residual_stride_channel": "i32"}, {"BLOCK": 1024})
+# the codec kernels as the decoder launches them: channels innermost (channel stride 1, which Triton
+# specialises) with 16-divisible strides, whose stores must be vectorised; and time innermost
+aligned = ("x_ptr", "y_ptr", "residual_ptr", "out_ptr", "length",
+           *(f"{t}_stride_{axis}" for t in ("x", "y", "residual", "out") for axis in ("batch", "channel", "time")))
+for layout, unit, tile in (("channel", "time", {"BLOCK_C": 32, "BLOCK_T": 32}),
+                           ("time", "channel", {"BLOCK_C": 1, "BLOCK_T": 1024})):
+    strides = {f"{t}_stride_{axis}": "i32" for t in ("x", "y", "residual", "out") for axis in ("batch", unit)}
+    units = {f"{t}_stride_{layout}": 1 for t in ("x", "y", "residual", "out")}
+    for has_bias in (False, True):
+        fn = _snake_kernel()
+        signature = {"x_ptr": "*bf16", "frequency_ptr": "*fp32", "magnitude_ptr": "*fp32", "bias_ptr": "*bf16",
+                     "out_ptr": "*bf16", "length": "i32", **{k: v for k, v in strides.items() if k[0] in "xo"}}
+        ptx = build(fn, signature, {**{k: v for k, v in units.items() if k[0] in "xo"}, "HAS_BIAS": has_bias, **tile},
+                    aligned=[n for n in aligned if n in signature])
+        assert "st.global.v4.b32" in ptx, (layout, has_bias)
+    fn = _bias_residual_kernel()
+    signature = {"y_ptr": "*bf16", "bias_ptr": "*fp32", "residual_ptr": "*bf16", "out_ptr": "*bf16", "length": "i32",
+                 **{k: v for k, v in strides.items() if k[0] != "x"}}
+    ptx = build(fn, signature, {**{k: v for k, v in units.items() if k[0] != "x"}, **tile},
+                aligned=[n for n in aligned if n in signature])
+    assert "st.global.v4.b32" in ptx, layout
 print("built")
 '''
 

@@ -13,16 +13,23 @@ from qtts.kernels.residual import bias_residual_fused, bias_residual_reference  
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_bias_and_residual_are_added_in_one_pass(dtype):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bias_and_residual_are_added_in_one_pass(dtype, channels_last):
     g = torch.Generator().manual_seed(0)
-    y = torch.randn(2, 5, 90, generator=g).to(DEVICE, dtype)
+    layout = _channels_last if channels_last else (lambda x: x)
+    y = layout(torch.randn(2, 12, 90, generator=g).to(DEVICE, dtype))
     # the residual as the transposed convolutions hand it over: a slice along time
-    residual = torch.randn(2, 5, 100, generator=g).to(DEVICE, dtype)[..., 4:94]
-    bias = torch.randn(5, generator=g).to(DEVICE, dtype)
+    residual = layout(torch.randn(2, 12, 100, generator=g).to(DEVICE, dtype))[..., 4:94]
+    bias = torch.randn(12, generator=g).to(DEVICE, dtype)
     out = bias_residual_fused(y, bias, residual, block=32)
     expected = bias_residual_reference(y.float(), bias.float(), residual.float())
-    assert out.is_contiguous() and out.dtype == dtype
+    assert out.dtype == dtype and (out.stride(1) == 1) == channels_last  # dense, in y's layout
+    assert (out.transpose(1, 2) if channels_last else out).is_contiguous()
     tolerance = 1e-6 if dtype == torch.float32 else 2 ** -7
     assert torch.allclose(out.float(), expected, atol=tolerance, rtol=tolerance)
 

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from qtts.kernels.snake import snake_beta_fused, snake_beta_reference  # noqa: E402
+from qtts.kernels.snake import snake_beta_fused, snake_beta_reference, snake_coefficients  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -20,22 +20,37 @@ def _close(out: torch.Tensor, expected: torch.Tensor) -> bool:
     return torch.allclose(out.float(), expected.float(), atol=0, rtol=2 ** -7)  # one bf16 step at most
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _params(channels: int, seed: int, count: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return list((0.5 * torch.randn(count, channels, generator=g)).to(DEVICE))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_snake_beta_matches_reference(dtype):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_snake_beta_matches_reference(dtype, channels_last):
     g = torch.Generator().manual_seed(0)
     # A slice along time, as the transposed convs hand it over; amplitudes up to ~100 stress the sine's range reduction.
-    x = (30 * torch.randn(2, 5, 300, generator=g)).to(DEVICE, dtype)[..., 7:290]
-    alpha, beta = (0.5 * torch.randn(2, 5, generator=g)).to(DEVICE)
-    assert _close(snake_beta_fused(x, alpha, beta, block=128), snake_beta_reference(x, alpha, beta))
+    x = (30 * torch.randn(2, 12, 300, generator=g)).to(DEVICE, dtype)
+    x = (_channels_last(x) if channels_last else x)[..., 7:290]
+    alpha, beta = _params(12, seed=1)
+    out = snake_beta_fused(x, *snake_coefficients(alpha, beta), block=128)
+    assert _close(out, snake_beta_reference(x, alpha, beta))
+    assert (out.stride(1) == 1) == channels_last  # a new output keeps the input's layout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_bias_is_added_before_the_activation(dtype):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_bias_is_added_before_the_activation(dtype, channels_last):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 6, 70, generator=g).to(DEVICE, dtype)
-    alpha, beta, bias = (0.5 * torch.randn(3, 6, generator=g)).to(DEVICE)
+    x = _channels_last(x) if channels_last else x
+    alpha, beta, bias = _params(6, seed=3, count=3)
     expected = snake_beta_reference(x, alpha, beta, bias)
-    assert _close(snake_beta_fused(x, alpha, beta, bias=bias, block=32), expected)
+    assert _close(snake_beta_fused(x, *snake_coefficients(alpha, beta), bias=bias, block=32), expected)
     shifted = snake_beta_reference(x.float() + bias[None, :, None], alpha, beta)  # the bias shifts x
     assert torch.allclose(expected.float(), shifted, atol=2e-5 if dtype == torch.float32 else 0.1)
 
@@ -44,11 +59,23 @@ def test_a_bias_is_added_before_the_activation(dtype):
 def test_snake_beta_writes_into_a_conv_input_buffer(dtype):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, 50, generator=g).to(DEVICE, dtype)
-    alpha, beta = (0.5 * torch.randn(2, 4, generator=g)).to(DEVICE)
+    alpha, beta = _params(4, seed=4)
     buffer = torch.full((2, 4, 56), 7.0, device=DEVICE, dtype=dtype)
-    snake_beta_fused(x, alpha, beta, out=buffer[..., 6:], block=16)
+    snake_beta_fused(x, *snake_coefficients(alpha, beta), out=buffer[..., 6:], block=16)
     assert (buffer[..., :6] == 7).all()
     assert _close(buffer[..., 6:], snake_beta_reference(x, alpha, beta))
+
+
+@pytest.mark.parametrize("channels", [24, 7])  # 7: no power-of-two channel tile but 1
+def test_snake_beta_writes_into_a_channels_last_conv_input_buffer(channels):
+    """The decoder's layout: [history, x] rows of (h + L, C), x a channels-last (B, C, L) view into them."""
+    g = torch.Generator().manual_seed(5)
+    x = _channels_last(torch.randn(2, channels, 40, generator=g).to(DEVICE))
+    alpha, beta, bias = _params(channels, seed=6, count=3)
+    rows = torch.full((2, 6 + 40, channels), 7.0, device=DEVICE)
+    snake_beta_fused(x, *snake_coefficients(alpha, beta), out=rows.transpose(1, 2)[..., 6:], bias=bias, block=64)
+    assert (rows[:, :6] == 7).all()
+    assert _close(rows.transpose(1, 2)[..., 6:], snake_beta_reference(x, alpha, beta, bias))
 
 
 @torch.no_grad()

@@ -1,8 +1,10 @@
-"""Choosing each codec convolution's layout: channels-last conv2d gives the samples (N, C, L) conv1d gives."""
+"""The codec decoder's convolution layouts: channels-last by default with nothing converted, and the
+per-shape (N, C, L) choice giving the same samples."""
 import torch
+from torch.nn import functional as F
 
 from qtts.models.codec_decoder import StreamingCodecDecoder
-from qtts.models.conv_layout import choose_conv_layouts, dense_convolutions
+from qtts.models.conv_layout import choose_conv_layouts, tunable_convolutions
 from tests.models.test_codec_decoder import FP32_TOLERANCE, _max_diff, ours_random, random_codes, tiny_config
 
 
@@ -16,20 +18,44 @@ def _decode(decoder, codes: torch.Tensor, schedule: list[int]) -> torch.Tensor:
     return torch.cat(pieces, dim=-1)
 
 
+def _recording(monkeypatch, names: list[str]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Record (function, input, output) of every call of the torch.nn.functional functions `names`."""
+    calls = []
+    for name in names:
+        def wrapped(x, *args, _name=name, _fn=getattr(F, name), **kwargs):
+            y = _fn(x, *args, **kwargs)
+            calls.append((_name, x, y))
+            return y
+        monkeypatch.setattr(F, name, wrapped)
+    return calls
+
+
 @torch.no_grad()
-def test_channels_last_convolutions_give_the_same_samples(monkeypatch):
+def test_the_convolutions_run_channels_last_and_convert_nothing(monkeypatch):
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=2, frames=3, seed=2)
+    calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d", "conv2d", "conv_transpose2d"])
+    _decode(decoder, codes, [1, 2])
+    assert calls and all(name.endswith("2d") for name, _, _ in calls)  # no (N, C, L) convolution
+    for name, x, y in calls:  # cuDNN (and oneDNN) take and give channels-last as it is: nothing to convert
+        assert x.is_contiguous(memory_format=torch.channels_last), name
+        assert y.is_contiguous(memory_format=torch.channels_last), name
+
+
+@torch.no_grad()
+def test_ncl_convolutions_give_the_same_samples(monkeypatch):
     decoder = ours_random(tiny_config(window=8))
     codes = random_codes(decoder.cfg, batch=2, frames=7, seed=3)
     reference = _decode(decoder, codes, [1, 2, 4])
-    layers = dense_convolutions(decoder)
-    assert len(layers) >= 10  # every residual unit's dilated conv, the input and output convs
-    for _, layer in layers:  # every shape these calls make, channels-last
-        layer.channels_last_shapes |= {(2, length) for length in range(1, 7681)}
-    conv2d, calls = torch.nn.functional.conv2d, []
-    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(a[0].shape) or conv2d(*a, **k))
+    layers = tunable_convolutions(decoder)
+    # every residual unit's dilated conv, the input and output convs, the upsamplers, the ConvNeXt convs
+    assert len(layers) >= 14
+    for _, layer in layers:  # every shape these calls make, as (N, C, L)
+        layer.ncl_shapes |= {(2, length) for length in range(1, 7681)}
+    calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d"])
     switched = _decode(decoder, codes, [1, 2, 4])
     assert _max_diff(switched, reference) <= FP32_TOLERANCE
-    assert len(calls) == 3 * len(layers)  # every dense convolution of every call ran channels-last
+    assert len(calls) == 3 * len(layers)  # every tunable convolution of every call ran as (N, C, L)
 
 
 def _streams(batch: int, frames: int, seed: int):
@@ -45,12 +71,12 @@ def test_the_chosen_layouts_cover_only_the_tuned_shape_and_keep_the_samples():
     decoder, codes, streams, slots = _streams(batch=3, frames=2, seed=4)
     before = streams.decode(slots.tolist(), codes)
     rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
-    layers = dict(dense_convolutions(decoder))
+    layers = dict(tunable_convolutions(decoder))
     assert [row["name"] for row in rows] == list(layers)
     for row in rows:
         layer = layers[row["name"]]
         assert row["batch"] == 3 and row["ncl_ms"] > 0 and row["channels_last_ms"] > 0
-        assert layer.channels_last_shapes == ({(3, row["length"])} if row["channels_last"] else set())
+        assert layer.ncl_shapes == ({(3, row["length"])} if row["ncl"] else set())
     fresh = StreamingCodecDecoder(decoder, max_streams=3)
     after = fresh.decode([fresh.allocate() for _ in range(3)], codes)
     assert _max_diff(after, before) <= FP32_TOLERANCE
@@ -64,4 +90,4 @@ def test_convolutions_called_at_two_shapes_are_left_alone():
         streams._decode_rows(slots[:1], codes[:1])
         streams._decode_rows(slots, codes)
     assert choose_conv_layouts(decoder, two_calls) == []
-    assert all(not layer.channels_last_shapes for _, layer in dense_convolutions(decoder))
+    assert all(not layer.ncl_shapes for _, layer in tunable_convolutions(decoder))
