@@ -138,10 +138,10 @@ def layouts_in_situ(decoder, batch: int, frames: int) -> list[dict]:
     streams = StreamingCodecDecoder(decoder, max_streams=batch, use_graphs=False)
     slots = torch.tensor([streams.allocate() for _ in range(batch)], device="cuda")
     codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
-    before = {name: set(m.ncl_shapes) for name, m in tunable_convolutions(decoder)}
+    before = {name: set(m.channels_last_shapes) for name, m in tunable_convolutions(decoder)}
     rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
     for name, module in tunable_convolutions(decoder):
-        module.ncl_shapes = before[name]
+        module.channels_last_shapes = before[name]
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows

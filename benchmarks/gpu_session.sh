@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec codec-graphed
-#   serve-check), verify-codec (= tests codec codec-graphed serve-check), tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-check), verify-codec (= tests codec codec-graphed serve-check), codec-check, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +89,10 @@ for name in "${stages[@]}"; do
           --steps 80 --out "$OUT/anchor_$size.json"
       done ;;
     codec) stage codec 300 python3 benchmarks/bench_codec.py ;;
+    codec-check)  # a short codec check: its CUDA tests, batch 1 and 128 at 2 and 4 frames, one pass, first chunk
+      stage codec-tests 100 python3 -m pytest -q tests/kernels/test_snake.py tests/kernels/test_residual.py \
+        tests/models/test_conv_layout.py tests/models/test_codec_decoder.py -p no:cacheprovider
+      stage codec-check 150 python3 benchmarks/bench_codec.py --batches 1,128 --chunks 2,4 --out "$OUT/codec_check.json" ;;
     codec-cudnn)
       stage codec-cudnn 200 python3 benchmarks/bench_codec.py --cudnn-benchmark --batches 1,16,64,128 --chunks 1,4,8 \
         --out "$OUT/codec_cudnn_benchmark.json" ;;

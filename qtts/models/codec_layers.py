@@ -81,9 +81,11 @@ class CausalConv1d(nn.Module):
     """Conv1d (stride 1) with (kernel-1)*dilation samples of left context, on (B, C, L) tensors whose
     channels are innermost in memory; the output is laid out the same way.
 
-    It runs as a channels-last conv2d (a 1x1 one as a matrix product), so cuDNN converts nothing.
-    ncl_shapes: the (batch, length) inputs that run as (N, C, L) conv1d instead, converted there and back:
-    cuDNN's speed in a layout depends on the shape (conv_layout.choose_conv_layouts).
+    channels_last_shapes: the (batch, length) inputs that run as a channels-last conv2d, which converts
+    nothing; others run as (N, C, L) conv1d, converted there and back. cuDNN's speed in a layout depends
+    on the shape (up to 10x either way, and un-tuned channels-last is the slow one for whole clips), so
+    the shapes are the ones a graph capture timed (conv_layout.choose_conv_layouts). A 1x1 convolution is
+    a matrix product over the channels-last layout.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, groups: int = 1):
@@ -91,7 +93,7 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, groups=groups)
         self.history = (kernel_size - 1) * dilation
         self.history_index = -1  # assigned by the decoder that owns the layer
-        self.ncl_shapes: set[tuple[int, int]] = set()
+        self.channels_last_shapes: set[tuple[int, int]] = set()
 
     def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None,
                 add_bias: bool = True) -> torch.Tensor:
@@ -106,7 +108,7 @@ class CausalConv1d(nn.Module):
             return F.conv2d(x.unsqueeze(2), _cached(self, self._weight_2d, conv.weight), bias,
                             groups=conv.groups).squeeze(2)
         full = _with_history(self, x, histories, activation)
-        if (x.shape[0], x.shape[-1]) in self.ncl_shapes:
+        if (x.shape[0], x.shape[-1]) not in self.channels_last_shapes:
             y = F.conv1d(full.contiguous(), conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
             return as_channels_last(y)
         y = F.conv2d(full.unsqueeze(2), _cached(self, self._weight_2d, conv.weight), bias,
@@ -119,7 +121,7 @@ class CausalConv1d(nn.Module):
 
 class CausalConvTranspose1d(nn.Module):
     """ConvTranspose1d whose output is cut to stride * input length (upstream drops the last kernel-stride),
-    on tensors with channels innermost in memory, as CausalConv1d (and with its ncl_shapes).
+    on tensors with channels innermost in memory, as CausalConv1d (and with its channels_last_shapes).
 
     An output sample also depends on the ceil((kernel-stride)/stride) inputs before the one that
     starts it; those are the history.
@@ -131,7 +133,7 @@ class CausalConvTranspose1d(nn.Module):
         self.stride = stride
         self.history = -(-(kernel_size - stride) // stride)
         self.history_index = -1
-        self.ncl_shapes: set[tuple[int, int]] = set()
+        self.channels_last_shapes: set[tuple[int, int]] = set()
 
     def forward(self, x: torch.Tensor, histories: ConvHistories, activation: Activation | None = None,
                 add_bias: bool = True) -> torch.Tensor:
@@ -143,7 +145,7 @@ class CausalConvTranspose1d(nn.Module):
             full, start = as_channels_last(x if activation is None else activation(x)), 0
         else:
             full, start = _with_history(self, x, histories, activation), self.history * self.stride
-        if (x.shape[0], x.shape[-1]) in self.ncl_shapes:
+        if (x.shape[0], x.shape[-1]) not in self.channels_last_shapes:
             y = F.conv_transpose1d(full.contiguous(), self.conv.weight, bias, stride=self.stride)
             return as_channels_last(y[..., start:start + length])
         y = F.conv_transpose2d(full.unsqueeze(2), _cached(self, self._weight_2d, self.conv.weight), bias,

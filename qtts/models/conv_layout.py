@@ -1,11 +1,12 @@
 """Which layout each convolution of the codec decoder runs in, chosen by timing both in place.
 
 The decoder keeps its activations channels-last, the layout cuDNN's Hopper convolutions work in, so a
-convolution normally converts nothing. But cuDNN's speed in a layout depends on the shape, up to 10x
-either way: on an H200 the 384-channel, dilation-9 convolution of a 128-stream, 4-frame call took 6 ms
-as (N, C, L) and 0.9 ms channels-last, while at 16 streams and 2 frames channels-last was the slow one.
-So each convolution with a history may run as (N, C, L) for a call shape, converted there and back,
-where one call timed both ways says that is faster, conversions included.
+channels-last convolution converts nothing. But cuDNN's speed in a layout depends on the shape, up to
+10x either way: on an H200 the 384-channel, dilation-9 convolution of a 128-stream, 4-frame call took
+6 ms as (N, C, L) and 0.9 ms channels-last, while at 16 streams and 2 frames channels-last was the slow
+one, and un-tuned channels-last made a one-pass decode of 16 whole clips 19x slower. So a convolution
+runs channels-last only for the call shapes a graph capture timed both ways, and there unless (N, C, L),
+converted there and back, was faster.
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ Convolution = CausalConv1d | CausalConvTranspose1d
 
 
 def tunable_convolutions(decoder: nn.Module) -> list[tuple[str, Convolution]]:
-    """The convolutions with a choice: those that read a history (the 1x1 ones are matrix products)."""
+    """The convolutions with a choice: all but the 1x1 ones, which are matrix products."""
     return [(name, m) for name, m in decoder.named_modules()
-            if isinstance(m, (CausalConv1d, CausalConvTranspose1d)) and m.history > 0]
+            if isinstance(m, CausalConvTranspose1d) or isinstance(m, CausalConv1d) and m.history > 0]
 
 
 def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats: int = 3) -> list[dict]:
     """Run call() (one decoder call at the shape to tune) with every tunable convolution channels-last,
-    then as (N, C, L), timing each convolution in place; keep (N, C, L) for that call's shape where it is
-    faster. Returns one row per convolution the call ran (once): name, shape, both times in ms, the choice.
+    then as (N, C, L), timing each convolution in place; run channels-last at that call's shape from then
+    on unless (N, C, L) was faster. Returns one row per convolution the call ran (once): name, shape, both
+    times in ms, whether (N, C, L) was chosen.
 
     The times are eager, hence include launch gaps the captured graph does not have."""
     seen: dict[Convolution, set[tuple[int, int]]] = {}
@@ -49,23 +51,23 @@ def choose_conv_layouts(decoder: nn.Module, call: Callable[[], object], repeats:
     layers = [(name, m) for name, m in candidates if len(seen.get(m, ())) == 1]
     modules = [m for _, m in layers]
     shapes = {m: next(iter(seen[m])) for m in modules}
-    before = {m: set(m.ncl_shapes) for _, m in layers}
+    before = {m: set(m.channels_last_shapes) for _, m in layers}
     try:
         for _, m in layers:
-            m.ncl_shapes.discard(shapes[m])
+            m.channels_last_shapes.add(shapes[m])
         channels_last = layer_ms(modules, call, repeats)
         for _, m in layers:
-            m.ncl_shapes.add(shapes[m])
+            m.channels_last_shapes.discard(shapes[m])
         ncl = layer_ms(modules, call, repeats)
     except BaseException:
         for _, m in layers:
-            m.ncl_shapes = before[m]
+            m.channels_last_shapes = before[m]
         raise
     rows = []
     for name, m in layers:
         chosen = ncl[m] < MIN_GAIN * channels_last[m]
         if not chosen:
-            m.ncl_shapes.discard(shapes[m])
+            m.channels_last_shapes.add(shapes[m])
         rows.append({"name": name, "batch": shapes[m][0], "length": shapes[m][1],
                      "channels_last_ms": round(channels_last[m], 4), "ncl_ms": round(ncl[m], 4), "ncl": chosen})
     return rows

@@ -1,5 +1,5 @@
-"""The codec decoder's convolution layouts: channels-last by default with nothing converted, and the
-per-shape (N, C, L) choice giving the same samples."""
+"""The codec decoder's convolution layouts: channels-last (for the shapes a capture tuned) converts
+nothing and gives the samples (N, C, L) gives."""
 import torch
 from torch.nn import functional as F
 
@@ -30,10 +30,18 @@ def _recording(monkeypatch, names: list[str]) -> list[tuple[str, torch.Tensor, t
     return calls
 
 
+def _all_channels_last(decoder, batch: int) -> list:
+    layers = tunable_convolutions(decoder)
+    for _, layer in layers:  # every shape these calls make
+        layer.channels_last_shapes |= {(batch, length) for length in range(1, 7681)}
+    return layers
+
+
 @torch.no_grad()
-def test_the_convolutions_run_channels_last_and_convert_nothing(monkeypatch):
+def test_channels_last_convolutions_convert_nothing(monkeypatch):
     decoder = ours_random(tiny_config(window=8))
     codes = random_codes(decoder.cfg, batch=2, frames=3, seed=2)
+    _all_channels_last(decoder, batch=2)
     calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d", "conv2d", "conv_transpose2d"])
     _decode(decoder, codes, [1, 2])
     assert calls and all(name.endswith("2d") for name, _, _ in calls)  # no (N, C, L) convolution
@@ -43,19 +51,17 @@ def test_the_convolutions_run_channels_last_and_convert_nothing(monkeypatch):
 
 
 @torch.no_grad()
-def test_ncl_convolutions_give_the_same_samples(monkeypatch):
+def test_channels_last_convolutions_give_the_same_samples(monkeypatch):
     decoder = ours_random(tiny_config(window=8))
     codes = random_codes(decoder.cfg, batch=2, frames=7, seed=3)
-    reference = _decode(decoder, codes, [1, 2, 4])
-    layers = tunable_convolutions(decoder)
+    reference = _decode(decoder, codes, [1, 2, 4])  # shapes no capture tuned run as (N, C, L)
+    layers = _all_channels_last(decoder, batch=2)
     # every residual unit's dilated conv, the input and output convs, the upsamplers, the ConvNeXt convs
-    assert len(layers) >= 14
-    for _, layer in layers:  # every shape these calls make, as (N, C, L)
-        layer.ncl_shapes |= {(2, length) for length in range(1, 7681)}
-    calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d"])
+    assert len(layers) >= 16
+    calls = _recording(monkeypatch, ["conv2d", "conv_transpose2d"])
     switched = _decode(decoder, codes, [1, 2, 4])
     assert _max_diff(switched, reference) <= FP32_TOLERANCE
-    assert len(calls) == 3 * len(layers)  # every tunable convolution of every call ran as (N, C, L)
+    assert len(calls) == 3 * len(layers)  # every tunable convolution of every call ran channels-last
 
 
 def _streams(batch: int, frames: int, seed: int):
@@ -76,7 +82,7 @@ def test_the_chosen_layouts_cover_only_the_tuned_shape_and_keep_the_samples():
     for row in rows:
         layer = layers[row["name"]]
         assert row["batch"] == 3 and row["ncl_ms"] > 0 and row["channels_last_ms"] > 0
-        assert layer.ncl_shapes == ({(3, row["length"])} if row["ncl"] else set())
+        assert layer.channels_last_shapes == (set() if row["ncl"] else {(3, row["length"])})
     fresh = StreamingCodecDecoder(decoder, max_streams=3)
     after = fresh.decode([fresh.allocate() for _ in range(3)], codes)
     assert _max_diff(after, before) <= FP32_TOLERANCE
@@ -90,4 +96,4 @@ def test_convolutions_called_at_two_shapes_are_left_alone():
         streams._decode_rows(slots[:1], codes[:1])
         streams._decode_rows(slots, codes)
     assert choose_conv_layouts(decoder, two_calls) == []
-    assert all(not layer.ncl_shapes for _, layer in tunable_convolutions(decoder))
+    assert all(not layer.channels_last_shapes for _, layer in tunable_convolutions(decoder))
