@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from .tiles import channel_tiles
+from .layouts import channel_tiles, empty_like_layout
 
 
 def bias_residual_reference(y: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -54,8 +54,7 @@ def bias_residual_fused(y: torch.Tensor, bias: torch.Tensor, residual: torch.Ten
     if y.shape != residual.shape:
         raise ValueError(f"y {tuple(y.shape)} and residual {tuple(residual.shape)} must have the same shape")
     batch, channels, length = y.shape
-    out = torch.empty(batch, length, channels, device=y.device, dtype=y.dtype).transpose(1, 2) \
-        if y.stride(1) == 1 else torch.empty(batch, channels, length, device=y.device, dtype=y.dtype)
+    out = empty_like_layout(y)
     if out.numel() == 0:
         return out
     block_c, block_t = channel_tiles(out, block)

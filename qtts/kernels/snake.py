@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from .tiles import channel_tiles
+from .layouts import channel_tiles, empty_like_layout
 
 
 def snake_beta_reference(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
@@ -70,8 +70,7 @@ def snake_beta_fused(x: torch.Tensor, frequency: torch.Tensor, magnitude: torch.
     time innermost)."""
     batch, channels, length = x.shape
     if out is None:
-        out = torch.empty_like(x, memory_format=torch.contiguous_format) if x.stride(1) != 1 else \
-            torch.empty(batch, length, channels, device=x.device, dtype=x.dtype).transpose(1, 2)
+        out = empty_like_layout(x)
     elif out.shape != x.shape:
         raise ValueError(f"out must have shape {tuple(x.shape)}, got {tuple(out.shape)}")
     if out.numel() == 0:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import CodecDecoderConfig, load_codec_config
+from ..kernels.layouts import to_layout
 from ..weights import load_module, read_tensors
 from .codec_layers import CausalConv1d, CausalConvTranspose1d, ConvHistories, ConvNeXtBlock, SnakeBeta, VocoderBlock
 from .codec_streaming import StreamingCodecDecoder
@@ -119,6 +120,8 @@ class CodecDecoder(nn.Module):
         for index, layer in enumerate(self.stateful):
             layer.history_index = index
         self.register_buffer("code_embeddings", None, persistent=False)
+        # (batch, frames) calls whose activations are channels-last: those a graph capture tunes
+        self.channels_last_calls: set[tuple[int, int]] = set()
 
     def refresh_codebooks(self) -> None:
         """Rebuild the projected codebook table from the codebook weights; call after changing them.
@@ -163,8 +166,10 @@ class CodecDecoder(nn.Module):
             rows = torch.arange(batch, device=codes.device)
         histories = ConvHistories(state.histories, rows)
         positions = state.positions.index_select(0, rows)
-        x = self.pre_conv(self.embed(codes), histories).transpose(1, 2)
+        channels_last = (batch, frames) in self.channels_last_calls
+        x = self.pre_conv(to_layout(self.embed(codes), channels_last), histories).transpose(1, 2)
         x = self.pre_transformer(x, state.keys, state.values, rows, positions).transpose(1, 2)
+        x = to_layout(x, channels_last)
         state.positions.index_copy_(0, rows, positions + frames)
         for layer in (*(m for pair in self.upsample for m in pair), *self.decoder[:-2]):
             x = layer(x, histories)

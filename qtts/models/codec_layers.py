@@ -5,10 +5,11 @@ it saw; zeros for a fresh stream), runs on [history, x] without padding and writ
 h samples, so decoding a sequence chunk by chunk gives the same samples as decoding it at once (left
 zero padding == a zero history).
 
-Activations are (B, C, L) tensors with channels innermost in memory (laid out as (B, L, C)): cuDNN's
-convolutions on Hopper work in that layout, so none of them converts its input and output, the
-ConvNeXt blocks' linear layers need no transpose, and a [history, x] buffer is one contiguous block
-per stream.
+Activations are (B, C, L) tensors in one of two layouts (kernels/layouts.py), and every layer's output
+keeps its input's layout. Channels innermost (laid out as (B, L, C)) is the one cuDNN's convolutions on
+Hopper work in, so none of them converts anything; the ConvNeXt blocks' linear layers need no
+transpose, and a [history, x] buffer is one contiguous block per stream. The decoder uses it for the
+call shapes whose convolutions a graph capture tuned, and time innermost for the rest.
 """
 from __future__ import annotations
 
@@ -20,13 +21,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import kernels_enabled
+from ..kernels.layouts import is_channels_last, to_layout
 from ..kernels.residual import bias_residual_fused, bias_residual_reference
 from ..kernels.snake import snake_beta_fused, snake_beta_reference, snake_coefficients
-
-
-def as_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """x (B, C, L) with channels innermost in memory (x itself when it already is)."""
-    return x if x.stride(1) == 1 else x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def _cached(module: nn.Module, make: Callable[[], torch.Tensor], *sources: torch.Tensor) -> torch.Tensor:
@@ -58,17 +55,22 @@ Activation = Callable[..., torch.Tensor]  # activation(x, out=buffer) writes act
 
 def _with_history(layer: "CausalConv1d | CausalConvTranspose1d", x: torch.Tensor, histories: ConvHistories,
                   activation: Activation | None) -> torch.Tensor:
-    """[history, activation(x)] as one (B, C, h + L) tensor, channels innermost; the activation writes
-    straight into it (no cat), and the history rows are whole (h, C) blocks."""
+    """[history, activation(x)] as one (B, C, h + L) tensor in x's layout; the activation writes straight
+    into it (no cat). Channels-last, the history rows are whole (h, C) blocks."""
     batch, channels, length = x.shape
-    rows = torch.empty(batch, layer.history + length, channels, device=x.device, dtype=x.dtype)
-    rows[:, :layer.history] = histories.read(layer.history_index)
-    full = rows.transpose(1, 2)
+    history = histories.read(layer.history_index)
+    if is_channels_last(x):
+        rows = torch.empty(batch, layer.history + length, channels, device=x.device, dtype=x.dtype)
+        rows[:, :layer.history] = history
+        full = rows.transpose(1, 2)
+    else:
+        full = torch.empty(batch, channels, layer.history + length, device=x.device, dtype=x.dtype)
+        full[..., :layer.history] = history.transpose(1, 2)
     if activation is None:
         full[..., layer.history:] = x
     else:
         activation(x, out=full[..., layer.history:])
-    histories.write(layer.history_index, rows[:, -layer.history:])
+    histories.write(layer.history_index, full[..., -layer.history:].transpose(1, 2))
     return full
 
 
@@ -78,14 +80,14 @@ def channels_last_2d(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class CausalConv1d(nn.Module):
-    """Conv1d (stride 1) with (kernel-1)*dilation samples of left context, on (B, C, L) tensors whose
-    channels are innermost in memory; the output is laid out the same way.
+    """Conv1d (stride 1) with (kernel-1)*dilation samples of left context; the output has the input's
+    layout (time or channels innermost, layouts.py).
 
     channels_last_shapes: the (batch, length) inputs that run as a channels-last conv2d, which converts
-    nothing; others run as (N, C, L) conv1d, converted there and back. cuDNN's speed in a layout depends
+    nothing for a channels-last input; others run as (N, C, L) conv1d. cuDNN's speed in a layout depends
     on the shape (up to 10x either way, and un-tuned channels-last is the slow one for whole clips), so
-    the shapes are the ones a graph capture timed (conv_layout.choose_conv_layouts). A 1x1 convolution is
-    a matrix product over the channels-last layout.
+    the shapes are the ones a graph capture timed (conv_layout.choose_conv_layouts). A 1x1 convolution of
+    a channels-last input is a matrix product.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, groups: int = 1):
@@ -99,29 +101,33 @@ class CausalConv1d(nn.Module):
                 add_bias: bool = True) -> torch.Tensor:
         """conv(activation(x)) continued from this layer's history; without the bias if not add_bias (the
         caller folds it into the next elementwise step)."""
-        conv = self.conv
+        conv, channels_last = self.conv, is_channels_last(x)
         bias = conv.bias if add_bias else None
         if self.history == 0:
-            x = as_channels_last(x if activation is None else activation(x))
-            if conv.groups == 1:
+            x = x if activation is None else activation(x)
+            if channels_last and conv.groups == 1:
                 return F.linear(x.transpose(1, 2), conv.weight[:, :, 0], bias).transpose(1, 2)
-            return F.conv2d(x.unsqueeze(2), _cached(self, self._weight_2d, conv.weight), bias,
-                            groups=conv.groups).squeeze(2)
+            return to_layout(F.conv1d(x, conv.weight, bias, groups=conv.groups), channels_last)
         full = _with_history(self, x, histories, activation)
-        if (x.shape[0], x.shape[-1]) not in self.channels_last_shapes:
+        if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
+            y = F.conv2d(_conv2d_input(full), _cached(self, self._weight_2d, conv.weight), bias,
+                         dilation=(1, conv.dilation[0]), groups=conv.groups).squeeze(2)
+        else:
             y = F.conv1d(full.contiguous(), conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
-            return as_channels_last(y)
-        y = F.conv2d(full.unsqueeze(2), _cached(self, self._weight_2d, conv.weight), bias,
-                     dilation=(1, conv.dilation[0]), groups=conv.groups)
-        return as_channels_last(y.squeeze(2))
+        return to_layout(y, channels_last)
 
     def _weight_2d(self) -> torch.Tensor:
         return channels_last_2d(self.conv.weight.detach())
 
 
+def _conv2d_input(full: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) as a channels-last (B, C, 1, L) conv2d input: a view when full is channels-last."""
+    return full.unsqueeze(2) if is_channels_last(full) else channels_last_2d(full)
+
+
 class CausalConvTranspose1d(nn.Module):
-    """ConvTranspose1d whose output is cut to stride * input length (upstream drops the last kernel-stride),
-    on tensors with channels innermost in memory, as CausalConv1d (and with its channels_last_shapes).
+    """ConvTranspose1d whose output is cut to stride * input length (upstream drops the last kernel-stride);
+    layouts as CausalConv1d (with its channels_last_shapes).
 
     An output sample also depends on the ceil((kernel-stride)/stride) inputs before the one that
     starts it; those are the history.
@@ -139,18 +145,18 @@ class CausalConvTranspose1d(nn.Module):
                 add_bias: bool = True) -> torch.Tensor:
         """conv_transpose(activation(x)) continued from this layer's history, stride · L samples (a view);
         without the bias if not add_bias (the caller folds it into the next elementwise step)."""
-        length = x.shape[-1] * self.stride
+        length, channels_last = x.shape[-1] * self.stride, is_channels_last(x)
         bias = self.conv.bias if add_bias else None
         if self.history == 0:
-            full, start = as_channels_last(x if activation is None else activation(x)), 0
+            full, start = (x if activation is None else activation(x)), 0
         else:
             full, start = _with_history(self, x, histories, activation), self.history * self.stride
-        if (x.shape[0], x.shape[-1]) not in self.channels_last_shapes:
+        if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
+            y = F.conv_transpose2d(_conv2d_input(full), _cached(self, self._weight_2d, self.conv.weight), bias,
+                                   stride=(1, self.stride)).squeeze(2)
+        else:
             y = F.conv_transpose1d(full.contiguous(), self.conv.weight, bias, stride=self.stride)
-            return as_channels_last(y[..., start:start + length])
-        y = F.conv_transpose2d(full.unsqueeze(2), _cached(self, self._weight_2d, self.conv.weight), bias,
-                               stride=(1, self.stride))
-        return as_channels_last(y.squeeze(2))[..., start:start + length]
+        return to_layout(y[..., start:start + length], channels_last)
 
     def _weight_2d(self) -> torch.Tensor:
         return channels_last_2d(self.conv.weight.detach())
@@ -191,7 +197,7 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, x: torch.Tensor, histories: ConvHistories) -> torch.Tensor:
         h = self.dwconv(x, histories).transpose(1, 2)
         h = self.pwconv2(F.gelu(self.pwconv1(self.norm(h))))
-        return x + (self.gamma * h).transpose(1, 2)
+        return to_layout(x + (self.gamma * h).transpose(1, 2), is_channels_last(x))
 
 
 class ResidualUnit(nn.Module):

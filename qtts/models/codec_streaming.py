@@ -145,6 +145,7 @@ class StreamingCodecDecoder:
             self._capture_stream = torch.cuda.Stream(self.device, priority=-1)
         slots = torch.full((bucket,), self.scratch_slot, dtype=torch.long, device=self.device)
         codes = torch.zeros(bucket, self.decoder.cfg.num_quantizers, frames, dtype=torch.long, device=self.device)
+        self.decoder.channels_last_calls.add((bucket, frames))  # the layouts are then tuned for this shape
         # cuDNN times its algorithms for the captured shapes only (~25% faster convolutions on an H200);
         # left on globally it would re-time every new eager shape (references, uploads, whole clips)
         with _cudnn_autotuning():

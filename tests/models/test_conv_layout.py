@@ -1,5 +1,5 @@
-"""The codec decoder's convolution layouts: channels-last (for the shapes a capture tuned) converts
-nothing and gives the samples (N, C, L) gives."""
+"""The codec decoder's layouts: channels-last (for the call shapes a capture tuned) and time innermost
+(the rest) each convert nothing, and give the same samples."""
 import torch
 from torch.nn import functional as F
 
@@ -31,6 +31,8 @@ def _recording(monkeypatch, names: list[str]) -> list[tuple[str, torch.Tensor, t
 
 
 def _all_channels_last(decoder, batch: int) -> list:
+    """Every call of `batch` streams channels-last, as a capture that chose channels-last throughout leaves it."""
+    decoder.channels_last_calls |= {(batch, frames) for frames in range(1, 9)}
     layers = tunable_convolutions(decoder)
     for _, layer in layers:  # every shape these calls make
         layer.channels_last_shapes |= {(batch, length) for length in range(1, 7681)}
@@ -48,6 +50,18 @@ def test_channels_last_convolutions_convert_nothing(monkeypatch):
     for name, x, y in calls:  # cuDNN (and oneDNN) take and give channels-last as it is: nothing to convert
         assert x.is_contiguous(memory_format=torch.channels_last), name
         assert y.is_contiguous(memory_format=torch.channels_last), name
+
+
+@torch.no_grad()
+def test_untuned_calls_run_time_innermost_and_convert_nothing(monkeypatch):
+    """A whole clip or any shape no capture tuned: (N, C, L) convolutions throughout, as upstream runs them."""
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=2, frames=3, seed=6)
+    calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d", "conv2d", "conv_transpose2d"])
+    decoder(codes)
+    assert calls and all(name.endswith("1d") for name, _, _ in calls)
+    for name, x, y in calls:
+        assert x.is_contiguous() and y.is_contiguous(), name
 
 
 @torch.no_grad()
@@ -97,3 +111,15 @@ def test_convolutions_called_at_two_shapes_are_left_alone():
         streams._decode_rows(slots, codes)
     assert choose_conv_layouts(decoder, two_calls) == []
     assert all(not layer.channels_last_shapes for _, layer in tunable_convolutions(decoder))
+
+
+@torch.no_grad()
+def test_a_channels_last_call_with_some_ncl_convolutions_gives_the_same_samples():
+    """What a capture leaves where (N, C, L) timed faster for some convolutions: they convert there and back."""
+    decoder = ours_random(tiny_config(window=8))
+    codes = random_codes(decoder.cfg, batch=2, frames=7, seed=7)
+    reference = _decode(decoder, codes, [1, 2, 4])
+    layers = _all_channels_last(decoder, batch=2)
+    for _, layer in layers[::2]:
+        layer.channels_last_shapes.clear()
+    assert _max_diff(_decode(decoder, codes, [1, 2, 4]), reference) <= FP32_TOLERANCE
