@@ -139,7 +139,9 @@ def layouts_in_situ(decoder, batch: int, frames: int) -> list[dict]:
     slots = torch.tensor([streams.allocate() for _ in range(batch)], device="cuda")
     codes = torch.randint(0, decoder.cfg.codebook_size, (batch, decoder.cfg.num_quantizers, frames), device="cuda")
     before = {name: set(m.channels_last_shapes) for name, m in tunable_convolutions(decoder)}
+    decoder.channels_last_calls.add((batch, frames))  # activations channels-last, as in a capture
     rows = choose_conv_layouts(decoder, lambda: streams._decode_rows(slots, codes))
+    decoder.channels_last_calls.discard((batch, frames))
     for name, module in tunable_convolutions(decoder):
         module.channels_last_shapes = before[name]
     for row in rows:

@@ -15,9 +15,10 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """x (B, C, L) in the given layout: x itself when it already is, else a dense copy."""
     if is_channels_last(x) == channels_last:
         return x
-    if channels_last:
-        return x.transpose(1, 2).contiguous().transpose(1, 2)
-    return torch.empty(x.shape, device=x.device, dtype=x.dtype).copy_(x)  # .contiguous() keeps a 1-sample x
+    batch, channels, length = x.shape
+    if channels_last:  # (copies, not .contiguous(), which keeps a 1-sample x as it is)
+        return torch.empty(batch, length, channels, device=x.device, dtype=x.dtype).transpose(1, 2).copy_(x)
+    return torch.empty(batch, channels, length, device=x.device, dtype=x.dtype).copy_(x)
 
 
 def empty_like_layout(x: torch.Tensor) -> torch.Tensor:

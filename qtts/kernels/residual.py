@@ -34,7 +34,7 @@ def _bias_residual_kernel():
         t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         t = tl.max_contiguous(tl.multiple_of(t, BLOCK_T), BLOCK_T)[None, :]  # the cast hides this from Triton
         batch = tl.program_id(1).to(tl.int64)  # whole clips can pass 2**31 elements
-        channel = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
+        channel = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)[:, None]  # × L can pass 2**31
         mask = t < length
         y = tl.load(y_ptr + batch * y_stride_batch + channel * y_stride_channel + t * y_stride_time,
                     mask=mask, other=0.0)

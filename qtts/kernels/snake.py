@@ -44,7 +44,7 @@ def _snake_kernel():
         t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         t = tl.max_contiguous(tl.multiple_of(t, BLOCK_T), BLOCK_T)[None, :]  # the cast hides this from Triton
         batch = tl.program_id(1).to(tl.int64)  # whole clips can pass 2**31 elements
-        channel = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C))[:, None]
+        channel = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)[:, None]  # × L can pass 2**31
         mask = t < length
         x = tl.load(x_ptr + batch * x_stride_batch + channel * x_stride_channel + t * x_stride_time,
                     mask=mask, other=0.0).to(tl.float32)

@@ -14,6 +14,7 @@ call shapes whose convolutions a graph capture tuned, and time innermost for the
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Callable
 
 import torch
@@ -26,15 +27,39 @@ from ..kernels.residual import bias_residual_fused, bias_residual_reference
 from ..kernels.snake import snake_beta_fused, snake_beta_reference, snake_coefficients
 
 
-def _cached(module: nn.Module, make: Callable[[], torch.Tensor], *sources: torch.Tensor) -> torch.Tensor:
-    """make()'s tensor, derived from `sources` (parameters), made again only when one of them changes:
-    a derived weight made inside a captured CUDA graph would be remade on every replay."""
-    stamp = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in sources)
+def _cached(module: nn.Module, make: Callable[[], torch.Tensor | tuple[torch.Tensor, ...]],
+            *sources: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """make()'s tensor(s), derived from the parameters `sources`, made again only when one of them is
+    replaced or changed in place: derived inside a captured CUDA graph, they would be remade on every
+    replay. A remake of the same shape is copied into the old tensors, which captured graphs read."""
     cache = module.__dict__.setdefault("_derived", {})
-    if cache.get(make.__name__, (None,))[0] != stamp:
-        with torch.no_grad():
-            cache[make.__name__] = (stamp, make())
-    return cache[make.__name__][1]
+    stamp = [(weakref.ref(t), _version(t)) for t in sources]
+    entry = cache.get(make.__name__)
+    if entry is not None and all(ref() is t and version == _version(t) for (ref, version), t in zip(entry[0], sources)):
+        return entry[1]
+    with torch.no_grad():
+        value = make()
+        if entry is not None and _same_layout(entry[1], value):
+            for old, new in zip(_tensors(entry[1]), _tensors(value)):
+                old.copy_(new)
+            value = entry[1]
+    cache[make.__name__] = (stamp, value)
+    return value
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place change counter; inference tensors keep none (and cannot be changed outside inference)."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _tensors(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return (value,) if isinstance(value, torch.Tensor) else value
+
+
+def _same_layout(old, new) -> bool:
+    return len(_tensors(old)) == len(_tensors(new)) and all(
+        (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device)
+        for a, b in zip(_tensors(old), _tensors(new)))
 
 
 class ConvHistories:

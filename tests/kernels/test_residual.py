@@ -38,3 +38,18 @@ def test_mismatched_shapes_are_refused():
     y, residual, bias = torch.zeros(1, 2, 8), torch.zeros(1, 2, 9), torch.zeros(2)
     with pytest.raises(ValueError, match="same shape"):
         bias_residual_fused(y.to(DEVICE), bias.to(DEVICE), residual.to(DEVICE))
+
+
+def test_offsets_past_two_to_the_31_elements():
+    """A whole clip in one pass has C·L past 2**31 per stream (96 channels × 15 min of samples): the
+    kernel's offsets must not wrap. Channel rows 2**30 apart in one (untouched, virtual) allocation."""
+    stride = 2 ** 30 + 64
+    base = torch.empty(2 * stride + 64, dtype=torch.bfloat16, device=DEVICE)
+    y = base.as_strided((1, 3, 16), (3 * stride, stride, 1))
+    residual = base.as_strided((1, 3, 16), (3 * stride, stride, 1), storage_offset=32)
+    g = torch.Generator().manual_seed(3)
+    y.copy_(torch.randn(1, 3, 16, generator=g))
+    residual.copy_(torch.randn(1, 3, 16, generator=g))
+    bias = torch.randn(3, generator=g).to(DEVICE)
+    expected = bias_residual_reference(y.float(), bias, residual.float())
+    assert torch.allclose(bias_residual_fused(y, bias, residual).float(), expected, atol=2 ** -7, rtol=2 ** -7)

@@ -79,15 +79,31 @@ def test_snake_beta_writes_into_a_channels_last_conv_input_buffer(channels):
 
 
 @torch.no_grad()
-def test_codec_decoder_with_the_kernel_matches_the_reference(monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_codec_decoder_with_the_kernel_matches_the_reference(monkeypatch, channels_last):
     from qtts.models import codec_layers
+    from qtts.models.conv_layout import tunable_convolutions
     from tests.models.test_codec_decoder import ours_random, random_codes, tiny_config
 
     decoder = ours_random(tiny_config()).to(DEVICE)
     codes = random_codes(decoder.cfg, 1, 3).to(DEVICE)
+    if channels_last:  # as a capture of this call shape that chose channels-last throughout leaves it
+        decoder.channels_last_calls.add((1, 3))
+        for _, layer in tunable_convolutions(decoder):
+            layer.channels_last_shapes |= {(1, length) for length in range(1, 6000)}
     # TF32 convolutions (cuDNN's default) round at 1e-4; the kernel itself is fp32-exact
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(codec_layers, "kernels_enabled", lambda device: False)
     expected = decoder(codes)
     monkeypatch.setattr(codec_layers, "kernels_enabled", lambda device: True)
     assert (decoder(codes) - expected).abs().max() <= 1e-5
+
+
+def test_offsets_past_two_to_the_31_elements():
+    """As the bias + residual kernel's test: channel rows 2**30 apart, so offsets pass 2**31."""
+    stride = 2 ** 30 + 64
+    base = torch.empty(2 * stride + 32, dtype=torch.bfloat16, device=DEVICE)
+    x = base.as_strided((1, 3, 16), (3 * stride, stride, 1))
+    x.copy_(torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(4)))
+    alpha, beta = _params(3, seed=8)
+    assert _close(snake_beta_fused(x, *snake_coefficients(alpha, beta)), snake_beta_reference(x, alpha, beta))

@@ -3,6 +3,8 @@
 import torch
 from torch.nn import functional as F
 
+from qtts.kernels.layouts import is_channels_last
+from qtts.models import codec_layers
 from qtts.models.codec_decoder import StreamingCodecDecoder
 from qtts.models.conv_layout import choose_conv_layouts, tunable_convolutions
 from tests.models.test_codec_decoder import FP32_TOLERANCE, _max_diff, ours_random, random_codes, tiny_config
@@ -39,13 +41,27 @@ def _all_channels_last(decoder, batch: int) -> list:
     return layers
 
 
+def _layer_input_layouts(decoder) -> list[bool]:
+    """Record, for every call of a codec layer, whether its (B, C, L) input was channels-last (L > 1 only)."""
+    layouts = []
+    kinds = (codec_layers.CausalConv1d, codec_layers.CausalConvTranspose1d, codec_layers.SnakeBeta,
+             codec_layers.ResidualUnit, codec_layers.VocoderBlock, codec_layers.ConvNeXtBlock)
+    for module in decoder.modules():
+        if isinstance(module, kinds):
+            module.register_forward_pre_hook(
+                lambda _, args: layouts.append(is_channels_last(args[0])) if args[0].shape[-1] > 1 else None)
+    return layouts
+
+
 @torch.no_grad()
 def test_channels_last_convolutions_convert_nothing(monkeypatch):
     decoder = ours_random(tiny_config(window=8))
     codes = random_codes(decoder.cfg, batch=2, frames=3, seed=2)
     _all_channels_last(decoder, batch=2)
+    layouts = _layer_input_layouts(decoder)
     calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d", "conv2d", "conv_transpose2d"])
     _decode(decoder, codes, [1, 2])
+    assert layouts and all(layouts)  # every layer got a channels-last input
     assert calls and all(name.endswith("2d") for name, _, _ in calls)  # no (N, C, L) convolution
     for name, x, y in calls:  # cuDNN (and oneDNN) take and give channels-last as it is: nothing to convert
         assert x.is_contiguous(memory_format=torch.channels_last), name
@@ -57,8 +73,10 @@ def test_untuned_calls_run_time_innermost_and_convert_nothing(monkeypatch):
     """A whole clip or any shape no capture tuned: (N, C, L) convolutions throughout, as upstream runs them."""
     decoder = ours_random(tiny_config(window=8))
     codes = random_codes(decoder.cfg, batch=2, frames=3, seed=6)
+    layouts = _layer_input_layouts(decoder)
     calls = _recording(monkeypatch, ["conv1d", "conv_transpose1d", "conv2d", "conv_transpose2d"])
     decoder(codes)
+    assert layouts and not any(layouts)  # every layer got a time-innermost input
     assert calls and all(name.endswith("1d") for name, _, _ in calls)
     for name, x, y in calls:
         assert x.is_contiguous() and y.is_contiguous(), name
