@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qtts.bench import save_results  # noqa: E402
+from qtts.engine.pauses import DurationHistogram  # noqa: E402
+from qtts.server.metrics import watch_loop_lag  # noqa: E402
 
 SAMPLE_RATE = 24000
 FRAMES_PER_SECOND = 12.5
@@ -306,6 +308,15 @@ def pauses_between(before: dict | None, after: dict | None) -> dict | None:
     return out
 
 
+def histogram_between(before: dict, after: dict) -> dict:
+    """What a DurationHistogram recorded between two snapshots, as pauses_between reports it."""
+    counts = [b - a for a, b in zip(before["counts"], after["counts"])]
+    bounds_ms = [round(bound * 1000, 3) for bound in after["buckets"]]
+    return {"count": sum(counts), "total_ms": round((after["sum"] - before["sum"]) * 1000, 1),
+            "over_ms": {str(ms): sum(c for bound, c in zip(bounds_ms + [float("inf")], counts) if bound > ms)
+                        for ms in PAUSE_THRESHOLDS_MS}}
+
+
 def overload(stats: dict, stop_p95_ms: float) -> str | None:
     """Why a rate is clearly past what the server sustains, or None."""
     if stats["failed"]:
@@ -396,14 +407,19 @@ async def sweep(args, url: str, result: dict, save) -> None:
     timeout = httpx.Timeout(args.request_timeout, connect=30)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
         load = Load(client, make_prompts(seed=args.seed), await voice_fields(client))
+        # this client's own event-loop lag: a stall here delays pieces that left the server on time
+        client_lag = DurationHistogram()
+        watcher = asyncio.create_task(watch_loop_lag(client_lag))
         result["warmup_s"] = await warm_up(load, args.max_batch)
         phases = [("open_loop", "rate", args.rates, open_loop, args.stop_p95_ms),
                   ("closed_loop", "concurrency", args.concurrency, closed_loop, float("inf"))]
         for phase, key, levels, measure, stop_p95_ms in phases:
             for level in levels:
-                before = await pause_histograms(client)
+                before, lag_before = await pause_histograms(client), client_lag.snapshot()
                 stats = {key: level, **summarize(*await measure(load, level, args.duration, args.seed), load)}
                 stats["pauses"] = pauses_between(before, await pause_histograms(client))
+                if stats["pauses"] is not None:
+                    stats["pauses"]["client_loop_lag"] = histogram_between(lag_before, client_lag.snapshot())
                 stats["overloaded"] = reason = overload(stats, stop_p95_ms)
                 result[phase].append(stats)
                 if reason and level != levels[-1]:
@@ -411,6 +427,7 @@ async def sweep(args, url: str, result: dict, save) -> None:
                 save(stats)
                 if reason:
                     break
+        watcher.cancel()
 
 
 def numbers(text: str, kind=float) -> list:
