@@ -14,7 +14,6 @@ call shapes whose convolutions a graph capture tuned, and time innermost for the
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Callable
 
 import torch
@@ -25,41 +24,7 @@ from ..kernels import kernels_enabled
 from ..kernels.layouts import is_channels_last, to_layout
 from ..kernels.residual import bias_residual_fused, bias_residual_reference
 from ..kernels.snake import snake_beta_fused, snake_beta_reference, snake_coefficients
-
-
-def _cached(module: nn.Module, make: Callable[[], torch.Tensor | tuple[torch.Tensor, ...]],
-            *sources: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """make()'s tensor(s), derived from the parameters `sources`, made again only when one of them is
-    replaced or changed in place: derived inside a captured CUDA graph, they would be remade on every
-    replay. A remake of the same shape is copied into the old tensors, which captured graphs read."""
-    cache = module.__dict__.setdefault("_derived", {})
-    stamp = [(weakref.ref(t), _version(t)) for t in sources]
-    entry = cache.get(make.__name__)
-    if entry is not None and all(ref() is t and version == _version(t) for (ref, version), t in zip(entry[0], sources)):
-        return entry[1]
-    with torch.no_grad():
-        value = make()
-        if entry is not None and _same_layout(entry[1], value):
-            for old, new in zip(_tensors(entry[1]), _tensors(value)):
-                old.copy_(new)
-            value = entry[1]
-    cache[make.__name__] = (stamp, value)
-    return value
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    """The in-place change counter; inference tensors keep none (and cannot be changed outside inference)."""
-    return None if tensor.is_inference() else tensor._version
-
-
-def _tensors(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (value,) if isinstance(value, torch.Tensor) else value
-
-
-def _same_layout(old, new) -> bool:
-    return len(_tensors(old)) == len(_tensors(new)) and all(
-        (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device)
-        for a, b in zip(_tensors(old), _tensors(new)))
+from .derived import derived
 
 
 class ConvHistories:
@@ -135,7 +100,7 @@ class CausalConv1d(nn.Module):
             return to_layout(F.conv1d(x, conv.weight, bias, groups=conv.groups), channels_last)
         full = _with_history(self, x, histories, activation)
         if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
-            y = F.conv2d(_conv2d_input(full), _cached(self, self._weight_2d, conv.weight), bias,
+            y = F.conv2d(_conv2d_input(full), derived(self, self._weight_2d, conv.weight), bias,
                          dilation=(1, conv.dilation[0]), groups=conv.groups).squeeze(2)
         else:
             y = F.conv1d(full.contiguous(), conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
@@ -177,7 +142,7 @@ class CausalConvTranspose1d(nn.Module):
         else:
             full, start = _with_history(self, x, histories, activation), self.history * self.stride
         if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
-            y = F.conv_transpose2d(_conv2d_input(full), _cached(self, self._weight_2d, self.conv.weight), bias,
+            y = F.conv_transpose2d(_conv2d_input(full), derived(self, self._weight_2d, self.conv.weight), bias,
                                    stride=(1, self.stride)).squeeze(2)
         else:
             y = F.conv_transpose1d(full.contiguous(), self.conv.weight, bias, stride=self.stride)
@@ -199,7 +164,7 @@ class SnakeBeta(nn.Module):
                 bias: torch.Tensor | None = None) -> torch.Tensor:
         """SnakeBeta(x + bias), written into `out` (same shape) when given, else a new tensor in x's layout."""
         if kernels_enabled(x.device):
-            frequency, magnitude = _cached(self, self._coefficients, self.alpha, self.beta)
+            frequency, magnitude = derived(self, self._coefficients, self.alpha, self.beta)
             return snake_beta_fused(x, frequency, magnitude, out=out, bias=bias)
         y = snake_beta_reference(x, self.alpha, self.beta, bias)
         return y if out is None else out.copy_(y)
