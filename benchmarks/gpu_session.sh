@@ -3,7 +3,8 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec codec-graphed
-#   serve-check), verify-codec (= tests codec codec-graphed serve-check), codec-check, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-check), verify-codec (= tests codec codec-graphed serve-check
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +43,9 @@ for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues 
     # what the session of 2026-12-02 (morning) left unmeasured: the codec's folded biases, and serving with them
     # (~6.5 min; then `serve-sweep` in a call of its own)
     verify-pending) stages+=(tests-gpu codec codec-graphed serve-check) ;;
-    # the channels-last codec of 2026-12-02 (afternoon): its kernels' tests on CUDA, its numbers, serving (~7 min)
-    verify-codec) stages+=(tests codec codec-graphed serve-check) ;;
+    # what the session of 2026-12-02 (afternoon) left unmeasured: the codec's layout rule (one-pass time), serving
+    # with it, and whether the closed loop's early underruns are the client's (client_loop_lag; ~8.5 min)
+    verify-codec) stages+=(tests codec codec-graphed serve-check serve-closed-0.6b) ;;
     *) stages+=("$name") ;;
   esac
 done
@@ -103,6 +105,10 @@ for name in "${stages[@]}"; do
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
         --rates 10,20,30,40,60 --concurrency 16,64,128 --stop-p95-ms 1000 ;;
+    serve-closed-0.6b)  # the closed-loop levels where 0.6B streams ran dry 80 ms in
+      fixtures custom_voice:0.6b
+      stage serve-closed-0.6b 120 python3 benchmarks/bench_serve.py --size 0.6b --max-batch 128 --duration 8 \
+        --rates "" --concurrency 16,64 --out "$OUT/serve_0.6b_closed.json" ;;
     serve-check-concurrent)  # serve-check with prefills alongside the frame step
       fixtures custom_voice:1.7b
       stage serve-concurrent 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
