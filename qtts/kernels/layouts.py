@@ -11,22 +11,24 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.stride(1) == 1 and x.stride(2) != 1
 
 
+def empty_in_layout(batch: int, channels: int, length: int, channels_last: bool, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised dense (B, C, L) tensor in the given layout, on like's device and dtype."""
+    if channels_last:
+        return torch.empty(batch, length, channels, device=like.device, dtype=like.dtype).transpose(1, 2)
+    return torch.empty(batch, channels, length, device=like.device, dtype=like.dtype)
+
+
 def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """x (B, C, L) in the given layout: x itself when it already is, else a dense copy."""
+    """x (B, C, L) in the given layout: x itself when it already is, else a dense copy (not .contiguous(),
+    which keeps a 1-sample x as it is)."""
     if is_channels_last(x) == channels_last:
         return x
-    batch, channels, length = x.shape
-    if channels_last:  # (copies, not .contiguous(), which keeps a 1-sample x as it is)
-        return torch.empty(batch, length, channels, device=x.device, dtype=x.dtype).transpose(1, 2).copy_(x)
-    return torch.empty(batch, channels, length, device=x.device, dtype=x.dtype).copy_(x)
+    return empty_in_layout(*x.shape, channels_last, x).copy_(x)
 
 
 def empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     """An uninitialised dense tensor of x's shape, dtype and layout (x itself may be a strided view)."""
-    batch, channels, length = x.shape
-    if is_channels_last(x):
-        return torch.empty(batch, length, channels, device=x.device, dtype=x.dtype).transpose(1, 2)
-    return torch.empty(batch, channels, length, device=x.device, dtype=x.dtype)
+    return empty_in_layout(*x.shape, is_channels_last(x), x)
 
 
 MAX_CHANNEL_TILE = 128

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import kernels_enabled
-from ..kernels.layouts import is_channels_last, to_layout
+from ..kernels.layouts import empty_in_layout, is_channels_last, to_layout
 from ..kernels.residual import bias_residual_fused, bias_residual_reference
 from ..kernels.snake import snake_beta_fused, snake_beta_reference, snake_coefficients
 from .derived import derived
@@ -48,14 +48,8 @@ def _with_history(layer: "CausalConv1d | CausalConvTranspose1d", x: torch.Tensor
     """[history, activation(x)] as one (B, C, h + L) tensor in x's layout; the activation writes straight
     into it (no cat). Channels-last, the history rows are whole (h, C) blocks."""
     batch, channels, length = x.shape
-    history = histories.read(layer.history_index)
-    if is_channels_last(x):
-        rows = torch.empty(batch, layer.history + length, channels, device=x.device, dtype=x.dtype)
-        rows[:, :layer.history] = history
-        full = rows.transpose(1, 2)
-    else:
-        full = torch.empty(batch, channels, layer.history + length, device=x.device, dtype=x.dtype)
-        full[..., :layer.history] = history.transpose(1, 2)
+    full = empty_in_layout(batch, channels, layer.history + length, is_channels_last(x), x)
+    full[..., :layer.history] = histories.read(layer.history_index).transpose(1, 2)
     if activation is None:
         full[..., layer.history:] = x
     else:
@@ -100,14 +94,17 @@ class CausalConv1d(nn.Module):
             return to_layout(F.conv1d(x, conv.weight, bias, groups=conv.groups), channels_last)
         full = _with_history(self, x, histories, activation)
         if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
-            y = F.conv2d(_conv2d_input(full), derived(self, self._weight_2d, conv.weight), bias,
+            y = F.conv2d(_conv2d_input(full), channels_last_weight(self), bias,
                          dilation=(1, conv.dilation[0]), groups=conv.groups).squeeze(2)
         else:
             y = F.conv1d(full.contiguous(), conv.weight, bias, dilation=conv.dilation, groups=conv.groups)
         return to_layout(y, channels_last)
 
-    def _weight_2d(self) -> torch.Tensor:
-        return channels_last_2d(self.conv.weight.detach())
+def channels_last_weight(layer: "CausalConv1d | CausalConvTranspose1d") -> torch.Tensor:
+    """The layer's weight as a channels-last conv2d weight, made once (derived.py)."""
+    def channels_last_weight_2d() -> torch.Tensor:
+        return channels_last_2d(layer.conv.weight.detach())
+    return derived(layer, channels_last_weight_2d, layer.conv.weight)
 
 
 def _conv2d_input(full: torch.Tensor) -> torch.Tensor:
@@ -142,14 +139,11 @@ class CausalConvTranspose1d(nn.Module):
         else:
             full, start = _with_history(self, x, histories, activation), self.history * self.stride
         if (x.shape[0], x.shape[-1]) in self.channels_last_shapes:
-            y = F.conv_transpose2d(_conv2d_input(full), derived(self, self._weight_2d, self.conv.weight), bias,
+            y = F.conv_transpose2d(_conv2d_input(full), channels_last_weight(self), bias,
                                    stride=(1, self.stride)).squeeze(2)
         else:
             y = F.conv_transpose1d(full.contiguous(), self.conv.weight, bias, stride=self.stride)
         return to_layout(y[..., start:start + length], channels_last)
-
-    def _weight_2d(self) -> torch.Tensor:
-        return channels_last_2d(self.conv.weight.detach())
 
 
 class SnakeBeta(nn.Module):

@@ -3,17 +3,17 @@ coefficients): remade when a parameter changes, in the tensors captured CUDA gra
 import torch
 
 from qtts.kernels.snake import snake_coefficients
-from qtts.models.codec_layers import CausalConv1d, SnakeBeta, channels_last_2d
+from qtts.models.codec_layers import CausalConv1d, SnakeBeta, channels_last_2d, channels_last_weight
 from qtts.models.derived import derived
 
 
 def test_an_in_place_change_is_copied_into_the_same_derived_tensor():
     layer = CausalConv1d(4, 6, 3)
-    made = derived(layer, layer._weight_2d, layer.conv.weight)
-    assert derived(layer, layer._weight_2d, layer.conv.weight) is made  # made once
+    made = channels_last_weight(layer)
+    assert channels_last_weight(layer) is made  # made once
     with torch.no_grad():
         layer.conv.weight.mul_(2)  # e.g. weights reloaded in place after a capture
-    again = derived(layer, layer._weight_2d, layer.conv.weight)
+    again = channels_last_weight(layer)
     assert again is made and torch.equal(again, channels_last_2d(layer.conv.weight.detach()))
 
 
