@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from qtts.bench import save_results  # noqa: E402
 from qtts.engine.pauses import DurationHistogram  # noqa: E402
-from qtts.server.metrics import watch_loop_lag  # noqa: E402
+from qtts.server.metrics import histogram_family, watch_loop_lag  # noqa: E402
 
 SAMPLE_RATE = 24000
 FRAMES_PER_SECOND = 12.5
@@ -283,14 +283,18 @@ async def pause_histograms(client: httpx.AsyncClient) -> dict | None:
         families = list(text_string_to_metric_families(text))
     except (httpx.HTTPError, ValueError):
         return None
-    histograms = {}
-    for family in families:
-        if family.name in PAUSE_METRICS:
-            samples = {s.labels.get("le", s.name): s.value for s in family.samples}
-            histograms[PAUSE_METRICS[family.name]] = {
-                "buckets": {le: v for le, v in samples.items() if not le.startswith("qtts_")},
-                "sum": samples.get(family.name + "_sum", 0.0)}
-    return histograms
+    return {PAUSE_METRICS[family.name]: scraped(family) for family in families if family.name in PAUSE_METRICS}
+
+
+def scraped(family) -> dict:
+    """A Prometheus histogram family as {"buckets": {le: cumulative count}, "sum": seconds}."""
+    return {"buckets": {s.labels["le"]: s.value for s in family.samples if "le" in s.labels},
+            "sum": next((s.value for s in family.samples if s.name == family.name + "_sum"), 0.0)}
+
+
+def client_lag_scrape(histogram: DurationHistogram) -> dict:
+    """This client's loop-lag histogram in the shape pause_histograms gives the server's."""
+    return {"client_loop_lag": scraped(histogram_family("client_loop_lag", "", histogram.snapshot()))}
 
 
 def pauses_between(before: dict | None, after: dict | None) -> dict | None:
@@ -306,15 +310,6 @@ def pauses_between(before: dict | None, after: dict | None) -> dict | None:
         out[name] = {"count": int(total), "total_ms": round((now["sum"] - then["sum"]) * 1000, 1),
                      "over_ms": {str(ms): int(total - delta.get(repr(ms / 1000), total)) for ms in PAUSE_THRESHOLDS_MS}}
     return out
-
-
-def histogram_between(before: dict, after: dict) -> dict:
-    """What a DurationHistogram recorded between two snapshots, as pauses_between reports it."""
-    counts = [b - a for a, b in zip(before["counts"], after["counts"])]
-    bounds_ms = [round(bound * 1000, 3) for bound in after["buckets"]]
-    return {"count": sum(counts), "total_ms": round((after["sum"] - before["sum"]) * 1000, 1),
-            "over_ms": {str(ms): sum(c for bound, c in zip(bounds_ms + [float("inf")], counts) if bound > ms)
-                        for ms in PAUSE_THRESHOLDS_MS}}
 
 
 def overload(stats: dict, stop_p95_ms: float) -> str | None:
@@ -415,11 +410,11 @@ async def sweep(args, url: str, result: dict, save) -> None:
                   ("closed_loop", "concurrency", args.concurrency, closed_loop, float("inf"))]
         for phase, key, levels, measure, stop_p95_ms in phases:
             for level in levels:
-                before, lag_before = await pause_histograms(client), client_lag.snapshot()
+                before, lag_before = await pause_histograms(client), client_lag_scrape(client_lag)
                 stats = {key: level, **summarize(*await measure(load, level, args.duration, args.seed), load)}
-                stats["pauses"] = pauses_between(before, await pause_histograms(client))
-                if stats["pauses"] is not None:
-                    stats["pauses"]["client_loop_lag"] = histogram_between(lag_before, client_lag.snapshot())
+                after = await pause_histograms(client)
+                stats["pauses"] = pauses_between(before and {**before, **lag_before},
+                                                 after and {**after, **client_lag_scrape(client_lag)})
                 stats["overloaded"] = reason = overload(stats, stop_p95_ms)
                 result[phase].append(stats)
                 if reason and level != levels[-1]:

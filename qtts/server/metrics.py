@@ -16,7 +16,7 @@ FIRST_AUDIO_BUCKETS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 
 
-def _histogram(name: str, help_text: str, snapshot: dict | None) -> HistogramMetricFamily:
+def histogram_family(name: str, help_text: str, snapshot: dict | None) -> HistogramMetricFamily:
     """A DurationHistogram.snapshot() as a Prometheus histogram (cumulative buckets)."""
     family = HistogramMetricFamily(name, help_text)
     if snapshot:
@@ -52,14 +52,14 @@ class _EngineCollector:
                                       value=float(stats.get(f"prefix_cache_{key}", 0)))
         yield GaugeMetricFamily("qtts_prefix_cache_bytes", "bytes of prompt-prefix K/V held",
                                 value=float(stats.get("prefix_cache_bytes", 0)))
-        yield _histogram("qtts_engine_iteration_seconds", "one engine loop iteration (a frame and its admissions)",
+        yield histogram_family("qtts_engine_iteration_seconds", "one engine loop iteration (a frame and its admissions)",
                          stats.get("iteration_seconds"))
-        yield _histogram("qtts_engine_gc_pause_seconds", "garbage collections in the engine's process (the "
+        yield histogram_family("qtts_engine_gc_pause_seconds", "garbage collections in the engine's process (the "
                          "server's own when the engine runs in it)",
                          stats.get("gc_pause_seconds"))
-        yield _histogram("qtts_server_gc_pause_seconds", "garbage collections in the server's process",
+        yield histogram_family("qtts_server_gc_pause_seconds", "garbage collections in the server's process",
                          self.gc_pauses.histogram.snapshot())
-        yield _histogram("qtts_server_loop_lag_seconds", "how late the server's event loop ran a 10 ms timer "
+        yield histogram_family("qtts_server_loop_lag_seconds", "how late the server's event loop ran a 10 ms timer "
                          "(how long something held the loop, delaying every stream's chunks)", self.loop_lag.snapshot())
 
 
