@@ -2,8 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: verify (= tests speed profile serve-check), verify-pending (= tests-gpu codec codec-graphed
-#   serve-check), verify-codec (= tests codec codec-graphed serve-check
+#   stages: verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
 #   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
@@ -40,9 +39,6 @@ stages=()
 for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues are judged by
   case $name in
     verify) stages+=(tests speed profile serve-check) ;;
-    # what the session of 2026-12-02 (morning) left unmeasured: the codec's folded biases, and serving with them
-    # (~6.5 min; then `serve-sweep` in a call of its own)
-    verify-pending) stages+=(tests-gpu codec codec-graphed serve-check) ;;
     # what the session of 2026-12-02 (afternoon) left unmeasured: the codec's layout rule (one-pass time), serving
     # with it, and whether the closed loop's early underruns are the client's (client_loop_lag; ~8.5 min)
     verify-codec) stages+=(tests codec codec-graphed serve-check serve-closed-0.6b) ;;
