@@ -62,6 +62,12 @@ class DemoPage:
         field.clear()
         field.send_keys(text)
 
+    def request_fields(self, fields: dict) -> None:
+        """Opens Options and enters `fields` as the request's extra JSON fields."""
+        if self.element("options").get_attribute("open") is None:
+            self.driver.find_element(By.CSS_SELECTOR, "#options > summary").click()
+        self.type("extra", json.dumps(fields))
+
     def options(self, element_id: str) -> list[tuple[str, str]]:
         return [(o.get_attribute("value"), o.text) for o in Select(self.element(element_id)).options]
 
@@ -123,8 +129,7 @@ def test_custom_voice_page_speaks_both_ways(custom_voice_server, custom_voice_tt
     speaker = custom_voice_tts.speakers[1]
     Select(page.element("voice")).select_by_value(speaker)
     page.type("text", "Hello there.")
-    page.element("options").click()
-    page.type("extra", json.dumps(FAST))
+    page.request_fields(FAST)
     expected = http_pcm(custom_voice_server, "Hello there.", voice=speaker)
 
     assert_played(page, page.speak("http"), expected)
@@ -140,8 +145,7 @@ def test_custom_voice_page_speaks_both_ways(custom_voice_server, custom_voice_tt
 def test_stop_cancels_generation_on_the_server(custom_voice_server, browser, path, endpoint):
     page = DemoPage(browser, custom_voice_server)
     page.type("text", "One long sentence.")
-    page.element("options").click()
-    page.type("extra", json.dumps(LONG))
+    page.request_fields(LONG)
     cancelled_before = requests_counted(custom_voice_server, endpoint, "499")
     page.element(path).click()
     page.wait_for(lambda: page.stats()["first-audio-ms"])
@@ -161,8 +165,7 @@ def test_voice_design_page_speaks_from_a_description(tiny_voice_design, browser,
         assert not page.element("voice-field").is_displayed()
         assert page.element("instructions-label").text == "Voice description"
         page.type("text", "Hello there.")
-        page.element("options").click()
-        page.type("extra", json.dumps(FAST))
+        page.request_fields(FAST)
         page.element("http").click()
         assert page.stats()["state"] == "error" and "describe the voice" in page.element("state").text
         example = page.driver.find_elements(By.CSS_SELECTOR, "#examples button")[1]
@@ -198,8 +201,7 @@ def test_base_page_creates_speaks_and_deletes_a_clone_voice(tiny_base, browser, 
         assert "with transcript" in page.element("voice-info").text
 
         page.type("text", "Hello there.")
-        page.element("options").click()
-        page.type("extra", json.dumps(FAST))
+        page.request_fields(FAST)
         assert_played(page, page.speak("ws"), http_pcm(server, "Hello there.", voice=voice_id))
 
         page.element("delete-voice").click()
