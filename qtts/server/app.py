@@ -105,6 +105,10 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
     async def demo() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     return app
 
 
