@@ -91,8 +91,9 @@ class QttsTTSService(TTSService):
             await session.websocket.send(json.dumps({"type": "input.text", "text": text}))
         except (OSError, WebSocketException) as exc:
             await self._close_session(context_id, cancel=False)
-            yield ErrorFrame(error=f"{self}: cannot reach the qtts server at {self._url}: {exc}")
+            yield ErrorFrame(error=f"cannot reach the qtts server at {self._url}: {exc}")
             yield TTSStoppedFrame(context_id=context_id)
+            await self.remove_audio_context(context_id)
             return
         yield None
 
@@ -145,11 +146,11 @@ class QttsTTSService(TTSService):
                     continue
                 event = json.loads(message)
                 if event.get("type") == "error":
-                    await self.push_error(error_msg=f"{self}: qtts: {event['error']['message']}")
+                    await self.push_error(error_msg=f"qtts: {event['error']['message']}")
                 elif event.get("type") == "session.done":
                     break
         except WebSocketException as exc:
-            await self.push_error(error_msg=f"{self}: the qtts session ended: {exc}", exception=exc)
+            await self.push_error(error_msg=f"the qtts session ended: {exc}", exception=exc)
         if self._sessions.get(context_id) is session:  # not interrupted: the context ends with its audio
             del self._sessions[context_id]
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))

@@ -1,5 +1,6 @@
 """Real Pipecat pipelines (text frames in, audio frames out) against a real qtts server on tiny checkpoints."""
 import asyncio
+import socket
 import threading
 import time
 
@@ -151,3 +152,11 @@ def test_server_errors_reach_the_pipeline(custom_voice_server):
     _, upstream = asyncio.run(run_test(service, frames_to_send=reply("Hello", "."), start_timeout=10))
     errors = [frame.error for frame in upstream if isinstance(frame, ErrorFrame)]
     assert any("unknown voice 'nobody'" in error for error in errors), errors
+
+
+def test_an_unreachable_server_is_an_error_not_a_hang():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{probe.getsockname()[1]}/v1/audio/speech/stream"
+    _, upstream = asyncio.run(run_test(QttsTTSService(url=url), frames_to_send=reply("Hello", "."), start_timeout=10))
+    assert any("cannot reach the qtts server" in frame.error for frame in upstream if isinstance(frame, ErrorFrame))
