@@ -7,7 +7,7 @@ config classes give it instead (not always the hub's), so a checkpoint loads her
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -293,18 +293,11 @@ def parse_codec_config(raw: dict) -> CodecConfig:
     enc = _with_defaults(enc_raw, _CODEC_ENCODER, "speech_tokenizer/config.json's encoder_config")
     top = _with_defaults(raw, _CODEC, "speech_tokenizer/config.json")
     decoder = CodecDecoderConfig(
+        **asdict(_layers(dec_raw, dec)),  # the same eight keys as a talker's layers
         codebook_size=dec["codebook_size"],
         codebook_dim=dec["codebook_dim"],
         num_quantizers=dec["num_quantizers"],
         latent_dim=dec["latent_dim"],
-        hidden_size=dec["hidden_size"],
-        intermediate_size=dec["intermediate_size"],
-        num_layers=dec["num_hidden_layers"],
-        num_heads=dec["num_attention_heads"],
-        num_kv_heads=dec["num_key_value_heads"],
-        head_dim=_head_dim(dec),
-        rms_norm_eps=dec["rms_norm_eps"],
-        rope_theta=_rope_theta(dec_raw, 10000.0),
         sliding_window=dec["sliding_window"],
         upsampling_ratios=tuple(dec["upsampling_ratios"]),
         upsample_rates=tuple(dec["upsample_rates"]),

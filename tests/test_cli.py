@@ -157,3 +157,72 @@ def test_fixture_shows_progress_with_a_total(tmp_path, capsys):
     code, err = run(capsys, "fixture", "--size", "tiny", "--out", tmp_path / "model")
     assert code == 0 and "writing weights: 100%" in err
     assert json.loads((tmp_path / "model" / "config.json").read_text())["tts_model_type"] == "custom_voice"
+
+
+# --- batch: --input-file / --out-dir --------------------------------------------------------------
+
+class FakeBatchTTS:
+    """A test double of the documented batch API, `TTS.generate_many(requests, progress=False)`: it yields
+    (index, Speech) as each request finishes (here in reverse order), or (index, exception) for a request
+    that failed alone; a text containing "fail" fails."""
+
+    sample_rate = 24000
+
+    def __init__(self):
+        self.requests = []
+
+    def generate_many(self, requests, progress=False):
+        from qtts.api import Speech
+
+        self.requests = list(requests)
+        for index in reversed(range(len(self.requests))):
+            if "fail" in self.requests[index].text:
+                yield index, RuntimeError("the engine failed this one")
+            else:
+                yield index, Speech(samples=np.full(3 * 1920, 0.25, dtype=np.float32), sample_rate=24000,
+                                    codes=torch.zeros(3, 16, dtype=torch.long), finish_reason="stop")
+
+
+BATCH_INPUT = """Hello there.
+{"text": "Second line.", "speaker": "ryan", "out": "second.flac", "seed": 5}
+{"text": "A bad speaker.", "speaker": "nobody"}
+not JSON {, a plain text
+{"text": oops}
+{"text": "This one will fail."}
+
+{"text": "Written before.", "out": "exists.wav"}
+"""
+
+
+def test_batch_writes_every_good_line_reports_bad_ones_by_number_and_resumes(tiny_custom_voice, tmp_path, capsys,
+                                                                             monkeypatch):
+    engine = FakeBatchTTS()
+    monkeypatch.setattr("qtts.cli.batch.load_generator", lambda args, planner: engine)
+    (tmp_path / "lines.txt").write_text(BATCH_INPUT)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exists.wav").write_bytes(b"kept")
+    argv = ["speak", "--input-file", tmp_path / "lines.txt", "--out-dir", out, "--model", tiny_custom_voice,
+            "--speaker", "aiden", "--device", "cpu"]
+    code, err = run(capsys, *argv)
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["00001.wav", "00004.wav", "exists.wav", "second.flac"]
+    assert sf.read(out / "second.flac")[0].shape == (3 * 1920,) and (out / "exists.wav").read_bytes() == b"kept"
+    for line, message in ((3, "unknown speaker"), (5, "not valid JSON"), (6, "the engine failed this one")):
+        assert f"error: line {line}: {message}" in err
+    assert "4/4" in err and "audio-s/s" in err
+    assert "3 written, 1 already there, 3 failed (of 7 lines)" in err
+    second = engine.requests[1]
+    assert (second.speaker, second.sampling.seed, engine.requests[0].speaker) == ("ryan", 5, "aiden")
+
+    code, err = run(capsys, *argv)  # again: only the line that failed in the engine is tried
+    assert code == 2 and [r.text for r in engine.requests] == ["This one will fail."]
+    assert "0 written, 4 already there, 3 failed" in err
+
+
+def test_batch_options_are_checked_before_anything_loads(tiny_custom_voice, tmp_path, capsys, no_model_load):
+    (tmp_path / "lines.txt").write_text("Hello.\n")
+    code, err = run(capsys, "speak", "--input-file", tmp_path / "lines.txt", "--model", tiny_custom_voice)
+    assert code == 2 and "--out-dir" in err
+    code, err = run(capsys, "speak", "Hello.", "--input-file", tmp_path / "lines.txt", "--out-dir", tmp_path)
+    assert code == 2 and "either a text or --input-file" in err

@@ -50,7 +50,7 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", help="the text to speak (or give --input-file)")
     _add_model_options(p)
     p.add_argument("--language", default="auto", help="language of the text (`qtts voices` lists them)")
-    p.add_argument("--out", default="out.wav",
+    p.add_argument("--out",
                    help="output audio file: .wav .flac .mp3 .opus .ogg .aac .pcm .raw (default: out.wav)")
     p.add_argument("--seed", type=seed, default=None, help="sampling seed: the same seed gives the same audio")
     p.add_argument("--greedy", action="store_true", help="no sampling: always take the most likely code")

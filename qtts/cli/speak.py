@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from ..config import FRAME_MS, SAMPLES_PER_FRAME
 from ..errors import QttsError, WrongModelTypeError
 from . import checks
 from .output import GrowingAudioFile, write_whole
@@ -81,14 +82,18 @@ def frame_cap(request) -> int:
 
 
 def warn_if_capped(finish_reason: str, frames: int, what: str = "") -> None:
+    """Say so on stderr (above any progress bar) when generation ended at the frame cap."""
+    from tqdm import tqdm
+
     if finish_reason == "length":
-        print(f"qtts: warning: {what}stopped at the frame cap ({frames} frames, {frames / 12.5:.1f} s) before the "
-              "model ended the speech; raise --max-frames or --max-len, or split the text", file=sys.stderr)
+        seconds = frames * FRAME_MS / 1000
+        tqdm.write(f"qtts: warning: {what}stopped at the frame cap ({frames} frames, {seconds:.1f} s) before the "
+                   "model ended the speech; raise --max-frames or --max-len, or split the text", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> None:
     """Check, load, generate, write; a bad option fails before the model loads."""
-    out = checks.audio_output(args.out, streamed=args.stream)
+    out = checks.audio_output(args.out or "out.wav", streamed=args.stream)
     check_voice_files(args)
     planner = load_planner(args)
     options = request_options(args)
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
     samples_written, finish_reason = (_stream(tts, request, out) if args.stream else _whole(tts, request, out))
     elapsed = time.perf_counter() - started
     seconds = samples_written / tts.sample_rate
-    warn_if_capped(finish_reason, round(seconds * 12.5))
+    warn_if_capped(finish_reason, samples_written // SAMPLES_PER_FRAME)
     print(f"wrote {out}: {seconds:.2f} s of audio in {elapsed:.2f} s (RTF {seconds / max(elapsed, 1e-9):.2f}x)",
           file=sys.stderr)
 
@@ -123,8 +128,6 @@ def _whole(tts, request, out) -> tuple[int, str]:
 
 
 def _stream(tts, request, out) -> tuple[int, str]:
-    from ..config import SAMPLES_PER_FRAME
-
     samples, started, first = 0, time.perf_counter(), None
     with GrowingAudioFile(out, tts.sample_rate) as sink, _progress(request) as bar:
         for chunk in tts.stream(request):
