@@ -26,7 +26,8 @@ def no_model_load(monkeypatch):
     def refuse(*_):
         raise AssertionError("the model was loaded before the error was found")
 
-    monkeypatch.setattr(TTS, "_load_generator", refuse)
+    for module in ("batch", "speak"):  # batch first: importing it binds speak's load_generator
+        monkeypatch.setattr(f"qtts.cli.{module}.load_generator", refuse)
 
 
 def speak(folder, out, *extra):
@@ -161,62 +162,46 @@ def test_fixture_shows_progress_with_a_total(tmp_path, capsys):
 
 # --- batch: --input-file / --out-dir --------------------------------------------------------------
 
-class FakeBatchTTS:
-    """A test double of the documented batch API, `TTS.generate_many(requests, progress=False)`: it yields
-    (index, Speech) as each request finishes (here in reverse order), or (index, exception) for a request
-    that failed alone; a text containing "fail" fails."""
+LONG_TEXT = " ".join(["word"] * 300)
+BATCH_INPUT = f"""Hello there.
+{{"text": "Second line.", "speaker": "ryan", "out": "second.flac", "seed": 5}}
+{{"text": "A bad speaker.", "speaker": "nobody"}}
+not JSON {{, a plain text
+{{"text": oops}}
+{{"text": "{LONG_TEXT}"}}
 
-    sample_rate = 24000
-
-    def __init__(self):
-        self.requests = []
-
-    def generate_many(self, requests, progress=False):
-        from qtts.api import Speech
-
-        self.requests = list(requests)
-        for index in reversed(range(len(self.requests))):
-            if "fail" in self.requests[index].text:
-                yield index, RuntimeError("the engine failed this one")
-            else:
-                yield index, Speech(samples=np.full(3 * 1920, 0.25, dtype=np.float32), sample_rate=24000,
-                                    codes=torch.zeros(3, 16, dtype=torch.long), finish_reason="stop")
-
-
-BATCH_INPUT = """Hello there.
-{"text": "Second line.", "speaker": "ryan", "out": "second.flac", "seed": 5}
-{"text": "A bad speaker.", "speaker": "nobody"}
-not JSON {, a plain text
-{"text": oops}
-{"text": "This one will fail."}
-
-{"text": "Written before.", "out": "exists.wav"}
+{{"text": "Written before.", "out": "exists.wav"}}
 """
 
 
 def test_batch_writes_every_good_line_reports_bad_ones_by_number_and_resumes(tiny_custom_voice, tmp_path, capsys,
                                                                              monkeypatch):
-    engine = FakeBatchTTS()
-    monkeypatch.setattr("qtts.cli.batch.load_generator", lambda args, planner: engine)
+    submitted = []
+    generate_many = TTS.generate_many
+
+    def recording(self, requests, **options):
+        submitted[:] = list(requests)
+        return generate_many(self, submitted, **options)
+
+    monkeypatch.setattr(TTS, "generate_many", recording)
     (tmp_path / "lines.txt").write_text(BATCH_INPUT)
     out = tmp_path / "out"
     out.mkdir()
     (out / "exists.wav").write_bytes(b"kept")
     argv = ["speak", "--input-file", tmp_path / "lines.txt", "--out-dir", out, "--model", tiny_custom_voice,
-            "--speaker", "aiden", "--device", "cpu"]
+            "--speaker", "aiden", "--device", "cpu", "--max-frames", 3, "--max-len", 200]
     code, err = run(capsys, *argv)
     assert code == 2
     assert sorted(p.name for p in out.iterdir()) == ["00001.wav", "00004.wav", "exists.wav", "second.flac"]
     assert sf.read(out / "second.flac")[0].shape == (3 * 1920,) and (out / "exists.wav").read_bytes() == b"kept"
-    for line, message in ((3, "unknown speaker"), (5, "not valid JSON"), (6, "the engine failed this one")):
-        assert f"error: line {line}: {message}" in err
+    for line, message in ((3, "unknown speaker"), (5, "not valid JSON"), (6, "the prompt (")):
+        assert f"error: line {line}: {message}" in err  # line 6 fails in the engine (max_len), the others before
     assert "4/4" in err and "audio-s/s" in err
     assert "3 written, 1 already there, 3 failed (of 7 lines)" in err
-    second = engine.requests[1]
-    assert (second.speaker, second.sampling.seed, engine.requests[0].speaker) == ("ryan", 5, "aiden")
+    assert (submitted[1].speaker, submitted[1].sampling.seed, submitted[0].speaker) == ("ryan", 5, "aiden")
 
     code, err = run(capsys, *argv)  # again: only the line that failed in the engine is tried
-    assert code == 2 and [r.text for r in engine.requests] == ["This one will fail."]
+    assert code == 2 and [r.text for r in submitted] == [LONG_TEXT]
     assert "0 written, 4 already there, 3 failed" in err
 
 

@@ -76,7 +76,7 @@ def clone_voice(args: argparse.Namespace, planner):
 
 def frame_cap(request) -> int:
     """The most frames `request` can generate (the bar's total)."""
-    from ..engine.generate import default_frame_cap
+    from ..engine.planning import default_frame_cap
 
     return request.max_frames if request.max_frames is not None else default_frame_cap(request.text)
 
@@ -118,13 +118,10 @@ def _progress(request):
 
 def _whole(tts, request, out) -> tuple[int, str]:
     with _progress(request) as bar:
-        (codes, finish_reason), = tts.generate_codes([request], on_frame=bar.update)
-        bar.total = bar.n = codes.shape[0]
-        bar.set_description("decoding")
-        reference = request.voice.reference_codes if request.voice is not None and request.voice.icl else None
-        samples = tts.decode_codes(codes, reference)
-    write_whole(out, samples, tts.sample_rate)
-    return len(samples), finish_reason
+        speech = tts.generate(request, on_frame=bar.update)  # each frame decodes as it is made: no stall after
+        bar.total = bar.n = len(speech.codes)
+    write_whole(out, speech.samples, speech.sample_rate)
+    return len(speech.samples), speech.finish_reason
 
 
 def _stream(tts, request, out) -> tuple[int, str]:
