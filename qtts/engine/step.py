@@ -35,6 +35,7 @@ class RowState:
     seeds: torch.Tensor  # (B,) int64
     repetition_penalty: torch.Tensor  # (B,) float32
     min_frames: torch.Tensor  # (B,) int64, EOS is masked before this many codebook-0 samples
+    active: torch.Tensor  # (B,) bool; a row that is not (its next text has not arrived) keeps its state
     talker_sampling: SamplingTensors
     predictor_sampling: SamplingTensors
 
@@ -61,6 +62,7 @@ class RowState:
             seeds=longs(),
             repetition_penalty=torch.ones(rows, dtype=torch.float32, device=device),
             min_frames=longs(),
+            active=torch.ones(rows, dtype=torch.bool, device=device),
             talker_sampling=params(), predictor_sampling=params(),
         )
 
@@ -78,6 +80,7 @@ class RowState:
         self.seeds[row] = seed
         self.repetition_penalty[row] = sampling.repetition_penalty
         self.min_frames[row] = min_frames
+        self.active[row] = True
         for params, prefix in ((self.talker_sampling, ""), (self.predictor_sampling, "subtalker_")):
             params.do_sample[row] = getattr(sampling, prefix + "do_sample")
             params.temperature[row] = getattr(sampling, prefix + "temperature")
@@ -160,7 +163,10 @@ class FrameStep:
                                    ("do_sample", "temperature", "top_k", "top_p")))
         token = sample(scores, params, s.seeds[rows], s.frame_index[rows], TALKER_STREAM,
                        self.flags.talker_sampling, self.flags.talker_top_p, fused=self.talker.model.fused)
-        s.seen[rows] = s.seen[rows].scatter(1, token.unsqueeze(1), True)
+        token = torch.where(s.active[rows], token, s.c0[rows])  # a held row keeps its c0
+        index = token.unsqueeze(1)
+        seen = s.seen[rows]
+        s.seen[rows] = seen.scatter(1, index, seen.gather(1, index) | s.active[rows].unsqueeze(1))
         return token
 
     @torch.no_grad()
@@ -282,7 +288,8 @@ class FrameStep:
         positions = s.positions[rows].unsqueeze(1)
         view = CacheView.causal(self.cache, positions, attend_length)
         hidden = self.talker((frame_rows + text).unsqueeze(1), positions, view)[:, 0]
-        s.past_hidden[rows] = hidden
-        s.positions[rows] += 1
-        s.frame_index[rows] += 1
+        active = s.active[rows]
+        s.past_hidden[rows] = torch.where(active.unsqueeze(1), hidden, s.past_hidden[rows])
+        s.positions[rows] += active
+        s.frame_index[rows] += active
         s.c0[rows] = self._sample_c0(self.talker.logits(hidden), rows)
