@@ -6,6 +6,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import kv_quant
+from ..kernels.fp8 import Fp8Weight
+from ..kernels.gemv import linear
+from .linear import stack_projections
 from .norm import RMSNorm
 from .rope import apply_rope
 
@@ -121,27 +124,22 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
-        self.qkv_weight: torch.Tensor | None = None
+        self.qkv_weight: torch.Tensor | Fp8Weight | None = None
 
     def fuse_projections(self) -> None:
         """One q|k|v weight for a single GEMM; the three projections become views into it."""
-        fused = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).detach()
-        sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
-        for proj, part in zip((self.q_proj, self.k_proj, self.v_proj), fused.split(sizes)):
-            proj.weight = nn.Parameter(part, requires_grad=False)
-        self.qkv_weight = fused
+        self.qkv_weight = stack_projections((self.q_proj, self.k_proj, self.v_proj))
 
     def forward_decode_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                              layer: int) -> torch.Tensor:
         """One token per row (x: (B, H)) in slot view.rows_slots[b] (or b); two kernels plus two GEMMs."""
-        return self.attend_decode_fused(F.linear(x, self.qkv_weight), cos, sin, view, layer)
+        return self.attend_decode_fused(linear(x, self.qkv_weight, gemv=False), cos, sin, view, layer)
 
     def attend_decode_fused(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                             layer: int, gemv: bool = False) -> torch.Tensor:
         """forward_decode_fused from the q|k|v projection on: q/k norm, rotation, cache write, attention,
         o_proj (a fused GEMV with gemv, for one or two rows)."""
         from ..kernels.attention import decode_attention_fused
-        from ..kernels.gemv import linear
         from ..kernels.rope import qk_norm_rope_fused
 
         positions = view.write_positions.view(-1)
@@ -163,7 +161,7 @@ class Attention(nn.Module):
         from ..kernels.norm import rms_norm_fused
 
         batch, seq, _ = x.shape
-        q, k, v = F.linear(x, self.qkv_weight).split(
+        q, k, v = linear(x, self.qkv_weight, gemv=False).split(
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
             dim=-1)
         q = rms_norm_fused(q.reshape(batch, seq, self.num_heads, self.head_dim), self.q_norm.weight,
