@@ -1,4 +1,4 @@
-"""The `qtts` command: speak, design, clone, list voices, make fixture checkpoints, serve, bench."""
+"""The `qtts` command: speak, design, clone, list voices, make fixture checkpoints, serve, bench, eval."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import sys
 import time
 
 from .errors import QttsError
+from .eval import add_eval_parser, run_eval
 from .server.cli import add_serve_parser, run_serve
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=250, help="frames of the throughput run")
     bench.add_argument("--requests", type=int, default=20, help="requests per first-audio measurement")
     add_serve_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -149,7 +151,7 @@ def _bench(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"speak": _generate, "design": _generate, "clone": _generate, "voices": _voices,
-                "fixture": _fixture, "bench": _bench, "serve": run_serve}
+                "fixture": _fixture, "bench": _bench, "serve": run_serve, "eval": run_eval}
     try:
         handlers[args.command](args)
     except (QttsError, ValueError, FileNotFoundError) as exc:
