@@ -4,19 +4,11 @@ import json
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from qtts import eval as qtts_eval
 from qtts.api import TTS
 from qtts.cli import main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.testing.test_quality_gates import one_thread  # noqa: F401  (autouse: tiny models on one thread)
 
 
 def stand_in_asr(samples: np.ndarray, sample_rate: int, language: str) -> str:

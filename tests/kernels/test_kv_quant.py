@@ -143,3 +143,37 @@ def test_fused_decode_stack_over_a_quantized_cache_matches_eager(kv_format):
         positions = torch.tensor([[5], [5]], device=DEVICE)
         outputs.append(stack(step_input, positions, CacheView.causal(cache, positions, 8)))
     assert torch.allclose(outputs[0], outputs[1], atol=2e-3 if kv_format == "int4" else 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kv_format", FORMATS)
+def test_quantized_cache_kernels_at_the_talker_shape_on_gpu(kv_format):
+    """16 query heads over 8 KV heads of 128, a 2048-position cache, rows at many lengths, in bf16: the
+    cache write and the attention through the kernels equal the references."""
+    g = torch.Generator().manual_seed(5)
+    batch, heads, kv_heads, dim, max_len = 8, 16, 8, 128, 2048
+    cache = KVCache(1, batch, kv_heads, max_len, dim, "cuda", torch.bfloat16, quantization=kv_format)
+    history = [_vectors(batch, kv_heads, max_len, dim, seed=s).to("cuda", torch.bfloat16) for s in (6, 7)]
+    cache.keys[0].copy_(cache.store(history[0]))
+    cache.values[0].copy_(cache.store(history[1]))
+    positions = torch.tensor([0, 1, 63, 64, 500, 1023, 1500, 2047], device="cuda")
+    qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=g).to("cuda", torch.bfloat16)
+    norm_weights = (1 + 0.1 * torch.randn(2, dim, generator=g)).to("cuda", torch.bfloat16)
+    angles = positions.float().unsqueeze(1) * torch.logspace(0, -6, dim // 2, device="cuda")
+    cos, sin = torch.cat([angles, angles], -1).cos().bfloat16(), torch.cat([angles, angles], -1).sin().bfloat16()
+    tables = dict(rotation=cache.rotation, codebook=cache.codebook)
+    reference_keys, reference_values = cache.keys[0].clone(), cache.values[0].clone()
+    q = qk_norm_rope_fused(qkv, *norm_weights, cos, sin, positions, cache.keys[0], cache.values[0], 1e-6, heads,
+                           kv_heads, **tables)
+    ref_q = qk_norm_rope_reference(qkv, *norm_weights, cos, sin, positions, reference_keys, reference_values, 1e-6,
+                                   heads, kv_heads, rotation=cache.rotation)
+    assert _cosines(q, ref_q).min() > 0.9999
+    rows = torch.arange(batch, device="cuda")
+    for written, expected in ((cache.keys[0], reference_keys), (cache.values[0], reference_values)):
+        agree = _cosines(cache.load(written[rows, :, positions]), cache.load(expected[rows, :, positions]))
+        assert agree.min() > (0.999 if kv_format == "int8" else 0.99)
+    out = decode_attention_fused(q, cache.keys[0], cache.values[0], positions, **tables)
+    real_q = q if kv_format == "int8" else (q.float() @ cache.rotation).bfloat16()
+    ref = decode_attention_reference(real_q, cache.keys[0], cache.values[0], positions, rotation=cache.rotation)
+    assert _cosines(out, ref).min() > 0.999
