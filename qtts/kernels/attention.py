@@ -175,6 +175,7 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
     strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
     bits = kv_quant.stored_bits(k_cache)
     if bits == 4:
+        shape["BLOCK_N"] = min(block_n, 32)  # four decoded (block, D/2) tiles live in registers at once
         _decode_attention_int4_kernel()[(batch, num_kv_heads)](
             q.contiguous(), k_cache, v_cache, positions, slots, out, rotation, codebook, head_dim ** -0.5,
             *strides, **shape)

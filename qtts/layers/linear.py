@@ -11,13 +11,14 @@ from ..kernels.gemv import linear
 
 
 class Fp8Linear(nn.Module):
-    """nn.Linear with an FP8 weight and one scale per output channel (kernels/fp8.py)."""
+    """nn.Linear with an FP8 weight and one scale per output channel (kernels/fp8.py); parameters, so that
+    counts of a model's weight bytes see them."""
 
     def __init__(self, weight: Fp8Weight, bias: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight_fp8", weight.data)
-        self.register_buffer("weight_scale", weight.scale)
+        self.weight_fp8 = nn.Parameter(weight.data, requires_grad=False)
+        self.weight_scale = nn.Parameter(weight.scale, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
@@ -26,7 +27,7 @@ class Fp8Linear(nn.Module):
 
     @property
     def weight(self) -> Fp8Weight:
-        return Fp8Weight(self.weight_fp8, self.weight_scale)
+        return Fp8Weight(self.weight_fp8.data, self.weight_scale.data)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, gemv=False)
@@ -39,7 +40,8 @@ def stack_projections(projections: Sequence[nn.Linear | Fp8Linear]) -> torch.Ten
     if all(isinstance(projection, Fp8Linear) for projection in projections):
         stacked = Fp8Weight.concat([projection.weight for projection in projections])
         for projection, data, scale in zip(projections, stacked.data.split(sizes), stacked.scale.split(sizes)):
-            projection.weight_fp8, projection.weight_scale = data, scale
+            projection.weight_fp8 = nn.Parameter(data, requires_grad=False)
+            projection.weight_scale = nn.Parameter(scale, requires_grad=False)
         return stacked
     stacked = torch.cat([projection.weight for projection in projections]).detach()
     for projection, part in zip(projections, stacked.split(sizes)):

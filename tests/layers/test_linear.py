@@ -27,7 +27,7 @@ def test_fp8_linear_computes_the_fp8_matmul_of_its_layer():
     assert torch.equal(converted(x), expected)
     assert (converted.in_features, converted.out_features) == (32, 24)
     assert converted.weight_fp8.dtype == torch.float8_e4m3fn and converted.weight_fp8.element_size() == 1
-    assert "weight_fp8" in converted.state_dict()
+    assert "weight_fp8" in converted.state_dict() and not converted.weight_fp8.requires_grad
 
 
 @pytest.mark.parametrize("fp8", [False, True])
