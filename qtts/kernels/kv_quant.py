@@ -8,7 +8,7 @@ move, a prompt-prefix entry) carries the scales with it.
 int8: symmetric, one scale per vector, coordinate = round(x * 127 / max|x|).
 int4 (the seed's TurboQuant, simplified): the vector is rotated by a fixed random orthogonal
 matrix, which spreads outlier channels over all coordinates and makes them near-Gaussian; each
-rotated coordinate, divided by |x| / sqrt(head_dim), is snapped to the 16-level Lloyd-Max codebook
+rotated coordinate, divided by the vector's root mean square, is snapped to the 16-level Lloyd-Max codebook
 of N(0, 1), and the stored scale is the least-squares one for the chosen levels. Two 4-bit indices
 share a byte: coordinate i in the low nibble, i + head_dim/2 in the high one. Attention can run in the rotated space (q rotated the same way, the output rotated back).
 """
@@ -83,16 +83,16 @@ def dequantize_int8(rows: torch.Tensor) -> torch.Tensor:
 def quantize_int4(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """int4 rows (..., head_dim/2 + SCALE_BYTES) uint8 of vectors x (..., head_dim), rotated by `rotation`."""
     rotated = x.float() @ rotation.T
-    head_dim, half = x.shape[-1], x.shape[-1] // 2
-    norm = rotated.norm(dim=-1, keepdim=True)
-    inverse = torch.where(norm > 0, head_dim ** 0.5 / norm, torch.zeros_like(norm))
+    half = x.shape[-1] // 2
+    rms = rotated.pow(2).mean(-1, keepdim=True).sqrt()
+    inverse = torch.where(rms > 0, 1 / rms, torch.zeros_like(rms))
     levels = codebook(x.device)
     boundaries = (levels[:-1] + levels[1:]) * 0.5
     index = torch.bucketize(rotated * inverse, boundaries)  # how many boundaries lie below
     rows = torch.zeros(*x.shape[:-1], half + SCALE_BYTES, dtype=torch.uint8, device=x.device)
     rows[..., :half] = (index[..., :half] | (index[..., half:] << 4)).to(torch.uint8)
     chosen = levels[index]
-    # the least-squares scale of the chosen levels (closer than |x| / sqrt(D), which shrinks the vector)
+    # the least-squares scale of the chosen levels (the rms alone would shrink the vector)
     _scale_view(rows, half).copy_((rotated * chosen).sum(-1, keepdim=True) / chosen.pow(2).sum(-1, keepdim=True))
     return rows
 

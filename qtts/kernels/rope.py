@@ -67,9 +67,9 @@ def _qk_norm_rope_kernel():
             y1, y2 = (tl.sum(r11 * y1[None, :], axis=1) + tl.sum(r12 * y2[None, :], axis=1),
                       tl.sum(r21 * y1[None, :], axis=1) + tl.sum(r22 * y2[None, :], axis=1))
         if head < NUM_HEADS:
-            dst = q_out_ptr + (row * NUM_HEADS + head) * HEAD_DIM
-            tl.store(dst + lo, y1.to(dtype))
-            tl.store(dst + HALF + lo, y2.to(dtype))
+            q_dst = q_out_ptr + (row * NUM_HEADS + head) * HEAD_DIM
+            tl.store(q_dst + lo, y1.to(dtype))
+            tl.store(q_dst + HALF + lo, y2.to(dtype))
         else:
             is_v = head >= NUM_HEADS + NUM_KV_HEADS
             kv_head = head - NUM_HEADS - NUM_KV_HEADS if is_v else head - NUM_HEADS
@@ -86,9 +86,9 @@ def _qk_norm_rope_kernel():
                 tl.store(dst + lo, q1.to(tl.int8))
                 tl.store(dst + HALF + lo, q2.to(tl.int8))
                 tl.store((dst + HEAD_DIM).to(tl.pointer_type(tl.float32)), absmax / 127.0)
-            else:  # Lloyd-Max indices of y / (|y| / sqrt(D)), two to a byte, then the least-squares scale
-                norm = tl.sqrt(tl.sum(y1 * y1, axis=0) + tl.sum(y2 * y2, axis=0))
-                inverse = tl.where(norm > 0, tl.sqrt(HEAD_DIM * 1.0) / norm, 0.0)
+            else:  # Lloyd-Max indices of y / rms(y), two to a byte, then the least-squares scale
+                rms = tl.sqrt((tl.sum(y1 * y1, axis=0) + tl.sum(y2 * y2, axis=0)) / HEAD_DIM)
+                inverse = tl.where(rms > 0, 1.0 / rms, 0.0)
                 u1, u2 = y1 * inverse, y2 * inverse
                 index1 = tl.zeros((HALF,), tl.int32)
                 index2 = tl.zeros((HALF,), tl.int32)
