@@ -82,7 +82,7 @@ def load_plugin(spec: str) -> Callable:
 
 
 def whisper_transcriber(size: str = "large-v3") -> Transcriber:
-    """An ASR function on faster-whisper (pip install faster-whisper; it downloads the model on first use)."""
+    """An ASR function on faster-whisper (pip install "qtts[eval]"; it downloads the model on first use)."""
     from faster_whisper import WhisperModel
 
     from .audio import resample
