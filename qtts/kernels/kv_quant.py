@@ -8,9 +8,10 @@ move, a prompt-prefix entry) carries the scales with it.
 int8: symmetric, one scale per vector, coordinate = round(x * 127 / max|x|).
 int4 (the seed's TurboQuant, simplified): the vector is rotated by a fixed random orthogonal
 matrix, which spreads outlier channels over all coordinates and makes them near-Gaussian; each
-rotated coordinate, divided by the vector's root mean square, is snapped to the 16-level Lloyd-Max codebook
-of N(0, 1), and the stored scale is the least-squares one for the chosen levels. Two 4-bit indices
-share a byte: coordinate i in the low nibble, i + head_dim/2 in the high one. Attention can run in the rotated space (q rotated the same way, the output rotated back).
+rotated coordinate, divided by the vector's root mean square, is snapped to the 16-level Lloyd-Max
+codebook of N(0, 1), and the stored scale is the least-squares one for the chosen levels. Two 4-bit
+indices share a byte: coordinate i in the low nibble, i + head_dim/2 in the high one. Attention can
+run in the rotated space (q rotated the same way, the output rotated back).
 """
 from __future__ import annotations
 

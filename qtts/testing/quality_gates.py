@@ -159,7 +159,8 @@ def compare_on_frames(reference: Talker, candidate: Talker, prompt: Prompt, code
     """Gate figures of one prompt and its frames codes (F, 16); kv_cache: the candidate talker cache's quantization
     (the predictor's 16-position cache stays unquantized)."""
     rows = talker_rows(reference, prompt, codes)
-    talker = compare_stacks(reference.model, candidate.model, rows, kv_cache, rows.to(candidate.codec_head.weight.dtype))
+    candidate_dtype = candidate.codec_head.weight.dtype
+    talker = compare_stacks(reference.model, candidate.model, rows, kv_cache, rows.to(candidate_dtype))
     start = prompt.prefill.shape[0] - 1  # the hidden that samples frame t's codebook 0 sits at start + t
     hidden = talker.reference_hidden[0, start:], talker.candidate_hidden[0, start:]
     predictor = compare_stacks(reference.code_predictor.model, candidate.code_predictor.model,
