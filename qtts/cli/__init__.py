@@ -52,5 +52,9 @@ def _run(args: argparse.Namespace) -> int | None:
         from ..server.cli import run_serve
 
         return run_serve(args)
+    if args.command == "eval":
+        from ..eval import run_eval
+
+        return run_eval(args)
     return {"voices": commands.voices, "fixture": commands.fixture, "bench": commands.bench}[args.command](args)
 

@@ -36,7 +36,8 @@ def bench(args: argparse.Namespace) -> None:
     from .. import bench as measurements
     from ..api import TTS
 
-    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    tts = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                             fp8_talker=args.fp8_talker, fp8_predictor=args.fp8_predictor, kv_cache=args.kv_cache)
     with tqdm(desc="bench", unit="stage", file=sys.stderr) as bar:
         def on_stage(done: int, total: int, name: str) -> None:
             bar.total, bar.n = total, done

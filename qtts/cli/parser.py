@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import PackageNotFoundError, version
 
+from ..eval import add_eval_parser
 from ..server.cli import add_serve_parser
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
@@ -46,9 +47,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="weights' precision (default: bf16 on GPU, fp32 on CPU)")
 
 
+def _add_quantization_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fp8-talker", action="store_true", help="FP8 weights in the talker's decoder layers")
+    p.add_argument("--fp8-predictor", action="store_true", help="FP8 weights in the code predictor's decoder layers")
+    p.add_argument("--kv-cache", choices=("int8", "int4"), default=None, help="store the talker's K/V quantized")
+
+
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", help="the text to speak (or give --input-file)")
     _add_model_options(p)
+    _add_quantization_options(p)
     p.add_argument("--language", default="auto", help="language of the text (`qtts voices` lists them)")
     p.add_argument("--out",
                    help="output audio file: .wav .flac .mp3 .opus .ogg .aac .pcm .raw (default: out.wav)")
@@ -115,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     fixture.add_argument("--out", required=True, help="folder to write the checkpoint into")
     bench = sub.add_parser("bench", help="time one stream: ms per frame, RTF, first (audible) audio latency")
     _add_model_options(bench)
+    _add_quantization_options(bench)
     bench.add_argument("--frames", type=positive_int, default=250, help="frames of the throughput run")
     bench.add_argument("--requests", type=positive_int, default=20, help="requests per first-audio measurement")
     add_serve_parser(sub)
+    add_eval_parser(sub)
     return parser

@@ -36,7 +36,8 @@ def load_generator(args: argparse.Namespace, planner):
     """The whole model, once every request has been checked."""
     from ..api import TTS
 
-    return TTS.from_pretrained(planner.folder, device=args.device, dtype=args.dtype, max_len=args.max_len)
+    return TTS.from_pretrained(planner.folder, device=args.device, dtype=args.dtype, max_len=args.max_len,
+                                     fp8_talker=args.fp8_talker, fp8_predictor=args.fp8_predictor, kv_cache=args.kv_cache)
 
 
 def request_options(args: argparse.Namespace) -> dict:

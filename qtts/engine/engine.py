@@ -138,7 +138,7 @@ class Engine:
         on_cuda = model.device.type == "cuda"
         self._late_captures = 0
         step = FrameStep(model.talker, model.config, rows=max_batch, max_len=self.max_len, max_text=self.max_len,
-                         prefix_cache=model.prefix_cache)
+                         prefix_cache=model.prefix_cache, kv_cache=model.kv_cache)
         self.runner = GraphRunner(step, model.use_graphs, on_late_capture=self._count_late_capture)
         # every call decodes one frame per stream; other lengths (ICL references) run eagerly
         self.codec = StreamingCodecDecoder(model.codec_decoder, max_streams=max_batch, use_graphs=model.use_graphs,

@@ -119,18 +119,21 @@ class FrameStep:
     """Prefill and per-frame decoding for a fixed number of rows over a static KV cache.
 
     `flags` must cover every active row's sampling parameters (the engine sets it). With a
-    prefix_cache, prefill reuses the K/V of a prompt's shared rows (Prompt.shared_length).
+    prefix_cache, prefill reuses the K/V of a prompt's shared rows (Prompt.shared_length); every step
+    sharing one must store its talker K/V the same way (kv_cache: None, "int8" or "int4"). The code
+    predictor's cache holds 16 positions and stays in the model's dtype.
     """
 
     def __init__(self, talker: Talker, cfg: ModelConfig, rows: int, max_len: int, max_text: int,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, kv_cache: str | None = None):
         self.talker, self.cfg = talker, cfg
         self.prefix_cache = prefix_cache
         weight = talker.codec_head.weight
         device, dtype = weight.device, weight.dtype
         tl, pl = cfg.talker.layers, cfg.talker.predictor.layers
         self.rows, self.max_len = rows, max_len
-        self.cache = KVCache(tl.num_layers, rows, tl.num_kv_heads, max_len, tl.head_dim, device, dtype)
+        self.cache = KVCache(tl.num_layers, rows, tl.num_kv_heads, max_len, tl.head_dim, device, dtype,
+                             quantization=kv_cache)
         groups = cfg.talker.num_code_groups
         self.predictor_cache = KVCache(pl.num_layers, rows, pl.num_kv_heads, groups, pl.head_dim, device, dtype)
         self.state = RowState.allocate(rows, cfg.talker.hidden_size, cfg.talker.vocab_size, max_text, device, dtype)
