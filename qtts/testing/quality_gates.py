@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from ..api import TTS
+from ..engine.planning import plan_request
 from ..engine.prompt import Prompt
 from ..engine.request import SpeechRequest
 from ..layers.attention import CacheView, KVCache
@@ -189,7 +190,7 @@ def measure_gates(reference: TTS, candidate: TTS, frames: list[tuple[SpeechReque
                   candidate_kv_cache: str | None = None) -> GateReport:
     """Gate figures of `candidate` (an option's model) against `reference` over reference_frames;
     candidate_kv_cache: the talker KV quantization the candidate runs with."""
-    figures = [compare_on_frames(reference.talker, candidate.talker, reference.plans([request])[0].prompt, codes,
+    figures = [compare_on_frames(reference.talker, candidate.talker, plan_request(reference.model, request, reference.max_len).prompt, codes,
                                  candidate_kv_cache) for request, codes in frames]
 
     def mean(key: str) -> torch.Tensor:
