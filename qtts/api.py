@@ -164,15 +164,16 @@ class TTS:
         return self.generate(self.request(text, voice=voice, language=language, **options))
 
     def request(self, text: str, *, speaker=None, instruct=None, language="auto", voice=None,
-                non_streaming_mode=None, max_frames=None, min_frames=2, seed=None, greedy=False,
+                non_streaming_mode=None, max_frames=None, min_frames=2, seed=None, greedy=False, text_open=False,
                 **sampling) -> SpeechRequest:
-        """Build a checked request; sampling keywords override generation_config.json."""
+        """Build a checked request; sampling keywords override generation_config.json. text_open: more
+        text follows through the stream's append_text/end_text (see `stream_text`)."""
         params = self.sampling(seed=seed, **sampling)
         if greedy:
             params = replace(params, do_sample=False, subtalker_do_sample=False)
         req = SpeechRequest(text=text, speaker=speaker, instruct=instruct, language=language, voice=voice,
                             non_streaming_mode=non_streaming_mode, sampling=params, max_frames=max_frames,
-                            min_frames=min_frames)
+                            min_frames=min_frames, text_open=text_open)
         return check_request(self.model, req)
 
     # ----- voices -------------------------------------------------------------------------------
@@ -312,6 +313,32 @@ class TTS:
                 stream.cancel()
 
     @torch.no_grad()
+    def stream_text(self, pieces: Iterable[str], chunk_frames: tuple[int, ...] = DEFAULT_CHUNK_FRAMES,
+                    **request_options) -> Iterator[np.ndarray]:
+        """Speak text while it is still being written (an LLM's tokens): audio chunks as in `stream`.
+
+        Speech starts once the first words have settled and each frame runs as soon as its text token
+        has; the result equals `stream` of the whole text in streaming text mode, whatever the pieces.
+        request_options: `request`'s keywords (speaker, voice, instruct, language, seed ...).
+        """
+        engine = self.engine()
+        stream = engine.submit(self.request("", text_open=True, **request_options), chunk_frames)
+        try:
+            for piece in pieces:
+                stream.append_text(piece)
+                while engine.step():
+                    yield from stream.take_ready()
+                yield from stream.take_ready()
+            stream.end_text()
+            while not stream.done:
+                engine.step()
+                yield from stream.take_ready()
+            yield from stream.take_ready()
+        finally:
+            if not stream.done:
+                stream.cancel()
+
+    @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor, reference_codes: torch.Tensor | None = None) -> np.ndarray:
         """Waveform of generated codes in one pass; an ICL reference is decoded first as context and cut off."""
         if not self.model.has_generator:
@@ -328,8 +355,8 @@ class TTS:
         return wave
 
 
-def _code_keeping_stream(request, chunk_frames, on_cancel) -> Stream:
-    return Stream(request, chunk_frames, on_cancel, keep_codes=True)
+def _code_keeping_stream(request, chunk_frames, on_cancel, **options) -> Stream:
+    return Stream(request, chunk_frames, on_cancel, keep_codes=True, **options)
 
 
 def _speech(stream: Stream, chunks: list[np.ndarray]) -> Speech:

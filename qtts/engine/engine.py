@@ -31,7 +31,8 @@ from ..graphs import bucket_for
 from ..models.codec_streaming import StreamingCodecDecoder
 from .model import ModelBundle
 from .pauses import DurationHistogram, gc_pauses
-from .planning import RowPlan, check_request, plan_request
+from ..text_stream import ROLE_TOKENS, AssistantTextStream
+from .planning import RowPlan, check_request, default_frame_cap, plan_request
 from .request import SpeechRequest
 from .rows import move_row
 from .runner import GraphRunner
@@ -61,6 +62,21 @@ class _Job:
     samples_sent: int = 0
     end_reason: str | None = None  # set when generation ended; its last frame may still be decoding
     joined: int = 0  # frames the engine had launched when this job was admitted
+    text_tokens: int = 0  # trailing text tokens in its row of the step
+    text_complete: bool = True  # its text has ended and its last text row (end of text) is in
+    held_since: float | None = None  # when its row began waiting for text
+
+    @property
+    def runnable(self) -> bool:
+        """Whether its next frame can run: the text row it reads is in (or, past its text, padding)."""
+        return self.text_complete or self.emitted < self.text_tokens
+
+    def has_new_text(self) -> bool:
+        """Whether its stream holds text its row has not been given yet."""
+        if self.text_complete:
+            return False
+        ids, ended = self.stream.text_state()
+        return ended or ids - (ROLE_TOKENS + 1) > self.text_tokens
 
     def chunk_due(self) -> bool:
         """Enough decoded frames for the next chunk, or the last ones (frames decode in order, so once
@@ -74,7 +90,8 @@ class _Job:
 class _CodecCall:
     """A frame in flight: the jobs it advanced, their codes, and the codec call decoding them."""
 
-    jobs: list[_Job]
+    jobs: list[_Job]  # the rows that ran this frame (a row waiting for text does not)
+    rows: list[int]  # their rows in the step
     frames: torch.Tensor  # (B, 16) the frame's codes
     samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
     done: torch.cuda.Event | None
@@ -166,6 +183,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._ready = not model.use_graphs  # without graphs there is nothing to warm up
+        self._rows_held = False  # some row of the step is marked inactive (waiting for text)
+        self._text_wait_s = 0.0
         self._rate = _RateMeter()
         self._iteration_time = DurationHistogram()
         self._gc_pauses = gc_pauses()
@@ -241,11 +260,20 @@ class Engine:
 
         Raises InvalidRequestError for a request the model cannot take (checked here, before
         queueing, where it costs no model work) and OverloadedError when max_queue requests wait.
-        make_stream(request, chunk_frames, on_cancel) builds the stream (a Stream subclass).
+        make_stream(request, chunk_frames, on_cancel, **options) builds the stream (a Stream subclass).
+        A request with text_open takes the rest of its text through the stream's append_text and end_text;
+        it starts once its first words have settled, and its row waits (keeping its state, while the
+        others go on) whenever its next text token has not arrived.
         """
         request = check_request(self.model, request)
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
-        stream = make_stream(request, schedule, on_cancel=self._notify)
+        if request.text_open:
+            stream = make_stream(request, schedule, on_cancel=self._notify,
+                                 text=AssistantTextStream(self.model.tokenizer))
+            if request.text:
+                stream.append_text(request.text)
+        else:
+            stream = make_stream(request, schedule, on_cancel=self._notify)
         with self._wakeup:
             if self.max_queue is not None and len(self._queue) >= self.max_queue:
                 raise OverloadedError(f"{len(self._queue)} requests are already waiting (max_queue="
@@ -256,12 +284,13 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> bool:
-        """Run one iteration on the caller's thread (an engine without a loop thread); whether work remains."""
+        """Run one iteration on the caller's thread (an engine without a loop thread); whether another
+        would do more (False when idle, or when every request left waits for text)."""
         if self._thread is not None:
             raise RuntimeError("this engine runs its own loop thread; read its streams instead of stepping it")
-        if self._has_work():
+        if self._can_progress():
             self._guarded_iteration()
-        return self._has_work()
+        return self._can_progress()
 
     def stats(self) -> dict:
         """Load and throughput: active/queued streams, frames_per_second, finished counts, graphs captured
@@ -271,6 +300,7 @@ class Engine:
                 "generating": len(self._rows), "frames_per_second": self._rate.rate(time.perf_counter()),
                 "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
                 "late_graph_captures": self._late_captures,
+                "waiting_for_text": sum(not job.runnable for job in self._rows), "text_wait_seconds": self._text_wait_s,
                 **{f"prefix_cache_{key}": value for key, value in cache.items()},
                 "iteration_seconds": self._iteration_time.snapshot(),
                 "gc_pause_seconds": self._gc_pauses.histogram.snapshot()}
@@ -287,13 +317,33 @@ class Engine:
     def _has_work(self) -> bool:
         return bool(self._queue or self._rows or self._draining or self._in_flight)
 
+    def _can_progress(self) -> bool:
+        """Whether an iteration would do anything: not when every request waits for text."""
+        if self._draining or self._in_flight or any(job.stream.cancel_requested for job in self._rows):
+            return True
+        if any(job.runnable or job.has_new_text() for job in self._rows):
+            return True
+        with self._wakeup:
+            return any(stream.cancel_requested or self._text_ready(stream) for stream in self._queue)
+
+    @staticmethod
+    def _text_ready(stream: Stream) -> bool:
+        """Whether a stream has text the engine has not taken yet: all of it, or (open text) enough to start."""
+        if not stream.request.text_open:
+            return True
+        ids, ended = stream.text_state()
+        voice = stream.request.voice
+        if voice is not None and voice.icl:  # its text rows lie over the reference in the prefill: all of them
+            return ended
+        return ended or ids > ROLE_TOKENS
+
     def _run(self) -> None:
         if self.model.device.type == "cuda" and self.model.device.index is not None:
             torch.cuda.set_device(self.model.device)  # the current device is per thread
         with torch.no_grad():
             while True:
                 with self._wakeup:
-                    self._wakeup.wait_for(lambda: self._stopping or self._has_work())
+                    self._wakeup.wait_for(lambda: self._stopping or self._can_progress())
                     if self._stopping:
                         break
                 self._guarded_iteration()
@@ -311,6 +361,7 @@ class Engine:
     def _iteration(self) -> None:
         self._admitted = 0
         self._drop_cancelled()
+        self._feed_text()
         call = self._launch_step() if self._rows else None
         self._prepare_prompts()  # host work for the next prefills, while this frame runs
         self._collect_audio()  # the previous frame's audio, also while this frame runs
@@ -345,11 +396,7 @@ class Engine:
         count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None))
                     - self._admitted, free_slots)  # the cap is per frame; some may have been admitted while it ran
         starting = []
-        for _ in range(count):
-            with self._wakeup:
-                if not self._queue:
-                    break
-                stream = self._queue.popleft()
+        for stream in self._take_ready(count):
             try:
                 starting.append(self._job_for(stream))
             except Exception as exc:
@@ -359,13 +406,24 @@ class Engine:
             self._admitted += len(starting)
             self._start(starting)
 
+    def _take_ready(self, count: int) -> list[Stream]:
+        """Up to `count` queued streams that can start (first come, first served), out of the queue."""
+        with self._wakeup:
+            ready = list(itertools.islice((s for s in self._queue if self._text_ready(s)), max(count, 0)))
+            if ready:
+                taken = set(map(id, ready))
+                self._queue = deque(s for s in self._queue if id(s) not in taken)
+        return ready
+
     def _prepare_prompts(self) -> bool:
         """Build the prompts (and prefix keys) of the requests that may be admitted at the end of this
         iteration, on the prompt stream, so the frame step in flight keeps running meanwhile; whether
         there were any to build."""
         with self._wakeup:
-            head = list(itertools.islice(self._queue, self.scheduler.burst_prefills_per_frame))
-        head = [stream for stream in head if stream not in self._plans]
+            head = list(itertools.islice((s for s in self._queue if self._text_ready(s)),
+                                         self.scheduler.burst_prefills_per_frame))
+        # a plan of text still being written is built when it starts: the text may have grown by then
+        head = [stream for stream in head if stream not in self._plans and not stream.request.text_open]
         if not head:
             return False
         self._build_plans(head)
@@ -377,7 +435,8 @@ class Engine:
         with _on(self._prompt_stream):
             for stream in streams:
                 try:
-                    self._plans[stream] = plan_request(self.model, stream.request, self.max_len)
+                    text = stream.text_so_far() if stream.request.text_open else None
+                    self._plans[stream] = plan_request(self.model, stream.request, self.max_len, text)
                 except Exception as exc:  # raised again when the request is started
                     self._plans[stream] = exc
         if self._prompt_stream is not None:
@@ -403,7 +462,10 @@ class Engine:
             except Exception:
                 self.codec.free(slot)
                 raise
-        return _Job(stream, plan, slot, position=plan.prompt.prefill.shape[0])
+        job = _Job(stream, plan, slot, position=plan.prompt.prefill.shape[0])
+        if plan.text_open:  # its trailing rows hold the text tokens settled so far, no end-of-text row yet
+            job.text_tokens, job.text_complete = plan.prompt.trailing.shape[0], False
+        return job
 
     def _start(self, jobs: list[_Job]) -> None:
         """Prefill jobs, their prompts through the talker together, into the rows after the active ones;
@@ -434,11 +496,15 @@ class Engine:
             if job.plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:
                 self._close(self._release_row(row), "stop")
 
-    def _launch_step(self) -> _CodecCall:
-        """Launch one frame for every active row: the code predictor's half, the codec on its new frame
-        (on the codec stream), then the talker's half, which the codec overlaps."""
+    def _launch_step(self) -> _CodecCall | None:
+        """Launch one frame for every row that can run (None if every row waits for text): the code
+        predictor's half, the codec on its new frame (on the codec stream), then the talker's half, which
+        the codec overlaps. A row waiting for text runs along in the step but keeps its state."""
         jobs = list(self._rows)
         batch = len(jobs)
+        runnable = self._mark_waiting_for_text(jobs)
+        if not any(runnable):
+            return None
         self._frames_launched += 1
         padded = bucket_for(batch, self.batch_buckets)
         # idle padding rows recompute position 0 of their own slot, which no active row reads
@@ -448,10 +514,13 @@ class Engine:
         if frames is None:
             # a copy: the codec reads it on its own stream while the next frame overwrites the step's codes
             frames = self.runner.predict_frame(padded)[:batch].clone()
-        call = self._launch_codec(jobs, frames)
+        rows = [row for row, ok in enumerate(runnable) if ok]
+        if len(rows) < batch:
+            frames = frames[torch.tensor(rows, device=frames.device)]
+        call = self._launch_codec([jobs[row] for row in rows], rows, frames)
         self.runner.advance(padded, max(j.position for j in jobs) + 1)
         # read after the step without waiting for what is queued behind it (prefills admitted meanwhile)
-        self._next_c0[:batch].copy_(self.runner.state.c0[:batch], non_blocking=True)
+        self._next_c0[:batch].copy_(self.runner.state.c0[:batch], non_blocking=self._codec_stream is not None)
         if self.model.device.type == "cuda":
             call.step_done = torch.cuda.Event()
             call.step_done.record()
@@ -460,6 +529,59 @@ class Engine:
             # reads this frame's end; rows that end meanwhile only drop out of them (_take_speculative)
             self._speculative = (jobs, self.runner.predict_frame(padded)[:batch].clone())
         return call
+
+    def _feed_text(self) -> None:
+        """Give the rows of text still being written the tokens settled since (and the end-of-text row once
+        it ended): the same rows a prompt of the whole text has."""
+        for row, job in enumerate(self._rows):
+            if not job.has_new_text():
+                continue
+            ids, ended, text = job.stream.text_so_far()
+            new = ids[ROLE_TOKENS + 1 + job.text_tokens:]
+            rows = self._text_embeddings(new)
+            if ended:
+                rows = torch.cat([rows, self._end_of_text_row()])
+                if job.stream.request.max_frames is None:  # the cap a prompt of the whole text gets
+                    job.plan.max_frames = min(job.plan.max_frames, default_frame_cap(text))
+            state = self.runner.state
+            start = job.text_tokens
+            stop = min(start + rows.shape[0], state.text_rows.shape[1])
+            state.text_rows[row, start:stop] = rows[: stop - start]
+            job.text_tokens += len(new)
+            job.text_complete = ended
+            state.text_len[row] = min(job.text_tokens + int(ended), state.text_rows.shape[1])
+
+    def _text_embeddings(self, ids: list[int]) -> torch.Tensor:
+        """Text rows (n, H) of token ids, as a prompt's trailing rows are made."""
+        device = self.model.device
+        return self.model.talker.embed_text(torch.tensor([ids], dtype=torch.long, device=device))[0]
+
+    def _end_of_text_row(self) -> torch.Tensor:
+        """The tts_eos text row (1, H), made in the same call as in a prompt (with tts_bos and tts_pad)."""
+        tokens = self.model.config.tokens
+        return self._text_embeddings([tokens.tts_bos, tokens.tts_eos, tokens.tts_pad])[1:2]
+
+    def _mark_waiting_for_text(self, jobs: list[_Job]) -> list[bool]:
+        """Which rows can run this frame; the others are marked inactive in the step (their state stays),
+        and the time each waits for its text is counted."""
+        runnable = [job.runnable for job in jobs]
+        now = time.perf_counter()
+        for job, ok in zip(jobs, runnable):
+            if not ok and job.held_since is None:
+                job.held_since = now
+            elif ok and job.held_since is not None:
+                waited = now - job.held_since
+                job.stream.text_wait_s += waited
+                self._text_wait_s += waited
+                job.held_since = None
+        active = self.runner.state.active
+        if not all(runnable):
+            active[: len(jobs)] = torch.tensor(runnable, device=active.device)
+            self._rows_held = True
+        elif self._rows_held:
+            active.fill_(True)
+            self._rows_held = False
+        return runnable
 
     def _take_speculative(self, jobs: list[_Job]) -> torch.Tensor | None:
         """The codes launched ahead for `jobs`, if they were launched for the same requests (some of which may
@@ -496,16 +618,15 @@ class Engine:
         next, or cap reached)."""
         jobs = call.jobs
         self._wait_for_step(call)
-        next_c0 = self._next_c0[: len(jobs)].tolist()
+        next_c0 = self._next_c0[: max(call.rows) + 1].tolist()
         self._rate.add(len(jobs), time.perf_counter())
-        for row, job in enumerate(jobs):
+        for index, job in enumerate(jobs):
             job.position += 1
             job.emitted += 1
             job.stream.frames = job.emitted
             if job.stream.codes is not None:
-                job.stream.codes.append(call.frames[row])
-        for row in reversed(range(len(jobs))):
-            job = self._rows[row]
+                job.stream.codes.append(call.frames[index])
+        for row, job in sorted(zip(call.rows, jobs), key=lambda pair: pair[0], reverse=True):
             if next_c0[row] == self.runner.eos_id:
                 job.end_reason = "stop"
             elif job.emitted >= job.plan.max_frames:
@@ -522,7 +643,7 @@ class Engine:
             self._rows[row] = last
         return job
 
-    def _launch_codec(self, jobs: list[_Job], frames: torch.Tensor) -> _CodecCall:
+    def _launch_codec(self, jobs: list[_Job], rows: list[int], frames: torch.Tensor) -> _CodecCall:
         """Decode one frame (B, 16) of each job in one call, on the codec stream; collected next iteration."""
         samples = self._samples[self._turn][: len(jobs)]
         self._turn ^= 1
@@ -537,7 +658,7 @@ class Engine:
             if self._codec_stream is not None:
                 done = torch.cuda.Event()
                 done.record(self._codec_stream)
-        return _CodecCall(jobs, frames, samples, done)
+        return _CodecCall(jobs, rows, frames, samples, done)
 
     def _send_first_audio(self, call: _CodecCall) -> None:
         """Streams whose first frame is in `call` get its audio now, not with the rest next iteration:

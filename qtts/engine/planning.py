@@ -30,6 +30,7 @@ class RowPlan:
     seed: int
     max_frames: int
     min_frames: int = 2
+    text_open: bool = False  # built from text still being written: more text rows follow
 
 
 def check_request(model: ModelBundle, request: SpeechRequest) -> SpeechRequest:
@@ -48,18 +49,30 @@ def prompt_room(prompt_length: int, max_len: int) -> int:
     return room
 
 
-def plan_request(model: ModelBundle, request: SpeechRequest, max_len: int) -> RowPlan:
+def plan_request(model: ModelBundle, request: SpeechRequest, max_len: int,
+                 text_so_far: tuple[list[int], bool, str] | None = None) -> RowPlan:
     """Build a checked request's prompt (on the current CUDA stream) and fix its seed and frame cap.
 
     The cap is the request's max_frames (default: default_frame_cap), lowered to what fits max_len;
-    text rows past it are never read, so they are dropped.
+    text rows past it are never read, so they are dropped. text_so_far: for a request whose text is
+    still being written (Stream.text_so_far: the settled ids, whether it ended, the text); once it has
+    ended, the plan is the one of the whole text.
     """
-    prompt = build_prompt(model.talker, model.config, model.tokenizer, request)
+    text_ids = None
+    if text_so_far is not None:
+        ids, ended, text = text_so_far
+        request = replace(request, text=text, text_open=not ended)
+        if ended and not text.strip():
+            raise InvalidRequestError("text is empty: give the words to speak")
+        text_ids = None if ended else ids
+    prompt = build_prompt(model.talker, model.config, model.tokenizer, request, text_ids)
     room = prompt_room(prompt.prefill.shape[0], max_len)
-    cap = min(request.max_frames if request.max_frames is not None else default_frame_cap(request.text), room)
+    # text still coming: no cap from its length yet (the engine sets it when the text ends)
+    length_cap = room if request.text_open else default_frame_cap(request.text)
+    cap = min(request.max_frames if request.max_frames is not None else length_cap, room)
     if model.prefix_cache is not None and prompt.shared_length:
         prompt.shared_key = prefix_key(prompt.prefill[: prompt.shared_length])
     prompt = replace(prompt, trailing=prompt.trailing[:cap])
     seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
     return RowPlan(prompt=prompt, sampling=request.sampling, seed=seed, max_frames=cap,
-                   min_frames=request.min_frames)
+                   min_frames=request.min_frames, text_open=request.text_open)

@@ -61,6 +61,11 @@ def resolve_mode(cfg: ModelConfig, request: SpeechRequest) -> SpeechRequest:
     if language not in cfg.languages:
         raise UnknownLanguageError(f"unknown language {request.language!r}; choose one of: {', '.join(cfg.languages)}")
     non_streaming = request.non_streaming_mode
+    if request.text_open:
+        if non_streaming:
+            raise InvalidRequestError("text that is still being written is spoken in streaming text mode "
+                                      "(non_streaming_mode=False)")
+        non_streaming = False
     if non_streaming is None:
         non_streaming = model_type != "base"
     speaker = request.speaker.lower() if request.speaker else None
@@ -79,16 +84,28 @@ def codec_prefix_ids(cfg: ModelConfig, language: str, speaker: str | None) -> li
     return [talker.codec_think_id, talker.codec_think_bos_id, language_id, talker.codec_think_eos_id]
 
 
+ASSISTANT_CLOSING_TOKENS = 5  # <|im_end|>, "\n", <|im_start|>, assistant, "\n" after the text
+
+
 @torch.no_grad()
-def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, request: SpeechRequest) -> Prompt:
-    """Prefill rows and trailing text rows for one resolved request (see resolve_mode)."""
+def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, request: SpeechRequest,
+                 settled_ids: list[int] | None = None) -> Prompt:
+    """Prefill rows and trailing text rows for one resolved request (see resolve_mode).
+
+    settled_ids: for text still being written (streaming text mode), the ids of the assistant template up
+    to the text so far (text_stream.AssistantTextStream.ids, at least the role ids and one text id); the
+    trailing rows then hold the text ids settled so far, and no end-of-text row yet.
+    """
     device = talker.codec_head.weight.device
     tcfg = cfg.talker
 
     def ids(values) -> torch.Tensor:
         return torch.tensor([values], dtype=torch.long, device=device)
 
-    input_ids = tokenizer.encode_tensor(assistant_template(request.text)).to(device)
+    if settled_ids is not None:
+        input_ids = ids(settled_ids + [0] * ASSISTANT_CLOSING_TOKENS)  # the closing ids are never read
+    else:
+        input_ids = tokenizer.encode_tensor(assistant_template(request.text)).to(device)
     if input_ids.shape[1] < 9:
         raise InvalidRequestError("text produced no tokens to speak")
     special = talker.embed_text(ids([cfg.tokens.tts_bos, cfg.tokens.tts_eos, cfg.tokens.tts_pad]))
@@ -133,7 +150,9 @@ def build_prompt(talker: Talker, cfg: ModelConfig, tokenizer: TextTokenizer, req
         trailing = pad_row
     else:
         parts.append(talker.embed_text(input_ids[:, 3:4]) + codec_rows[:, -1:])
-        trailing = torch.cat((talker.embed_text(input_ids[:, 4:-5]), eos_row), dim=1)
+        trailing = talker.embed_text(input_ids[:, 4:-5])
+        if settled_ids is None:
+            trailing = torch.cat((trailing, eos_row), dim=1)
     prefill = torch.cat(parts, dim=1)[0]
     return Prompt(prefill=prefill, trailing=trailing[0], pad_row=pad_row[0, 0],
                   shared_length=min(shared, prefill.shape[0] - 1))

@@ -243,8 +243,8 @@ class RemoteEngine:
 class _RelayStream(Stream):
     """The child's side of a stream: chunks and the end go straight down the pipe."""
 
-    def __init__(self, request, chunk_frames, on_cancel, send, key: int, forget):
-        super().__init__(request, chunk_frames, on_cancel)
+    def __init__(self, request, chunk_frames, on_cancel, send, key: int, forget, **options):
+        super().__init__(request, chunk_frames, on_cancel, **options)
         self._send, self._key, self._forget = send, key, forget
 
     def push(self, chunk) -> None:
@@ -315,10 +315,10 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
             if kind == "submit":
                 _, key, request, schedule = message
 
-                def make(request, schedule, on_cancel, key=key) -> _RelayStream:
+                def make(request, schedule, on_cancel, key=key, **options) -> _RelayStream:
                     # registered before the engine sees it, so an early end also unregisters it
                     stream = streams[key] = _RelayStream(request, schedule, on_cancel, send, key,
-                                                         lambda k: streams.pop(k, None))
+                                                         lambda k: streams.pop(k, None), **options)
                     return stream
 
                 try:

@@ -78,10 +78,11 @@ class SpeechRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_frames: int | None = None
     min_frames: int = 2  # upstream hard-codes 2; benchmarks raise it to force a frame count
+    text_open: bool = False  # more text follows (Stream.append_text, end_text); streaming text mode only
     resolved: bool = field(default=False, compare=False, repr=False)  # checked against a model (resolve_mode)
 
     def validated(self) -> "SpeechRequest":
-        if not isinstance(self.text, str) or not self.text.strip():
+        if not isinstance(self.text, str) or not (self.text.strip() or self.text_open):
             raise InvalidRequestError("text is empty: give the words to speak")
         if len(self.text) > MAX_TEXT_CHARS:
             raise InvalidRequestError(f"text has {len(self.text)} characters; the limit is {MAX_TEXT_CHARS}")

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import numpy as np
 
+from ..errors import InvalidRequestError
+from ..text_stream import AssistantTextStream
 from .request import SpeechRequest
 
 
@@ -34,7 +36,7 @@ class Stream:
     """
 
     def __init__(self, request: SpeechRequest, chunk_frames: tuple[int, ...], on_cancel: Callable[[], None],
-                 keep_codes: bool = False):
+                 keep_codes: bool = False, text: AssistantTextStream | None = None):
         self.id = uuid.uuid4().hex
         self.request = request
         self.chunk_frames = chunk_frames
@@ -42,6 +44,11 @@ class Stream:
         self.first_chunk_at: float | None = None
         self.frames = 0  # codec frames generated so far (12.5 per second of audio)
         self.codes: list | None = [] if keep_codes else None  # with keep_codes: each frame's (16,) codes
+        # text still being written (request.text_open): its settled ids, and whether it has ended
+        self._text = text
+        self._text_pieces: list[str] = []
+        self.text_ended = text is None
+        self.text_wait_s = 0.0  # time its row waited for text (not an engine stall)
         self.finish_reason: str | None = None
         self.error: Exception | None = None
         self.cancel_requested = False
@@ -59,6 +66,38 @@ class Stream:
         self.cancel_requested = True
         if self.finish("cancelled"):
             self._on_cancel()
+
+    # ----- text still being written ---------------------------------------------------------------
+    def append_text(self, piece: str) -> None:
+        """More of the text (a request made with text_open): it is spoken as soon as its tokens settle."""
+        if not isinstance(piece, str):
+            raise InvalidRequestError("text pieces must be strings")
+        with self._changed:
+            if self.text_ended:
+                raise InvalidRequestError("the text has ended: end_text() was called")
+            self._text.append(piece)
+            self._text_pieces.append(piece)
+        self._on_cancel()  # wakes the engine
+
+    def end_text(self) -> None:
+        """The text is complete (a request made with text_open); the rest is spoken, then the stream ends."""
+        with self._changed:
+            if self.text_ended:
+                return
+            self._text.end()
+            self.text_ended = True
+        self._on_cancel()
+
+    def text_state(self) -> tuple[int, bool]:
+        """How many ids of the assistant template up to the text have settled, and whether the text has ended."""
+        with self._changed:
+            return len(self._text.ids), self.text_ended
+
+    def text_so_far(self) -> tuple[list[int], bool, str]:
+        """The settled ids of the assistant template up to the text (text_stream.AssistantTextStream.ids),
+        whether the text has ended, and the text itself."""
+        with self._changed:
+            return list(self._text.ids), self.text_ended, "".join(self._text_pieces)
 
     # ----- engine side --------------------------------------------------------------------------
     def push(self, chunk: np.ndarray) -> None:
