@@ -288,11 +288,11 @@ def test_prompts_are_built_ahead_and_a_failing_one_fails_alone(tts, engine_facto
     requests = [_request(tts, text, greedy=True, max_frames=frames) for text, frames in zip(TEXTS, (8, 4, 5))]
     built_while_busy = []
 
-    def plan_or_fail(model, request, max_len):
+    def plan_or_fail(model, request, max_len, text_so_far=None):
         built_while_busy.append((request.text, len(engine._rows)))
         if request.text == TEXTS[1]:
             raise InvalidRequestError("this prompt cannot be built")
-        return plan_request(model, request, max_len)
+        return plan_request(model, request, max_len, text_so_far)
 
     monkeypatch.setattr(engine_module, "plan_request", plan_or_fail)
     streams = [engine.submit(r) for r in requests]
