@@ -10,7 +10,9 @@ import uvicorn
 
 from qtts.api import TTS
 from qtts.server.app import create_app
+from qtts.server.serving import DrainingServer
 from qtts.server.state import ServerSettings
+from qtts.server.ws import MAX_MESSAGE_BYTES
 
 FAST = {"max_frames": 8, "greedy": True}  # extra body fields that keep a request to a few frames
 # The codec decodes concurrent streams as one batch, whose float rounding can move a 16-bit sample
@@ -26,15 +28,18 @@ def assert_same_audio(expected: bytes, actual: bytes) -> None:
 
 
 class LiveServer:
-    """`create_app` served by uvicorn on 127.0.0.1 and a free port until `close()`."""
+    """`create_app` served on 127.0.0.1 and a free port until `close()`, as `qtts serve` serves it
+    (DrainingServer; a short shutdown grace unless one is given)."""
 
-    def __init__(self, tts: TTS, voices_dir: Path, **settings):
+    def __init__(self, tts: TTS, voices_dir: Path, log_level: str = "warning", **settings):
+        settings.setdefault("shutdown_grace_s", 1.0)
         self.app = create_app(tts, ServerSettings(voices_dir=voices_dir, **settings))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    ws_ping_interval=None))
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level=log_level,
+                                ws_ping_interval=None, ws_max_size=MAX_MESSAGE_BYTES, timeout_graceful_shutdown=5)
+        self.server = DrainingServer(config, self.app.state.qtts)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

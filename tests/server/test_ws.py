@@ -5,7 +5,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.server.conftest import FAST, LiveServer, assert_same_audio
@@ -120,13 +120,20 @@ def test_disconnect_cancels_generation(custom_voice_server, speaker):
     custom_voice_server.wait_idle(timeout_s=5)
 
 
+def close_of(url, **options) -> tuple[int, str]:
+    """The close code and reason of a session the server ends before saying anything."""
+    with connect(url, **options) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
 def test_api_key_on_the_websocket(custom_voice_tts, tmp_path, speaker):
     server = LiveServer(custom_voice_tts, tmp_path, api_key="secret")
     try:
-        with pytest.raises(InvalidStatus):
-            connect(server.ws_url).close()
-        with pytest.raises(InvalidStatus):
-            connect(server.ws_url + "?api_key=wrong").close()
+        assert close_of(server.ws_url) == (1008, "missing API key: send 'Authorization: Bearer KEY'")
+        assert close_of(server.ws_url + "?api_key=wrong") == (1008, "incorrect API key")
+        assert close_of(server.ws_url, additional_headers={"Authorization": "Bearer nope"})[0] == 1008
         with connect(server.ws_url + "?api_key=secret") as ws:
             assert receive_json(ws)["type"] == "session.created"
         with connect(server.ws_url, additional_headers={"Authorization": "Bearer secret"}) as ws:
