@@ -8,6 +8,7 @@ so references resampled here give the same samples as upstream's `librosa.resamp
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from pathlib import Path
@@ -229,12 +230,11 @@ def _decode_with_av(data: bytes, what: str, max_seconds: float | None) -> tuple[
         pieces = _MonoPieces(what, stream.codec_context.sample_rate, stream.codec_context.channels, max_seconds)
         if stream.duration is not None and stream.time_base is not None:
             pieces.check_length(int(stream.duration * stream.time_base * pieces.sample_rate))
-        to_planar = av.AudioResampler(format="fltp")
-        for frame in container.decode(stream):
-            for planar in to_planar.resample(frame):
-                pieces.add(planar.to_ndarray(), channel_axis=0)
-        for planar in to_planar.resample(None):
-            pieces.add(planar.to_ndarray(), channel_axis=0)
+        # interleaved: PyAV 18 crashes converting planar frames of 8 or more channels to arrays
+        to_packed = av.AudioResampler(format="flt")
+        for frame in itertools.chain(container.decode(stream), [None]):  # None: flush the resampler
+            for packed in to_packed.resample(frame):
+                pieces.add(packed.to_ndarray().reshape(-1, packed.layout.nb_channels), channel_axis=1)
     return pieces.audio()
 
 
