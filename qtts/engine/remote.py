@@ -68,7 +68,7 @@ class RemoteEngine:
         self._keys = itertools.count()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._stats = dict(IDLE_STATS, max_batch=max_batch, max_queue=max_queue)
+        self._stats = self._idle_stats()
         self._process = None
         self._conn = None
         self._reader: threading.Thread | None = None
@@ -229,6 +229,7 @@ class RemoteEngine:
                 _end(process)
             with self._lock:
                 self._exited = True
+                self._stats = self._idle_stats()  # nothing runs until a new process reports
                 restart = self.restart and not self._stopping.is_set() and not stopped
                 if restart:
                     self._restarter = threading.Thread(target=self._respawn, name="qtts-engine-restart",
@@ -264,6 +265,9 @@ class RemoteEngine:
                 self._stats = {**message[1], "max_queue": self.max_queue}
             elif kind == "stopped":
                 return True
+
+    def _idle_stats(self) -> dict:
+        return dict(IDLE_STATS, max_batch=self.max_batch, max_queue=self.max_queue)
 
     def _end_all(self, reason: str, error_message: str | None = None) -> None:
         """Finish every stream; each gets its own error (a shared one would grow a traceback per reader)."""

@@ -71,6 +71,9 @@ class ServerState:
         for run in list(self.runs):
             run.interrupt(ApiError(503, "the server is shutting down; retry on another instance",
                                    code="shutting_down", headers={"Retry-After": "1"}))
+        deadline = loop.time() + 1.0
+        while self.runs and loop.time() < deadline:  # until each has sent its error
+            await asyncio.sleep(0.02)
 
     def check_api_key(self, authorization: str | None, query_key: str | None = None) -> None:
         """Raise 401 unless the request carries the API key (Bearer header, or `api_key` query for websockets)."""

@@ -1,7 +1,9 @@
 """Real servers on loopback for the server tests: uvicorn in a thread, the real engine, tiny checkpoints."""
+import logging
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,25 @@ def assert_same_audio(expected: bytes, actual: bytes) -> None:
     a, b = (np.frombuffer(x, "<i2").astype(np.int32) for x in (expected, actual))
     assert len(a) == len(b) > 0
     assert np.abs(a - b).max() <= PCM_TOLERANCE
+
+
+@contextmanager
+def captured_logs(*names: str):
+    """The records logged at INFO or above to these loggers (and their children) while the block runs."""
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 class LiveServer:
