@@ -68,7 +68,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace-s", type=float, default=30,
                    help="on SIGTERM, how long streams in flight may go on before they are ended with an error")
     p.add_argument("--body-timeout-s", type=float, default=30,
-                   help="a request body must arrive within this long (408 otherwise)")
+                   help="a request body that sends nothing for this long is answered 408")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 

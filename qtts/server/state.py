@@ -36,7 +36,7 @@ class ServerSettings:
     max_prefills_per_frame: int = 2  # Scheduler(...)
     low_buffer_s: float = 0.0  # Scheduler(...)
     shutdown_grace_s: float = 30.0  # how long streams may go on after a shutdown begins
-    body_timeout_s: float = 30.0  # a request's body must arrive within this long (408 otherwise)
+    body_timeout_s: float = 30.0  # a request body that sends nothing for this long gets 408
 
 
 @dataclass
