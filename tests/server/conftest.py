@@ -1,4 +1,5 @@
 """Real servers on loopback for the server tests: uvicorn in a thread, the real engine, tiny checkpoints."""
+import io
 import logging
 import socket
 import threading
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import uvicorn
 
 from qtts.api import TTS
@@ -27,6 +29,17 @@ def assert_same_audio(expected: bytes, actual: bytes) -> None:
     a, b = (np.frombuffer(x, "<i2").astype(np.int32) for x in (expected, actual))
     assert len(a) == len(b) > 0
     assert np.abs(a - b).max() <= PCM_TOLERANCE
+
+
+def silent_flac(seconds: float, sample_rate: int, channels: int, claimed_seconds: float) -> bytes:
+    """A silent FLAC whose header claims another length (what a decode bomb looks like)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((int(seconds * sample_rate), channels), np.int16), sample_rate, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    total = int(claimed_seconds * sample_rate)  # STREAMINFO's 36-bit sample count, at byte 21 of the file
+    data[21] = (data[21] & 0xF0) | (total >> 32)
+    data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
 
 
 @contextmanager

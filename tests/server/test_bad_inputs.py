@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from qtts.api import TTS
 from qtts.server.ws import MAX_MESSAGE_CHARS
-from tests.server.conftest import FAST, LiveServer
+from tests.server.conftest import FAST, LiveServer, silent_flac
 
 KEY = "probe-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -77,9 +77,13 @@ def speech_server(custom_voice_tts, tmp_path_factory):
     server.close()
 
 
+def client_of(server: LiveServer) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=AUTH, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def http(speech_server):
-    with httpx.Client(base_url=speech_server.url, headers=AUTH, timeout=30) as client:
+    with client_of(speech_server) as client:
         yield client
 
 
@@ -192,15 +196,6 @@ def _audio(seconds=1.5, sample_rate=16000, channels=1, fmt="WAV", subtype="PCM_1
     return buffer.getvalue()
 
 
-def _claiming(seconds: float) -> bytes:
-    """A short FLAC whose header claims `seconds` of 8-channel 96 kHz audio."""
-    data = bytearray(_audio(0.5, 96000, 8, fmt="FLAC", silent=True))
-    total = int(seconds * 96000)
-    data[21] = (data[21] & 0xF0) | (total >> 32)
-    data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
-    return bytes(data)
-
-
 UPLOADS = [  # (id, form fields, audio bytes or None for no file, content type, expected status)
     *[(f"name {name!r}", {"name": name}, "ok", "audio/wav", 400)
       for name in ["", " ", "x" * 65, "voice_1", "VOICE_1", "Voice_1", "a/b", "/", "tab\tx", "nul\x00x", "del\x7f"]],
@@ -214,8 +209,8 @@ UPLOADS = [  # (id, form fields, audio bytes or None for no file, content type, 
     ("inf sample", {"name": "A"}, _audio(subtype="FLOAT", value=np.inf), "audio/wav", 422),
     ("384 kHz", {"name": "A"}, _audio(0.6, 384000, fmt="FLAC"), "audio/flac", 422),
     ("20 channels", {"name": "A"}, _audio(0.6, 8000, 20), "audio/wav", 422),
-    ("claims 1300 s", {"name": "A"}, _claiming(1300), "audio/flac", 413),
-    ("claims 3600 s", {"name": "A"}, _claiming(3600), "audio/flac", 413),
+    ("claims 1300 s", {"name": "A"}, silent_flac(0.5, 96000, 8, claimed_seconds=1300), "audio/flac", 413),
+    ("claims 3600 s", {"name": "A"}, silent_flac(0.5, 96000, 8, claimed_seconds=3600), "audio/flac", 413),
     ("over the upload limit", {"name": "A"}, b"\0" * 400_000, "audio/wav", 413),
     ("two transcripts", {"name": "A", "transcript": ["a", "b"]}, "ok", "audio/wav", 201),
 ]
@@ -231,7 +226,7 @@ def voice_server(tiny_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def voice_http(voice_server):
-    with httpx.Client(base_url=voice_server.url, headers=AUTH, timeout=60) as client:
+    with client_of(voice_server) as client:
         yield client
 
 

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from qtts.api import TTS
-from tests.server.conftest import FAST, LiveServer
+from tests.server.conftest import FAST, LiveServer, silent_flac
 
 
 def reference_wav(seconds=1.5, seed=0) -> bytes:
@@ -117,17 +117,6 @@ def test_voice_design_takes_the_voice_from_instructions(tiny_voice_design, tmp_p
         assert len(audio) > 0
     finally:
         server.close()
-
-
-def silent_flac(seconds, sample_rate, channels, claimed_seconds) -> bytes:
-    """A silent FLAC whose header claims another length (what a decode bomb looks like)."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.zeros((int(seconds * sample_rate), channels), np.int16), sample_rate, format="FLAC")
-    data = bytearray(buffer.getvalue())
-    total = int(claimed_seconds * sample_rate)  # STREAMINFO's 36-bit sample count, at byte 21 of the file
-    data[21] = (data[21] & 0xF0) | (total >> 32)
-    data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")
