@@ -57,9 +57,9 @@ def load_audio(source, sample_rate: int | None = None, max_seconds: float | None
             raise AudioError(f"audio file not found: {path}")
         wav, sr = _decode(path.read_bytes(), str(path), max_seconds)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        wav, sr = _decode(bytes(source), "the audio bytes", max_seconds)
+        wav, sr = _decode(bytes(source), "the audio", max_seconds)
     elif hasattr(source, "read"):
-        wav, sr = _decode(source.read(), "the audio file object", max_seconds)
+        wav, sr = _decode(source.read(), "the audio file", max_seconds)
     else:
         raise AudioError(f"cannot read audio from a {type(source).__name__}: pass a path, bytes, a file "
                          "or (array, sample_rate)")
