@@ -8,6 +8,7 @@ so references resampled here give the same samples as upstream's `librosa.resamp
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from pathlib import Path
@@ -17,11 +18,14 @@ import soundfile as sf
 import soxr
 
 from .config import SAMPLE_RATE
-from .errors import AudioError
+from .errors import AudioError, AudioTooLongError
 
 MIN_REFERENCE_SECONDS = 0.5  # below this the x-vector is unreliable and the codec gets 6 frames or fewer
 SILENCE_PEAK = 1e-4  # a reference whose loudest sample is quieter than this (-80 dBFS) is silence
 MAX_CHANNELS = 16
+MAX_SAMPLE_RATE = 192_000
+DECODE_BLOCK_FRAMES = 65_536  # files are decoded and mixed to mono this many frames at a time
+UNKNOWN_FRAMES = 2**63 - 1  # what libsndfile reports for a file whose header leaves the length open
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 # format -> (container, codec) for the formats PyAV encodes
 _AV_FORMATS = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus"), "aac": ("adts", "aac")}
@@ -29,13 +33,15 @@ _SUFFIX_FORMATS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "opus", "
                    "pcm": "pcm", "raw": "pcm"}
 
 
-def load_audio(source, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+def load_audio(source, sample_rate: int | None = None, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 samples and their sample rate.
 
     source: a file path, the bytes of an audio file, a binary file-like object, or an array
     (samples,) / (samples, channels) with `sample_rate` given (or the tuple (array, sample_rate)).
     Signed integer arrays are scaled from their full range to [-1, 1). Raises AudioError for data that
-    cannot be read, holds no samples, or holds NaN/inf.
+    cannot be read, holds no samples, or holds NaN/inf, and AudioTooLongError for audio longer than
+    max_seconds. Files are decoded a block at a time, so a file that claims (in its header) or turns
+    out to be longer than max_seconds is refused having decoded at most that much.
     """
     if isinstance(source, tuple) and len(source) == 2:
         source, sample_rate = source
@@ -43,15 +49,17 @@ def load_audio(source, sample_rate: int | None = None) -> tuple[np.ndarray, int]
         if sample_rate is None:
             raise AudioError("an audio array needs its sample rate: pass (array, sample_rate)")
         wav, sr = _from_array(source), sample_rate
+        if max_seconds is not None and isinstance(sr, (int, np.integer)) and sr > 0 and len(wav) > max_seconds * sr:
+            raise AudioTooLongError(f"the audio is {len(wav) / sr:.1f} s long; the limit is {max_seconds:g} s")
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise AudioError(f"audio file not found: {path}")
-        wav, sr = _decode(path.read_bytes(), str(path))
+        wav, sr = _decode(path.read_bytes(), str(path), max_seconds)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        wav, sr = _decode(bytes(source), "the audio bytes")
+        wav, sr = _decode(bytes(source), "the audio", max_seconds)
     elif hasattr(source, "read"):
-        wav, sr = _decode(source.read(), "the audio file object")
+        wav, sr = _decode(source.read(), "the audio file", max_seconds)
     else:
         raise AudioError(f"cannot read audio from a {type(source).__name__}: pass a path, bytes, a file "
                          "or (array, sample_rate)")
@@ -156,39 +164,83 @@ def _from_array(array) -> np.ndarray:
     return array.mean(axis=1) if array.ndim == 2 else array
 
 
-def _decode(data: bytes, what: str) -> tuple[np.ndarray, int]:
+def _decode(data: bytes, what: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     if not data:
         raise AudioError(f"{what} is empty")
     try:
-        wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as file:
+            return _read_soundfile(file, what, max_seconds)
+    except AudioError:
+        raise
     except Exception as sf_error:  # soundfile raises LibsndfileError, RuntimeError or TypeError
         try:
-            return _decode_with_av(data)
+            return _decode_with_av(data, what, max_seconds)
+        except AudioError:
+            raise
         except ImportError:
             raise AudioError(f"could not read {what}: {sf_error}. WAV, FLAC, OGG and MP3 are supported; "
                              "install PyAV (`pip install av`) for other formats") from sf_error
         except Exception as av_error:
             raise AudioError(f"could not read {what}: not a supported audio file ({av_error})") from av_error
-    return wav.mean(axis=1), sr
 
 
-def _decode_with_av(data: bytes) -> tuple[np.ndarray, int]:
+class _MonoPieces:
+    """Decoded audio gathered as mono pieces, refused as soon as it passes max_seconds: a file's
+    header may understate its length, and a few megabytes of compressed silence can hold hours."""
+
+    def __init__(self, what: str, sample_rate: int, channels: int, max_seconds: float | None):
+        if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+            raise AudioError(f"{what} has a sample rate of {sample_rate} Hz; at most {MAX_SAMPLE_RATE} Hz is read")
+        if not 0 < channels <= MAX_CHANNELS:
+            raise AudioError(f"{what} has {channels} channels; at most {MAX_CHANNELS} are read")
+        self.what, self.sample_rate, self.max_seconds = what, sample_rate, max_seconds
+        self.pieces: list[np.ndarray] = []
+        self.samples = 0
+
+    def check_length(self, samples: int) -> None:
+        """Raise AudioTooLongError if `samples` (mono) is over max_seconds."""
+        if self.max_seconds is not None and samples > self.max_seconds * self.sample_rate:
+            raise AudioTooLongError(f"{self.what} is {samples / self.sample_rate:.1f} s long or more; the limit is "
+                                    f"{self.max_seconds:g} s")
+
+    def add(self, piece: np.ndarray, channel_axis: int) -> None:
+        piece = piece.astype(np.float32, copy=False).mean(axis=channel_axis, dtype=np.float32)
+        self.samples += len(piece)
+        self.check_length(self.samples)
+        self.pieces.append(piece)
+
+    def audio(self) -> tuple[np.ndarray, int]:
+        wav = np.concatenate(self.pieces) if self.pieces else np.zeros(0, dtype=np.float32)
+        return wav, self.sample_rate
+
+
+def _read_soundfile(file: sf.SoundFile, what: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    pieces = _MonoPieces(what, file.samplerate, file.channels, max_seconds)
+    if file.frames < UNKNOWN_FRAMES:  # a streamed FLAC's header leaves its length unknown
+        pieces.check_length(file.frames)  # refused from the header, before decoding anything
+    while True:
+        block = file.read(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if not len(block):
+            return pieces.audio()
+        pieces.add(block, channel_axis=1)
+
+
+def _decode_with_av(data: bytes, what: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(io.BytesIO(data), mode="r") as container:
         if not container.streams.audio:
             raise AudioError("the file has no audio stream")
         stream = container.streams.audio[0]
-        to_planar = av.AudioResampler(format="fltp")
-        chunks, sr = [], stream.codec_context.sample_rate
-        for frame in container.decode(stream):
-            for planar in to_planar.resample(frame):
-                chunks.append(planar.to_ndarray())
-        for planar in to_planar.resample(None):
-            chunks.append(planar.to_ndarray())
-    if not chunks:
-        return np.zeros(0, dtype=np.float32), sr
-    return np.concatenate(chunks, axis=1).astype(np.float32).mean(axis=0), sr
+        pieces = _MonoPieces(what, stream.codec_context.sample_rate, stream.codec_context.channels, max_seconds)
+        if stream.duration is not None and stream.time_base is not None:
+            pieces.check_length(int(stream.duration * stream.time_base * pieces.sample_rate))
+        # interleaved: PyAV 18 crashes converting planar frames of 8 or more channels to arrays
+        to_packed = av.AudioResampler(format="flt")
+        for frame in itertools.chain(container.decode(stream), [None]):  # None: flush the resampler
+            for packed in to_packed.resample(frame):
+                pieces.add(packed.to_ndarray().reshape(-1, packed.layout.nb_channels), channel_axis=1)
+    return pieces.audio()
 
 
 def _encode_with_av(pcm: np.ndarray, sample_rate: int, fmt: str) -> bytes:

@@ -29,6 +29,10 @@ class AudioError(InvalidRequestError):
     """Reference audio that cannot be read, is silent, or is too short."""
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than the limit the caller set (found from its header or while decoding)."""
+
+
 class OverloadedError(QttsError):
     """The engine has no room for another request right now."""
 

@@ -1,5 +1,6 @@
 """Reading, validating, resampling and encoding audio."""
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import soundfile as sf
 import torch
 
 from qtts import audio
-from qtts.errors import AudioError
+from qtts.errors import AudioError, AudioTooLongError
 
 
 def _tone(seconds=1.0, sr=24000, freq=220.0, amplitude=0.5):
@@ -141,3 +142,53 @@ def test_unknown_format_and_suffix(tmp_path):
 def test_write_audio_by_suffix(tmp_path):
     audio.write_audio(tmp_path / "out.flac", _tone(), 24000)
     assert sf.info(tmp_path / "out.flac").format == "FLAC"
+
+
+def _silent_flac(seconds: float, sample_rate: int, channels: int, claimed_seconds: float | None = None) -> bytes:
+    """A silent FLAC; claimed_seconds rewrites the length its header states (0: unknown, as when streamed)."""
+    data = bytearray(_file_bytes(np.zeros((int(seconds * sample_rate), channels), np.int16), sample_rate, "FLAC",
+                                 "PCM_16"))
+    if claimed_seconds is not None:
+        total = int(claimed_seconds * sample_rate)  # STREAMINFO's 36-bit sample count, at byte 21 of the file
+        data[21] = (data[21] & 0xF0) | (total >> 32)
+        data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
+
+
+def _peak_bytes_while(call) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_file_whose_header_says_too_long_is_refused_before_decoding():
+    bomb = _silent_flac(1.0, 96000, 8, claimed_seconds=1300)  # a few kB that would decode to gigabytes
+
+    def load():
+        with pytest.raises(AudioTooLongError, match="1300.0 s"):
+            audio.load_audio(bomb, max_seconds=60)
+
+    assert _peak_bytes_while(load) < 1_000_000
+
+
+def test_a_file_that_hides_its_length_is_decoded_only_up_to_the_limit():
+    hidden = _silent_flac(12.0, 48000, 8, claimed_seconds=0)  # whole: 18 MB of float32 samples
+
+    def load():
+        with pytest.raises(AudioTooLongError, match="the limit is 2 s"):
+            audio.load_audio(hidden, max_seconds=2)
+
+    assert _peak_bytes_while(load) < 8_000_000
+    wav, sample_rate = audio.load_audio(hidden)  # without a limit: all of it, mixed to mono block by block
+    assert sample_rate == 48000 and wav.shape == (12 * 48000,)
+
+
+def test_rates_and_channel_counts_beyond_any_microphone_are_refused():
+    with pytest.raises(AudioError, match="sample rate of 384000 Hz"):
+        audio.load_audio(_silent_flac(0.1, 384000, 1))
+    with pytest.raises(AudioError, match="at most 16"):
+        audio.load_audio(_file_bytes(np.zeros((100, 20), np.int16), 16000, "WAV", "PCM_16"))

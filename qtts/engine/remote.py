@@ -49,24 +49,27 @@ class RemoteEngine:
 
     warmup() starts the process and waits until its graphs are captured; start() does the same if
     needed; stop() cancels what is in flight and ends the process. If the process dies, the requests
-    in flight fail with EngineProcessError, and (with restart) a new process is started; until it
-    serves, `alive` is False and submit raises EngineProcessError.
+    in flight fail with EngineProcessError, and (with restart) a new process is started, again and
+    again with backoff (restart_backoff_s: first and longest wait) until one serves; until then
+    `alive` is False and submit raises EngineProcessError. Every process that ends is reaped.
     """
 
     def __init__(self, model: ModelBundle, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
-                 max_len: int | None = None, start_timeout_s: float = 1800.0, restart: bool = True, scheduler=None):
+                 max_len: int | None = None, start_timeout_s: float = 1800.0, restart: bool = True, scheduler=None,
+                 restart_backoff_s: tuple[float, float] = (0.5, 30.0)):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         self.max_len = model.max_len if max_len is None else max_len
         self.scheduler = scheduler
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.start_timeout_s = start_timeout_s
-        self.restart = restart
-        self._stopping = False
+        self.restart, self.restart_backoff_s = restart, restart_backoff_s
+        self._stopping = threading.Event()
+        self._restarter: threading.Thread | None = None
         self._streams: dict[int, Stream] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._stats = dict(IDLE_STATS, max_batch=max_batch, max_queue=max_queue)
+        self._stats = self._idle_stats()
         self._process = None
         self._conn = None
         self._reader: threading.Thread | None = None
@@ -87,7 +90,7 @@ class RemoteEngine:
         """Start the engine process and wait until it serves (model loaded, graphs captured)."""
         if self._process is not None:
             return
-        self._stopping = False
+        self._stopping.clear()
         self._attach(*self._spawn())
 
     def start(self) -> None:
@@ -96,18 +99,20 @@ class RemoteEngine:
     def stop(self) -> None:
         """Cancel every request in flight and end the engine process."""
         with self._lock:
-            self._stopping = True  # no restart from here on
+            self._stopping.set()  # no restart from here on; a start under way gives up within 0.2 s
+            restarter = self._restarter
+        if restarter is not None:
+            restarter.join(30)
+        with self._lock:
             process, reader = self._process, self._reader
         if process is None:
             return
         self._send(("stop",))
         process.join(30)
-        if process.is_alive():
-            process.kill()
-            process.join()
+        _end(process)
         if reader is not None:
             reader.join(5)
-        self._end_all("cancelled", None)
+        self._end_all("cancelled")
         with self._send_lock:
             self._conn.close()
             self._process = self._conn = self._reader = None
@@ -131,7 +136,7 @@ class RemoteEngine:
         return stream
 
     def stats(self) -> dict:
-        """The engine process's last report (every STATS_PERIOD_S)."""
+        """The engine process's last report (every STATS_PERIOD_S), with this side's limits."""
         return dict(self._stats)
 
     # ----- the process --------------------------------------------------------------------------
@@ -148,37 +153,65 @@ class RemoteEngine:
                                         logging.getLogger().level, sys.getswitchinterval()))
         process.start()
         child_conn.close()
-        deadline = time.monotonic() + self.start_timeout_s
-        while not conn.poll(0.2):
-            if not process.is_alive() or time.monotonic() > deadline:
-                process.kill()
-                raise EngineProcessError(f"the engine process did not start (exit code {process.exitcode})")
-        message = _get(conn)
+        try:
+            message = self._wait_for_start(process, conn)
+        except BaseException:
+            _end(process)
+            conn.close()
+            raise
         if message[0] != "ready":
-            process.join(10)
+            _end(process)
+            conn.close()
             raise EngineProcessError(f"the engine process failed to start: {message[1]}")
         return process, conn
+
+    def _wait_for_start(self, process, conn) -> tuple:
+        """The child's first message ("ready" or "failed"); EngineProcessError if it dies or hangs first."""
+        deadline = time.monotonic() + self.start_timeout_s
+        try:
+            while not conn.poll(0.2):
+                if self._stopping.is_set():
+                    raise EngineProcessError("the engine is stopping")
+                if not process.is_alive() or time.monotonic() > deadline:
+                    raise EngineProcessError(f"the engine process did not start (exit code {process.exitcode})")
+            return _get(conn)
+        except (EOFError, OSError):  # it died after the pipe said there was something to read
+            _end(process)
+            raise EngineProcessError(f"the engine process exited while starting (exit code {process.exitcode})") \
+                from None
 
     def _attach(self, process, conn) -> None:
         """Serve through this process (unless stop() came first: then end it)."""
         with self._lock:
-            if self._stopping:
-                process.kill()
+            if self._stopping.is_set():
+                _end(process)
+                conn.close()
                 return
             old_conn, self._process, self._conn, self._exited = self._conn, process, conn, False
         if old_conn is not None:
             old_conn.close()
-        self._reader = threading.Thread(target=self._read, args=(conn,), name="qtts-engine-reader", daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(process, conn), name="qtts-engine-reader",
+                                        daemon=True)
         self._reader.start()
 
     def _respawn(self) -> None:
+        """Start engine processes until one serves or stop() is called, waiting longer after each failure."""
         log.warning("the engine process exited; starting a new one")
-        try:
-            self._attach(*self._spawn())
-        except EngineProcessError:
-            log.exception("the engine process could not be restarted")
-            return
-        log.info("the engine process serves again")
+        delay, longest = self.restart_backoff_s
+        for attempt in itertools.count(1):
+            try:
+                self._attach(*self._spawn())
+            except Exception as exc:  # whatever went wrong, a later attempt may succeed
+                if self._stopping.is_set():
+                    return
+                log.error("engine process start %d failed (%s); next try in %.1f s", attempt, exc, delay)
+            else:
+                if not self._stopping.is_set():
+                    log.info("the engine process serves again")
+                return
+            if self._stopping.wait(delay):
+                return
+            delay = min(2 * delay, longest)
 
     # ----- the pipe -----------------------------------------------------------------------------
     def _send(self, message: tuple) -> None:
@@ -190,22 +223,27 @@ class RemoteEngine:
             except (BrokenPipeError, OSError):  # the process is gone; the reader fails the streams
                 pass
 
-    def _read(self, conn) -> None:
+    def _read(self, process, conn) -> None:
         stopped = False
         try:
             stopped = self._relay(conn)
         except Exception:
             log.exception("reading from the engine process failed")
         finally:
+            if not stopped:
+                _end(process)
             with self._lock:
                 self._exited = True
-                restart = self.restart and not self._stopping and not stopped
+                self._stats = self._idle_stats()  # nothing runs until a new process reports
+                restart = self.restart and not self._stopping.is_set() and not stopped
+                if restart:
+                    self._restarter = threading.Thread(target=self._respawn, name="qtts-engine-restart",
+                                                       daemon=True)
+                    self._restarter.start()
             if stopped:
-                self._end_all("cancelled", None)
+                self._end_all("cancelled")
             else:
-                self._end_all("error", EngineProcessError("the engine process exited"))
-            if restart:
-                threading.Thread(target=self._respawn, name="qtts-engine-restart", daemon=True).start()
+                self._end_all("error", "the engine process exited")
 
     def _relay(self, conn) -> bool:
         """Hand the child's messages to the streams until the pipe ends; True when the child said it stopped."""
@@ -228,16 +266,27 @@ class RemoteEngine:
                 if stream is not None:
                     stream.frames = frames
                     stream.finish(reason, error)
-            elif kind == "stats":
-                self._stats = message[1]
+            elif kind == "stats":  # the child's max_queue also counts requests not admitted yet
+                self._stats = {**message[1], "max_queue": self.max_queue}
             elif kind == "stopped":
                 return True
 
-    def _end_all(self, reason: str, error: Exception | None) -> None:
+    def _idle_stats(self) -> dict:
+        return dict(IDLE_STATS, max_batch=self.max_batch, max_queue=self.max_queue)
+
+    def _end_all(self, reason: str, error_message: str | None = None) -> None:
+        """Finish every stream; each gets its own error (a shared one would grow a traceback per reader)."""
         with self._lock:
             streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
-            stream.finish(reason, error)
+            stream.finish(reason, None if error_message is None else EngineProcessError(error_message))
+
+
+def _end(process) -> None:
+    """Kill a process if it still runs, and reap it."""
+    if process.is_alive():
+        process.kill()
+    process.join()
 
 
 class _RelayStream(Stream):

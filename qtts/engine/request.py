@@ -1,4 +1,9 @@
-"""One synthesis request: what to say, in which voice, and how to sample."""
+"""One synthesis request: what to say, in which voice, and how to sample.
+
+`validated()` holds the ranges every entry point enforces (the HTTP and websocket models use the
+same constants): wide enough for any useful setting, narrow enough that every value fits the
+engine's float32 and int64 row tensors.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -7,6 +12,11 @@ from ..errors import InvalidRequestError
 from ..voices import VoicePrompt
 
 MAX_TEXT_CHARS = 20_000
+MAX_TEMPERATURE = 100.0
+MAX_REPETITION_PENALTY = 100.0
+MAX_TOP_K = 2**31 - 1
+MAX_FRAMES = 1_000_000  # 22 hours of audio
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1  # a 64-bit signed integer
 
 
 @dataclass(frozen=True)
@@ -40,23 +50,26 @@ class SamplingParams:
         return cls(**values).validated()
 
     def validated(self) -> "SamplingParams":
-        """Check ranges; a temperature of 0 means greedy, as most TTS APIs read it."""
+        """Check ranges (NaN is in none); a temperature of 0 means greedy, as most TTS APIs read it."""
         params = self
         for prefix in ("", "subtalker_"):
             temperature = getattr(params, prefix + "temperature")
             top_k = getattr(params, prefix + "top_k")
             top_p = getattr(params, prefix + "top_p")
-            if temperature < 0:
-                raise InvalidRequestError(f"{prefix}temperature must be >= 0, got {temperature}")
+            if not 0 <= temperature <= MAX_TEMPERATURE:
+                raise InvalidRequestError(f"{prefix}temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
             if temperature == 0:
                 params = replace(params, **{prefix + "temperature": 1.0,
                                             ("subtalker_do_sample" if prefix else "do_sample"): False})
-            if top_k < 0:
-                raise InvalidRequestError(f"{prefix}top_k must be >= 0 (0 disables it), got {top_k}")
+            if not 0 <= top_k <= MAX_TOP_K:
+                raise InvalidRequestError(f"{prefix}top_k must be in [0, {MAX_TOP_K}] (0 disables it), got {top_k}")
             if not 0 < top_p <= 1:
                 raise InvalidRequestError(f"{prefix}top_p must be in (0, 1], got {top_p}")
-        if params.repetition_penalty <= 0:
-            raise InvalidRequestError(f"repetition_penalty must be > 0, got {params.repetition_penalty}")
+        if not 0 < params.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise InvalidRequestError(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], "
+                                      f"got {params.repetition_penalty}")
+        if params.seed is not None and not MIN_SEED <= params.seed <= MAX_SEED:
+            raise InvalidRequestError(f"seed must be a 64-bit signed integer, got {params.seed}")
         return params
 
 
@@ -84,10 +97,25 @@ class SpeechRequest:
     def validated(self) -> "SpeechRequest":
         if not isinstance(self.text, str) or not (self.text.strip() or self.text_open):
             raise InvalidRequestError("text is empty: give the words to speak")
-        if len(self.text) > MAX_TEXT_CHARS:
-            raise InvalidRequestError(f"text has {len(self.text)} characters; the limit is {MAX_TEXT_CHARS}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise InvalidRequestError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.min_frames < 0:
-            raise InvalidRequestError(f"min_frames must be >= 0, got {self.min_frames}")
+        for name, value in (("text", self.text), ("instruct", self.instruct)):
+            if value is not None:
+                check_text(name, value)
+        if self.max_frames is not None and not 1 <= self.max_frames <= MAX_FRAMES:
+            raise InvalidRequestError(f"max_frames must be in [1, {MAX_FRAMES}], got {self.max_frames}")
+        if not 0 <= self.min_frames <= MAX_FRAMES:
+            raise InvalidRequestError(f"min_frames must be in [0, {MAX_FRAMES}], got {self.min_frames}")
         return replace(self, sampling=self.sampling.validated())
+
+
+def check_text(name: str, value: str) -> None:
+    """Raise InvalidRequestError unless `value` is text the tokenizer takes: a str of valid Unicode
+    (no lone UTF-16 surrogates, which JSON's \\ud800 escapes can produce) within MAX_TEXT_CHARS."""
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidRequestError(f"{name} has {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"{name} holds a lone UTF-16 surrogate at character {exc.start}; "
+                                  "send valid Unicode text") from None

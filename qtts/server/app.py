@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -71,7 +72,9 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
 
     app = FastAPI(title="qtts", summary="Qwen3-TTS speech server", lifespan=lifespan)
     app.state.qtts = state
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestCounter, metrics=state.metrics)
+    redact_api_keys_in_uvicorn_logs()
     _add_error_handlers(app)
     authorized = [Depends(_require_api_key)]
     app.include_router(speech.router, dependencies=authorized)
@@ -110,6 +113,54 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     return app
+
+
+class BodyTimeout:
+    """ASGI middleware: a request whose body stops arriving for timeout_s is answered 408 and its
+    connection closed (a client that stalls mid-body would otherwise hold it forever; one that is slow
+    but still sending is let be)."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_complete = False
+
+        async def receive_in_time():
+            nonlocal body_complete
+            if body_complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body stalled: nothing arrived for {self.timeout_s:g} s",
+                               code="body_timeout", headers={"Connection": "close"}) from None
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_in_time, send)
+
+
+_API_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"]*", re.IGNORECASE)
+
+
+class _RedactApiKeys(logging.Filter):
+    """Hides `api_key=` query values (websocket clients send their key that way) in log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_API_KEY_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def redact_api_keys_in_uvicorn_logs() -> None:
+    """Install _RedactApiKeys on uvicorn's access and connection loggers (once)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactApiKeys) for f in logger.filters):
+            logger.addFilter(_RedactApiKeys())
 
 
 async def _require_api_key(request: Request) -> None:

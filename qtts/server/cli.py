@@ -8,6 +8,24 @@ import sys
 import time
 from pathlib import Path
 
+API_KEY_ENV = "QTTS_API_KEY"
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    """--api-key, else the contents of --api-key-file (surrounding whitespace dropped), else $QTTS_API_KEY
+    (None: no key). A key given on the command line shows in `ps`; the file and the environment do not."""
+    if args.api_key:
+        return args.api_key
+    if args.api_key_file is not None:
+        try:
+            key = Path(args.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"cannot read --api-key-file: {exc}") from None
+        if not key:
+            raise SystemExit(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
 
 def default_voices_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -23,8 +41,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--api-key", default=os.environ.get("QTTS_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 (default: $QTTS_API_KEY; none: open)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 (visible in `ps`: prefer --api-key-file or "
+                        f"${API_KEY_ENV}; none of the three: open)")
+    p.add_argument("--api-key-file", type=Path, default=None, help="read the API key from this file")
     p.add_argument("--max-batch", type=int, default=32, help="streams generated together")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that before 429")
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
@@ -48,17 +68,20 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-upload-seconds", type=float, default=60, help="longest voice reference")
     p.add_argument("--voices-dir", type=Path, default=None,
                    help=f"where clone voices are stored (default: {default_voices_dir()})")
+    p.add_argument("--shutdown-grace-s", type=float, default=30,
+                   help="on SIGTERM, how long streams in flight may go on before they are ended with an error")
+    p.add_argument("--body-timeout-s", type=float, default=30,
+                   help="a request body that sends nothing for this long is answered 408")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    """Load the model, build the app and serve until interrupted (Ctrl-C stops in-flight streams)."""
+    """Load the model, build the app and serve until SIGTERM or Ctrl-C, then drain (see DrainingServer)."""
     started_at = time.perf_counter()
-    import uvicorn
-
     from ..api import TTS, pick_device
     from .app import create_app
+    from .serving import serve
     from .state import ServerSettings
 
     # The engine thread gives up the GIL in every torch call; each time, a busy event loop (many open
@@ -74,7 +97,7 @@ def run_serve(args: argparse.Namespace) -> None:
     settings = ServerSettings(
         voices_dir=args.voices_dir or default_voices_dir(),
         model_name=args.model_name or Path(str(args.model)).name,
-        api_key=args.api_key or None,
+        api_key=api_key_from(args),
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,
@@ -84,6 +107,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_prefills_per_frame=args.max_prefills_per_frame,
         low_buffer_s=args.low_buffer_ms / 1000,
         started_at=started_at,
+        shutdown_grace_s=args.shutdown_grace_s,
+        body_timeout_s=args.body_timeout_s,
     )
-    uvicorn.run(create_app(tts, settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    serve(create_app(tts, settings), args.host, args.port, args.log_level)

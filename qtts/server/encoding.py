@@ -3,7 +3,9 @@
 wav and pcm are written directly (the wav header says "unknown length", 0xFFFFFFFF, which players
 and libsndfile read up to the end of the data); flac, mp3, opus (in Ogg) and aac (ADTS) go through
 PyAV, whose muxers are told to hand bytes over after each packet. Concatenating everything
-`encode` and `finish` return gives a complete file.
+`encode` and `finish` return gives a complete file. A streamed FLAC's header says its length is
+unknown (total samples 0, no MD5), as FLAC allows; libsndfile (soundfile) cannot read such files,
+FFmpeg/PyAV and browsers can (docs/security.md says so for users).
 """
 from __future__ import annotations
 

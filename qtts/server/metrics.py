@@ -105,10 +105,17 @@ async def watch_loop_lag(histogram: DurationHistogram, period_s: float = 0.01) -
         histogram.observe(max(0.0, loop.time() - asked - period_s))
 
 
+class ResponseAborted(Exception):
+    """Raised by a response body that cannot finish (its status is in `request.state.status`):
+    RequestCounter swallows it, so the connection closes without the body's end and no traceback."""
+
+
 class RequestCounter:
     """ASGI middleware: counts every HTTP request by route and status.
 
-    A response whose body never finished counts as 499 (the client went away) or 500 (it failed).
+    A handler that knows the outcome better than the response's status line (a stream that failed
+    after its headers) sets `request.state.status`. Otherwise a response whose body never finished
+    counts as 499 (the client went away) or 500 (it failed).
     """
 
     def __init__(self, app, metrics: ServerMetrics):
@@ -128,6 +135,8 @@ class RequestCounter:
 
         try:
             await self.app(scope, receive, watch)
+        except ResponseAborted:
+            pass
         except Exception:
             seen["failed"] = True
             raise
@@ -135,5 +144,6 @@ class RequestCounter:
             status = seen["status"]
             if not seen["complete"] and status < 400:
                 status = 500 if seen["failed"] else 499
+            status = scope.get("state", {}).get("status", status)
             route = scope.get("route")
             self.metrics.count(getattr(route, "path", "unmatched"), status)

@@ -1,14 +1,17 @@
 """The OpenAI-compatible HTTP surface: the speech request body and the error shape."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from ..engine.request import (MAX_FRAMES, MAX_REPETITION_PENALTY, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K, MIN_SEED,
+                              check_text)
+from ..errors import InvalidRequestError
 
 RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-               422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+# error types other than invalid_request_error (4xx) and server_error (5xx)
+ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
                503: "service_unavailable"}
 
 
@@ -22,32 +25,47 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "server_error"),
+        kind = ERROR_TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        return {"error": {"message": self.message, "type": kind,
                           "param": self.param, "code": self.code}}
+
+
+def _valid_text(value: str) -> str:
+    try:
+        check_text("the text", value)
+    except InvalidRequestError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]  # valid Unicode (no lone surrogates), not overly long
+Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
+TopK = Annotated[int, Field(ge=0, le=MAX_TOP_K)]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 
 
 class VoiceRef(BaseModel):
     """A custom voice passed as `{"id": ...}`, as the OpenAI API does for custom voices."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str
+    id: Text
 
 
 class SynthesisOptions(BaseModel):
     """The Qwen3-TTS knobs beyond OpenAI's API, accepted as extra body fields."""
 
     model_config = ConfigDict(extra="forbid")
-    language: str = "auto"
-    seed: int | None = None
-    temperature: float | None = Field(default=None, ge=0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    subtalker_temperature: float | None = Field(default=None, ge=0)
-    subtalker_top_k: int | None = Field(default=None, ge=0)
-    subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
-    max_frames: int | None = Field(default=None, ge=1)
-    min_frames: int | None = Field(default=None, ge=0)  # no EOS before this; = max_frames forces the length
+    language: Text = "auto"
+    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
+    temperature: Temperature | None = None
+    top_k: TopK | None = None
+    top_p: TopP | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)
+    subtalker_temperature: Temperature | None = None
+    subtalker_top_k: TopK | None = None
+    subtalker_top_p: TopP | None = None
+    max_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES)
+    min_frames: int | None = Field(default=None, ge=0, le=MAX_FRAMES)  # no EOS before this; = max_frames forces the length
     greedy: bool = False
 
     @field_validator("min_frames")
@@ -70,12 +88,12 @@ class SpeechBody(SynthesisOptions):
     """`POST /v1/audio/speech`. `speed` other than 1.0 is refused: Qwen3-TTS has no rate control and
     a time stretch would change the voice; ask the model for slower or faster speech in `instructions`."""
 
-    model: str | None = None
-    input: str
-    voice: str | VoiceRef | None = None
-    instructions: str | None = None
+    model: Text | None = None
+    input: Text
+    voice: Text | VoiceRef | None = None
+    instructions: Text | None = None
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, allow_inf_nan=False)
     stream_format: Literal["audio", "sse"] = "audio"
 
 

@@ -1,12 +1,17 @@
-"""Cut text that arrives piece by piece (as an LLM writes it) into sentences to speak one by one."""
+"""Cut text that arrives piece by piece (as an LLM writes it) into sentences to speak one by one.
+
+Linear in the text fed: a match never starts inside a run of stops (where each start would rescan the
+run), abbreviations are looked for in a bounded window, and long runs are cut by index.
+"""
 from __future__ import annotations
 
 import re
 
 # A sentence ends at . ! ? … followed by whitespace (so "3.14" and "e.g.x" do not end one), at CJK
 # full stops at once, or at a line break. Closing quotes and brackets stay with their sentence.
-_BOUNDARY = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s)|[。！？；]+["'”’」』)\]]*|\n+""")
+_BOUNDARY = re.compile(r"""(?<![.!?…])[.!?…]+["'”’)\]]*(?=\s)|[。！？；]+["'”’」』)\]]*|\n+""")
 _LAST_WORD = re.compile(r"([\w.]+)$")
+_ABBREVIATION_WINDOW = 32  # chars before a "." searched for an abbreviation: longer words never are one
 ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "fig", "approx"}
 _SOFT_BREAKS = (", ", "; ", ": ", "，", "、", " ")
 
@@ -26,16 +31,17 @@ class SentenceSplitter:
         self.buffer += text
         sentences, start = [], 0
         for match in _BOUNDARY.finditer(self.buffer):
-            if match.group() == "." and _is_abbreviation(self.buffer[start:match.start()]):
+            window = self.buffer[max(start, match.start() - _ABBREVIATION_WINDOW):match.start()]
+            if match.group() == "." and _is_abbreviation(window):
                 continue
-            sentences.append(self.buffer[start:match.end()])
+            sentence = self.buffer[start:match.end()]
+            cut = self._cut_long(sentence)
+            sentences += [*cut, sentence[sum(map(len, cut)):]]
             start = match.end()
-        self.buffer = self.buffer[start:]
-        while len(self.buffer) > self.max_chars:
-            cut = _soft_cut(self.buffer[:self.max_chars])
-            sentences.append(self.buffer[:cut])
-            self.buffer = self.buffer[cut:]
-        return [s.strip() for s in sentences if _speakable(s)]
+        rest = self.buffer[start:]
+        cut = self._cut_long(rest)
+        self.buffer = rest[sum(map(len, cut)):]
+        return [s.strip() for s in sentences + cut if _speakable(s)]
 
     def flush(self) -> str | None:
         """Everything still buffered, as one sentence (None if there is nothing to say)."""
@@ -44,6 +50,15 @@ class SentenceSplitter:
 
     def clear(self) -> None:
         self.buffer = ""
+
+    def _cut_long(self, text: str) -> list[str]:
+        """Leading pieces of at most max_chars, cut at soft breaks, until what remains fits."""
+        pieces, at = [], 0
+        while len(text) - at > self.max_chars:
+            end = at + _soft_cut(text[at:at + self.max_chars])
+            pieces.append(text[at:end])
+            at = end
+        return pieces
 
 
 def _is_abbreviation(before: str) -> bool:

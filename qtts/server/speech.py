@@ -4,7 +4,10 @@ stream_format "audio": the body is one audio file in `response_format`, sent chu
 header says "unknown length"). stream_format "sse": `data: {"type": "speech.audio.delta", "audio":
 base64}` events whose decoded bytes concatenate to that same file, then `speech.audio.done` with usage.
 The response starts only once the first audio exists, so errors before it get a proper status; a
-client that goes away, before or after that, cancels its engine stream at once.
+client that goes away, before or after that, cancels its engine stream at once. An error after the
+first audio (the engine died, the server is shutting down) ends an SSE stream with an `error` event
+and cuts an audio body short (no final chunk: the only signal left once the headers are out); either
+way the request is counted and logged once, with the error's status.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pydantic import ValidationError
 
 from ..errors import AudioError
 from .encoding import MEDIA_TYPES, StreamEncoder, stream_encoder
+from .metrics import ResponseAborted
 from .openai import ApiError, SpeechBody, validation_error
 from .synthesis import CLIENT_GONE, SpeechRun, speech_request
 
@@ -56,9 +60,9 @@ async def create_speech(request: Request) -> Response:
         raise
     headers = {"x-request-id": run.id, "cache-control": "no-store"}
     if speech.stream_format == "sse":
-        return StreamingResponse(_sse_body(run, chunks, first, encoder), media_type="text/event-stream",
+        return StreamingResponse(_sse_body(request, run, chunks, first, encoder), media_type="text/event-stream",
                                  headers=headers)
-    return StreamingResponse(_audio_body(run, chunks, first, encoder),
+    return StreamingResponse(_audio_body(request, run, chunks, first, encoder),
                              media_type=MEDIA_TYPES[speech.response_format], headers=headers)
 
 
@@ -79,7 +83,9 @@ async def read_json(request: Request, limit: int) -> object:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply", code="invalid_json") from None
 
 
 class _ClientGone(Exception):
@@ -106,7 +112,12 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def _audio_body(run: SpeechRun, chunks, first, encoder: StreamEncoder):
+def _finish(request: Request, run: SpeechRun, status: int) -> None:
+    run.finish(status)
+    request.state.status = status  # what RequestCounter counts: the response itself may say 200
+
+
+async def _audio_body(request: Request, run: SpeechRun, chunks, first, encoder: StreamEncoder):
     status = CLIENT_GONE
     try:
         async for data in _encoded(chunks, first, encoder):
@@ -114,16 +125,16 @@ async def _audio_body(run: SpeechRun, chunks, first, encoder: StreamEncoder):
         status = 200
     except ApiError as exc:
         status = exc.status
-        raise  # after the headers the only honest signal is a broken body
+        raise ResponseAborted() from None
     finally:
-        run.finish(status)
+        _finish(request, run, status)
 
 
 def _event(payload: dict) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-async def _sse_body(run: SpeechRun, chunks, first, encoder: StreamEncoder):
+async def _sse_body(request: Request, run: SpeechRun, chunks, first, encoder: StreamEncoder):
     status = CLIENT_GONE
     try:
         async for data in _encoded(chunks, first, encoder):
@@ -134,7 +145,7 @@ async def _sse_body(run: SpeechRun, chunks, first, encoder: StreamEncoder):
         status = exc.status
         yield _event({"type": "error", **exc.body()})
     finally:
-        run.finish(status)
+        _finish(request, run, status)
 
 
 async def _encoded(chunks, first, encoder: StreamEncoder):

@@ -1,7 +1,9 @@
 """What every endpoint shares: the settings, the model, the engine, the voice store and the metrics."""
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,6 +12,9 @@ from pathlib import Path
 from .metrics import ServerMetrics
 from .openai import ApiError
 from .voices_store import VoiceStore
+
+MAX_CONCURRENT_DECODES = 2
+log = logging.getLogger("qtts.server")
 
 
 @dataclass
@@ -31,6 +36,8 @@ class ServerSettings:
     max_prefills_per_frame: int = 2  # Scheduler(...)
     low_buffer_s: float = 0.0  # Scheduler(...)
     started_at: float | None = None  # time.perf_counter() when the command started (start-up time counts from it)
+    shutdown_grace_s: float = 30.0  # how long streams may go on after a shutdown begins
+    body_timeout_s: float = 30.0  # a request body that sends nothing for this long gets 408
 
 
 @dataclass
@@ -43,12 +50,33 @@ class ServerState:
     ready: bool = False
     created_at: float = field(default_factory=time.perf_counter)
     startup_seconds: float | None = None  # from the app's creation to ready
+    draining: bool = False  # shutting down: no new speech, the runs in flight finish or are ended
+    runs: set = field(default_factory=set)  # the SpeechRuns in flight (synthesis.py)
     voice_encoder_lock: threading.Lock = field(default_factory=threading.Lock)  # one reference at a time
+    # uploads decoded at once: each may hold up to max_upload_seconds of mono float32 audio
+    upload_decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_DECODES))
 
     def require_ready(self) -> None:
         if not self.ready:
             raise ApiError(503, "the server is starting or shutting down; retry shortly", code="not_ready",
                            headers={"Retry-After": "1"})
+
+    async def drain(self, grace_s: float, give_up=lambda: False) -> None:
+        """Shut down gently: refuse new work, let the runs in flight go on for up to grace_s (or until
+        give_up() says so), then end those left with a 503 error their clients receive."""
+        self.ready, self.draining = False, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.runs and loop.time() < deadline and not give_up():
+            await asyncio.sleep(0.05)
+        if self.runs:
+            log.warning("shutting down: ending %d streams still running after %g s", len(self.runs), grace_s)
+        for run in list(self.runs):
+            run.interrupt(ApiError(503, "the server is shutting down; retry on another instance",
+                                   code="shutting_down", headers={"Retry-After": "1"}))
+        deadline = loop.time() + 1.0
+        while self.runs and loop.time() < deadline:  # until each has sent its error
+            await asyncio.sleep(0.02)
 
     def check_api_key(self, authorization: str | None, query_key: str | None = None) -> None:
         """Raise 401 unless the request carries the API key (Bearer header, or `api_key` query for websockets)."""

@@ -18,6 +18,8 @@ from ..engine.request import SpeechRequest
 from ..errors import InvalidRequestError, OverloadedError, UnknownLanguageError, UnknownSpeakerError
 from .openai import ApiError, SynthesisOptions, VoiceRef
 from .state import ServerState
+from .voices_api import damaged_voice_error
+from .voices_store import DamagedVoiceError
 
 log = logging.getLogger("qtts.server")
 
@@ -67,11 +69,15 @@ def _voice_mode(state: ServerState, voice: str | VoiceRef | None, instructions: 
     record = state.voices.find(name)
     if record is None:
         raise ApiError(404, f"no stored voice {name!r}; GET /v1/voices lists them", "voice", "voice_not_found")
-    return {"voice": state.voices.prompt(record.id), "instruct": instructions}
+    try:
+        return {"voice": state.voices.prompt(record.id), "instruct": instructions}
+    except DamagedVoiceError as exc:
+        raise damaged_voice_error(record, exc, "voice") from None
 
 
 def api_error(exc: BaseException) -> ApiError:
-    """The HTTP error for an exception from request building or the engine."""
+    """The HTTP error for an exception from request building or the engine (the engine logs its own
+    failures; the request's one log line carries this error's message)."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, OverloadedError):
@@ -82,12 +88,15 @@ def api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, EngineProcessError):
         return ApiError(503, f"the engine is not running ({exc}); retry shortly", code="engine_unavailable",
                         headers={"Retry-After": "5"})
-    log.error("engine error", exc_info=exc)
     return ApiError(500, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error")
 
 
 class SpeechRun:
-    """One request submitted to the engine: its audio chunks, timing, and the metrics it reports once."""
+    """One request submitted to the engine: its audio chunks, timing, and the metrics it reports once.
+
+    Every run logs one line when it finishes, with its status and, if it failed, why; the state
+    keeps the runs in flight so a shutdown can end them with a proper error (`interrupt`).
+    """
 
     def __init__(self, state: ServerState, request: SpeechRequest, endpoint: str, started: float | None = None,
                  count_outcome: bool = False):
@@ -97,15 +106,23 @@ class SpeechRun:
         self.started = time.perf_counter() if started is None else started
         self.text = request.text
         try:
+            if state.draining:
+                raise ApiError(503, "the server is shutting down; retry on another instance", code="shutting_down",
+                               headers={"Retry-After": "1"})
             self.stream = state.engine.submit(request, chunk_frames=state.settings.chunk_frames)
         except Exception as exc:
             error = api_error(exc)
             if count_outcome:
                 state.metrics.count(endpoint, error.status)
-            raise error from exc
+            log.log(logging.ERROR if error.status >= 500 else logging.INFO, "%s not started: status=%d %s",
+                    endpoint, error.status, error.message)
+            raise error from None
         self.samples = 0
         self.first_audio_s: float | None = None
         self.finished = False
+        self.error: ApiError | None = None  # why the stream failed, for the log line
+        self.interruption: ApiError | None = None
+        state.runs.add(self)
 
     @property
     def id(self) -> str:
@@ -122,7 +139,8 @@ class SpeechRun:
                 "total_tokens": input_tokens + output_tokens}
 
     async def chunks(self) -> AsyncIterator[np.ndarray]:
-        """float32 chunks as the engine makes them; raises ApiError if the engine fails."""
+        """float32 chunks as the engine makes them; raises ApiError if the engine fails or the run is
+        interrupted. The engine's exception is not chained: one error object may end many streams."""
         try:
             async for chunk in self.stream:
                 if self.first_audio_s is None:  # when the engine had it, not when a queued utterance is read
@@ -131,17 +149,29 @@ class SpeechRun:
                 self.samples += len(chunk)
                 yield chunk
         except Exception as exc:
-            raise api_error(exc) from exc
-        if self.stream.error is not None:
-            raise api_error(self.stream.error)
-        if self.stream.finish_reason == "cancelled" and not self.finished:  # not by us: the engine stopped
-            raise ApiError(503, "the request was cancelled: the server is shutting down", code="cancelled")
+            self.error = api_error(exc)
+            raise self.error from None
+        if self.interruption is not None:
+            self.error = self.interruption
+        elif self.stream.error is not None:
+            self.error = api_error(self.stream.error)
+        elif self.stream.finish_reason == "cancelled" and not self.finished:  # not by us: the engine stopped
+            self.error = ApiError(503, "the request was cancelled: the engine stopped", code="cancelled")
+        if self.error is not None:
+            raise self.error
+
+    def interrupt(self, error: ApiError) -> None:
+        """End the stream now: its reader gets `error` (e.g. the server is shutting down)."""
+        self.interruption = error
+        self.stream.cancel()
 
     def finish(self, status: int) -> None:
-        """Record the outcome once; anything but success cancels the stream, freeing its slot at once."""
+        """Record the outcome once, in the metrics and one log line; anything but success cancels the
+        stream, freeing its slot at once."""
         if self.finished:
             return
         self.finished = True
+        self.state.runs.discard(self)
         if status != 200:
             self.stream.cancel()
         elapsed = time.perf_counter() - self.started
@@ -149,5 +179,8 @@ class SpeechRun:
         if self.count_outcome:
             self.state.metrics.count(self.endpoint, status)
         first = f"{self.first_audio_s * 1000:.0f} ms" if self.first_audio_s is not None else "-"
-        log.info("%s %s status=%d audio=%.2fs first_audio=%s elapsed=%.2fs finish=%s", self.endpoint, self.id,
-                 status, self.audio_seconds, first, elapsed, self.stream.finish_reason)
+        level = (logging.INFO if status in (200, CLIENT_GONE) else
+                 logging.ERROR if status >= 500 and status != 503 else logging.WARNING)
+        error = f" error={self.error.message!r}" if self.error is not None else ""
+        log.log(level, "%s %s status=%d audio=%.2fs first_audio=%s elapsed=%.2fs finish=%s%s", self.endpoint, self.id,
+                status, self.audio_seconds, first, elapsed, self.stream.finish_reason, error)

@@ -1,10 +1,15 @@
 """Stored clone voices: metadata in SQLite, each voice prompt in its own safetensors file.
 
-Layout of the folder: `voices.sqlite3` and `<voice id>.safetensors`. A voice is written to its file
-first and listed in the database after, so a crash never lists a voice without a file.
+Layout of the folder: `voices.sqlite3` and `<voice id>.safetensors`. A voice's file is written and
+made durable (file and folder fsynced) before its row commits, so a crash never lists a voice
+without a file. A crash between the two leaves a file no row lists: opening the store removes such
+files. A listed voice whose file is missing or unreadable is marked damaged (listed with status
+"damaged"; speaking with it fails naming it) until it is deleted.
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..voices import VoicePrompt
+
+log = logging.getLogger("qtts.server")
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS voices (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, name_key TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL,
@@ -30,15 +37,21 @@ class VoiceRecord:
     created_at: int
     transcript: str | None
     reference_seconds: float
+    damaged: str | None = None  # why its file cannot be used, if it cannot
 
     def to_json(self) -> dict:
+        status = {"status": "damaged", "error": self.damaged} if self.damaged else {"status": "ready"}
         return {"id": self.id, "object": "voice", "name": self.name, "type": "clone",
                 "created_at": self.created_at, "transcript": self.transcript,
-                "icl": bool(self.transcript), "reference_seconds": round(self.reference_seconds, 3)}
+                "icl": bool(self.transcript), "reference_seconds": round(self.reference_seconds, 3), **status}
 
 
 class DuplicateVoiceError(ValueError):
     """A voice with this name is already stored."""
+
+
+class DamagedVoiceError(RuntimeError):
+    """A listed voice whose file is missing or cannot be read."""
 
 
 class VoiceStore:
@@ -49,9 +62,11 @@ class VoiceStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._prompts: dict[str, VoicePrompt] = {}
+        self._damaged: dict[str, str] = {}  # voice id -> why its file cannot be used
         self._db = sqlite3.connect(str(self.folder / "voices.sqlite3"), check_same_thread=False)
         with self._lock, self._db:
             self._db.execute(_SCHEMA)
+        self._reconcile()
 
     def add(self, name: str, prompt: VoicePrompt, reference_seconds: float) -> VoiceRecord:
         """Store a voice under a new id; raises DuplicateVoiceError if the name is taken."""
@@ -63,7 +78,9 @@ class VoiceStore:
             path = self._path(record.id)
             partial = path.with_suffix(".partial")
             prompt.save(partial)
+            _fsync(partial)
             partial.replace(path)
+            _fsync(self.folder)  # the rename itself
             with self._db:
                 self._db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
                                  (record.id, record.name, name.casefold(), record.created_at, record.transcript,
@@ -75,7 +92,7 @@ class VoiceStore:
         with self._lock:
             rows = self._db.execute("SELECT id, name, created_at, transcript, reference_seconds FROM voices "
                                     "ORDER BY created_at, name").fetchall()
-        return [VoiceRecord(*row) for row in rows]
+            return [self._record(row) for row in rows]
 
     def find(self, id_or_name: str) -> VoiceRecord | None:
         """The voice with this id, or else with this name (case-insensitive)."""
@@ -83,10 +100,19 @@ class VoiceStore:
             return self._find_locked(id_or_name)
 
     def prompt(self, voice_id: str) -> VoicePrompt:
-        """The voice prompt of a stored voice (read once, then cached)."""
+        """The voice prompt of a stored voice (read once, then cached); raises DamagedVoiceError, and
+        marks the voice damaged, if its file is missing or unreadable."""
         with self._lock:
             if voice_id not in self._prompts:
-                self._prompts[voice_id] = VoicePrompt.load(self._path(voice_id))
+                path = self._path(voice_id)
+                try:
+                    self._prompts[voice_id] = VoicePrompt.load(path)
+                except Exception as exc:  # missing, truncated, emptied: VoicePrompt.load says which
+                    reason = "its file is missing" if not path.exists() else "its file cannot be read"
+                    self._damaged[voice_id] = reason
+                    log.error("voice %s is damaged: %s (%s)", voice_id, reason, exc)
+                    raise DamagedVoiceError(reason) from exc
+                self._damaged.pop(voice_id, None)
             return self._prompts[voice_id]
 
     def delete(self, voice_id: str) -> bool:
@@ -96,6 +122,7 @@ class VoiceStore:
                 removed = self._db.execute("DELETE FROM voices WHERE id = ?", (voice_id,)).rowcount
             if removed:
                 self._prompts.pop(voice_id, None)
+                self._damaged.pop(voice_id, None)
                 self._path(voice_id).unlink(missing_ok=True)
         return removed > 0
 
@@ -107,9 +134,35 @@ class VoiceStore:
         row = self._db.execute("SELECT id, name, created_at, transcript, reference_seconds FROM voices "
                                "WHERE id = ? OR name_key = ? ORDER BY id = ? DESC LIMIT 1",
                                (id_or_name, id_or_name.casefold(), id_or_name)).fetchone()
-        return VoiceRecord(*row) if row else None
+        return self._record(row) if row else None
+
+    def _record(self, row: tuple) -> VoiceRecord:
+        return VoiceRecord(*row, damaged=self._damaged.get(row[0]))
+
+    def _reconcile(self) -> None:
+        """Remove files no row lists (a crash between writing a voice's file and committing its row)
+        and mark rows whose file is missing as damaged."""
+        with self._lock:
+            listed = {voice_id for (voice_id,) in self._db.execute("SELECT id FROM voices")}
+            for path in [*self.folder.glob("voice_*.safetensors"), *self.folder.glob("voice_*.partial")]:
+                if path.suffix == ".partial" or path.stem not in listed:
+                    log.warning("removing %s: no stored voice lists it (left by an interrupted upload)", path)
+                    path.unlink(missing_ok=True)
+            for voice_id in sorted(listed):
+                if not self._path(voice_id).is_file():
+                    log.warning("voice %s is listed but its file %s is missing", voice_id, self._path(voice_id))
+                    self._damaged[voice_id] = "its file is missing"
 
     def _path(self, voice_id: str) -> Path:
         if not _VOICE_ID.fullmatch(voice_id):
             raise KeyError(f"not a voice id: {voice_id!r}")
         return self.folder / f"{voice_id}.safetensors"
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -19,8 +19,13 @@ Server -> client:
   {"type": "error", "error": {"message", "type", "param", "code"}, "utterance": n or null}; the session stays open
   {"type": "session.done"} after input.done, then the server closes.
 Utterances are spoken in order; the next one is already generating while the current one streams.
+A text message over MAX_MESSAGE_CHARS gets an error (code "message_too_large"); one over
+MAX_MESSAGE_BYTES closes the socket with 1009 (uvicorn's ws_max_size: `qtts serve` sets it).
 Authentication: `Authorization: Bearer KEY`, or `?api_key=KEY` since browsers cannot set websocket
-headers; a bad key closes with 1008. Disconnecting cancels everything the session had submitted.
+headers. The handshake always succeeds; a missing or bad key then closes with 1008 and a server that
+is starting or shutting down with 1013, the reason saying why (browsers see close codes, not HTTP
+statuses). Disconnecting cancels everything the session had submitted; a server shutting down ends
+the utterances still speaking after its grace period with an error event, then closes with 1012.
 """
 from __future__ import annotations
 
@@ -34,10 +39,11 @@ from typing import Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
+from starlette.websockets import WebSocketDisconnected
 
 from ..errors import AudioError
 from .encoding import StreamEncoder, check_format, stream_encoder
-from .openai import ApiError, SynthesisOptions, VoiceRef, validation_error
+from .openai import ApiError, SynthesisOptions, Text, VoiceRef, validation_error
 from .sentences import SentenceSplitter
 from .state import ServerState
 from .synthesis import CLIENT_GONE, SpeechRun, log, speech_request
@@ -46,12 +52,16 @@ ENDPOINT = "/v1/audio/speech/stream"
 LOOKAHEAD = 2  # utterances generating at once per session: the one streaming and the next
 MAX_PENDING = 256  # sentences waiting per session
 MAX_SENTENCE_CHARS = 300
+MAX_MESSAGE_CHARS = 65_536
+MAX_MESSAGE_BYTES = 1024 * 1024
+INLINE_SPLIT_CHARS = 1024  # longer text is split into sentences off the event loop
+SOCKET_CLOSED = (WebSocketDisconnect, WebSocketDisconnected, OSError)  # what sending or receiving on a gone socket raises
 router = APIRouter()
 
 
 class SessionConfig(SynthesisOptions):
-    voice: str | VoiceRef | None = None
-    instructions: str | None = None
+    voice: Text | VoiceRef | None = None
+    instructions: Text | None = None
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "pcm"
     binary: bool = True
 
@@ -73,11 +83,10 @@ async def speech_stream(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.qtts
     try:
         state.check_api_key(websocket.headers.get("authorization"), websocket.query_params.get("api_key"))
+        state.require_ready()
     except ApiError as exc:
-        await websocket.close(code=1008, reason=exc.message)
-        return
-    if not state.ready:
-        await websocket.close(code=1013, reason="the server is starting or shutting down")
+        await websocket.accept()  # closing before accepting would answer HTTP 403, whatever the reason
+        await websocket.close(code=1008 if exc.status == 401 else 1013, reason=exc.message)
         return
     await SpeechSession(websocket, state).run()
 
@@ -111,23 +120,27 @@ class SpeechSession:
                     continue
                 try:
                     await self._handle(message["text"])
-                except (WebSocketDisconnect, RuntimeError):
+                except SOCKET_CLOSED:
                     raise
                 except Exception as exc:  # a bug here must not take the session down
                     log.exception("websocket message failed")
                     await self._send_error(ApiError(500, f"internal error: {type(exc).__name__}",
                                                     code="internal_error"))
-        except (WebSocketDisconnect, RuntimeError):
+        except SOCKET_CLOSED:
             pass  # the client left, or the socket closed under us
         finally:
             self.speaker.cancel()
             self._drop_runs()
 
     async def _handle(self, text: str) -> None:
+        if len(text) > MAX_MESSAGE_CHARS:
+            await self._send_error(ApiError(413, f"a message of {len(text)} characters is over the {MAX_MESSAGE_CHARS} "
+                                            "limit; send text in smaller input.text pieces", code="message_too_large"))
+            return
         try:
             message = json.loads(text)
             kind = message.get("type") if isinstance(message, dict) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
             kind, message = None, None
         if self.input_done and kind in ("input.text", "input.flush", "input.done"):
             await self._send_error(ApiError(400, "input.done was sent: this session takes no more text",
@@ -139,7 +152,10 @@ class SpeechSession:
             if not isinstance(piece, str):
                 await self._send_error(ApiError(400, "input.text needs a string `text`", "text", "invalid_value"))
                 return
-            await self._queue(self.splitter.feed(piece))
+            if len(piece) > INLINE_SPLIT_CHARS:
+                await self._queue(await asyncio.to_thread(self.splitter.feed, piece))
+            else:
+                await self._queue(self.splitter.feed(piece))
         elif kind in ("input.flush", "input.done"):
             await self._queue([s for s in [self.splitter.flush()] if s])
             if kind == "input.done":
@@ -202,7 +218,7 @@ class SpeechSession:
         """Speak utterances in order until input.done has been answered."""
         try:
             await self._speak_in_order()
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except SOCKET_CLOSED:
             pass  # the socket closed; the receiving side cleans up
         except Exception:
             log.exception("websocket session failed")

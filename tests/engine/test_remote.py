@@ -1,5 +1,8 @@
 """The engine in a child process: same audio as in-process, same errors, cancellation, restarts, a clean stop."""
+import os
+import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +147,78 @@ def test_a_dead_engine_process_is_replaced(tts, tiny_custom_voice):
     finally:
         engine.stop()
     assert engine._process is None and not first.is_alive()
+
+
+def _children() -> dict[int, str]:
+    """This process's child processes and their states ('Z': a zombie nobody reaped), read from /proc
+    (multiprocessing.active_children() would reap them)."""
+    pids = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        pids.update(int(pid) for pid in children.read_text().split())
+    states = {}
+    for pid in pids:
+        try:
+            states[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            pass  # ended and reaped meanwhile
+    return states
+
+
+def _kill_next_child(known: set[int], after_s: float, timeout_s: float = 60.0) -> int:
+    """Wait for a child process not in `known`, let it run for after_s (still starting up), kill it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        new = [pid for pid, state in _children().items() if pid not in known and state != "Z"]
+        if new:
+            time.sleep(after_s)
+            os.kill(new[0], signal.SIGKILL)
+            return new[0]
+        assert time.monotonic() < deadline, "no engine process was started"
+        time.sleep(0.01)
+
+
+def test_restarts_go_on_through_deaths_during_start_up(tts, tiny_custom_voice):
+    before = set(_children())
+    engine = RemoteEngine(TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False), max_batch=1,
+                          restart_backoff_s=(0.05, 0.2))
+    engine.start()
+    try:
+        killed = {engine._process.pid}
+        os.kill(engine._process.pid, signal.SIGKILL)
+        for after_s in (0.6, 0.0):  # each replacement dies while it loads
+            killed.add(_kill_next_child(before | killed, after_s))
+        deadline = time.monotonic() + 60
+        while not engine.alive:
+            assert time.monotonic() < deadline, "the engine never came back"
+            time.sleep(0.05)
+        request = _request(tts, TEXTS[2], greedy=True, max_frames=4)
+        np.testing.assert_allclose(np.concatenate(list(engine.submit(request))), tts.generate(request).samples,
+                                   rtol=0, atol=1e-5)
+        assert not killed & set(_children()), "a killed engine process was never reaped"
+    finally:
+        engine.stop()
+    assert set(_children()) <= before
+
+
+def test_each_failed_stream_gets_its_own_error(tiny_custom_voice):
+    front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
+    engine = RemoteEngine(front, max_batch=2, restart=False)
+    engine.start()
+    try:
+        streams = [engine.submit(_request(front, text, max_frames=400, min_frames=400)) for text in TEXTS]
+        next(iter(streams[0]))
+        engine._process.kill()
+        for stream in streams:
+            with pytest.raises(EngineProcessError):
+                list(stream)
+        assert len({id(stream.error) for stream in streams}) == len(streams)
+    finally:
+        engine.stop()
+
+
+def test_stats_report_the_configured_queue_bound(remote):
+    deadline = time.monotonic() + 10
+    while "iteration_seconds" not in remote.stats():  # a report from the engine process
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert remote.stats()["max_queue"] == 2 and remote.stats()["max_batch"] == 2

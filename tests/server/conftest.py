@@ -1,16 +1,22 @@
 """Real servers on loopback for the server tests: uvicorn in a thread, the real engine, tiny checkpoints."""
+import io
+import logging
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import uvicorn
 
 from qtts.api import TTS
 from qtts.server.app import create_app
+from qtts.server.serving import DrainingServer
 from qtts.server.state import ServerSettings
+from qtts.server.ws import MAX_MESSAGE_BYTES
 
 FAST = {"max_frames": 8, "greedy": True}  # extra body fields that keep a request to a few frames
 # The codec decodes concurrent streams as one batch, whose float rounding can move a 16-bit sample
@@ -25,16 +31,49 @@ def assert_same_audio(expected: bytes, actual: bytes) -> None:
     assert np.abs(a - b).max() <= PCM_TOLERANCE
 
 
-class LiveServer:
-    """`create_app` served by uvicorn on 127.0.0.1 and a free port until `close()`."""
+def silent_flac(seconds: float, sample_rate: int, channels: int, claimed_seconds: float) -> bytes:
+    """A silent FLAC whose header claims another length (what a decode bomb looks like)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((int(seconds * sample_rate), channels), np.int16), sample_rate, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    total = int(claimed_seconds * sample_rate)  # STREAMINFO's 36-bit sample count, at byte 21 of the file
+    data[21] = (data[21] & 0xF0) | (total >> 32)
+    data[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
 
-    def __init__(self, tts: TTS, voices_dir: Path, **settings):
+
+@contextmanager
+def captured_logs(*names: str):
+    """The records logged at INFO or above to these loggers (and their children) while the block runs."""
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+class LiveServer:
+    """`create_app` served on 127.0.0.1 and a free port until `close()`, as `qtts serve` serves it
+    (DrainingServer; a short shutdown grace unless one is given)."""
+
+    def __init__(self, tts: TTS, voices_dir: Path, log_level: str = "warning", **settings):
+        settings.setdefault("shutdown_grace_s", 1.0)
         self.app = create_app(tts, ServerSettings(voices_dir=voices_dir, **settings))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    ws_ping_interval=None))
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level=log_level,
+                                ws_ping_interval=None, ws_max_size=MAX_MESSAGE_BYTES, timeout_graceful_shutdown=5)
+        self.server = DrainingServer(config, self.app.state.qtts)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

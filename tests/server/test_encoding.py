@@ -47,3 +47,14 @@ def test_unknown_format_is_refused():
 
     with pytest.raises(AudioError, match="choose one of"):
         stream_encoder("ogg", SAMPLE_RATE)
+
+
+def test_streamed_flac_leaves_its_length_open_and_load_audio_reads_it():
+    """docs/security.md: a streamed FLAC's header cannot hold its length; qtts and PyAV read it anyway."""
+    from qtts.audio import load_audio
+
+    samples = tone()
+    flac = b"".join(encode_in_chunks("flac", samples))
+    assert flac[22:26] == b"\0\0\0\0" and flac[21] & 0x0F == 0  # STREAMINFO's total samples: unknown
+    decoded, sample_rate = load_audio(flac)
+    assert sample_rate == SAMPLE_RATE and np.abs(decoded - samples).max() < 1e-4

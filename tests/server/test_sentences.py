@@ -1,3 +1,7 @@
+import time
+
+import pytest
+
 from qtts.server.sentences import SentenceSplitter
 
 
@@ -32,3 +36,20 @@ def test_long_runs_are_cut_at_a_comma_and_punctuation_only_is_dropped():
     assert sentences[0] == "a" * 25 + ","
     assert all(len(s) <= 40 for s in sentences)
     assert feed_all(SentenceSplitter(), ["... !! \n"]) == []
+
+
+@pytest.mark.parametrize("unit", [".", "x. ", "a", "Dr. ", ".)", "a.b!c?d ", "\n"])
+def test_feeding_is_linear_in_the_text(unit):
+    text = unit * (40_000 // len(unit))  # a runaway message: seconds to minutes for a quadratic splitter
+    splitter = SentenceSplitter()
+    started = time.perf_counter()
+    sentences = splitter.feed(text)
+    assert time.perf_counter() - started < 1.0
+    assert all(len(s) <= splitter.max_chars for s in sentences) and len(splitter.buffer) <= splitter.max_chars
+
+
+def test_a_long_sentence_before_its_stop_is_cut_too():
+    splitter = SentenceSplitter(max_chars=40)
+    sentences = splitter.feed("word " * 30 + "end. Next")
+    assert all(len(s) <= 40 for s in sentences) and sentences[-1].endswith("end.")
+    assert " ".join(sentences).split() == ("word " * 30 + "end.").split()

@@ -2,6 +2,8 @@
 import base64
 import io
 import json
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,8 +11,9 @@ import httpx
 import openai
 import pytest
 import soundfile as sf
+from websockets.exceptions import ConnectionClosed
 
-from tests.server.conftest import FAST, LiveServer, assert_same_audio
+from tests.server.conftest import FAST, LiveServer, assert_same_audio, captured_logs
 
 SAMPLES_PER_FRAME = 1920
 
@@ -242,7 +245,7 @@ def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custo
     from qtts.api import TTS
 
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
-    server = LiveServer(front, tmp_path, engine_process=True)
+    server = LiveServer(front, tmp_path, engine_process=True, max_batch=4, max_queue=5)
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         with client.audio.speech.with_streaming_response.create(
@@ -250,9 +253,19 @@ def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custo
             streamed = b"".join(response.iter_bytes())
         assert_same_audio(pcm(custom_voice_server, "Hello there.", speaker), streamed)
         health = httpx.get(server.url + "/health").json()
-        assert health["status"] == "ok" and health["max_batch"] == server.engine.max_batch
-        server.engine._process.kill()  # a crashed engine process: clear errors, then a new one
-        server.engine._reader.join(10)
+        assert health["status"] == "ok" and health["max_batch"] == 4
+        with captured_logs("qtts", "uvicorn") as records:
+            outcomes = _streams_cut_by_an_engine_death(server, speaker)
+        assert outcomes == {"audio": "incomplete body", "sse": "engine_unavailable"}
+        finished = [r.getMessage() for r in records if "status=" in r.getMessage()]
+        assert len(finished) == 2 and all("status=503" in line for line in finished), finished
+        assert not [r for r in records if r.exc_info], "no tracebacks for an engine that died"
+        deadline = time.monotonic() + 10  # counted once each handler has returned
+        while 'qtts_requests_total{endpoint="/v1/audio/speech",status="503"} 2.0' not in (
+                metrics := httpx.get(server.url + "/metrics", timeout=60).text):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.05)
+        assert 'status="500"' not in metrics
         assert httpx.get(server.url + "/health").status_code == 503
         response = httpx.post(server.url + "/v1/audio/speech", timeout=30,
                               json={"input": "Hello.", "voice": speaker, "response_format": "pcm", **FAST})
@@ -262,6 +275,98 @@ def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custo
             assert time.monotonic() < deadline, "the engine process was not restarted"
             time.sleep(0.1)
         assert_same_audio(streamed, pcm(server, "Hello there.", speaker))
+        while "iteration_seconds" not in server.engine.stats():  # a report from the new engine process
+            time.sleep(0.05)
+        assert httpx.get(server.url + "/health").json()["max_queue"] == 5
     finally:
         server.close()
     assert server.engine._process is None  # the engine process ended with the server
+
+
+def _streams_cut_by_an_engine_death(server, speaker) -> dict:
+    """Kill the engine process while an audio and an SSE stream run; what each client saw."""
+    body = {"input": "A long one.", "voice": speaker, "response_format": "pcm", "max_frames": 4000,
+            "min_frames": 4000}
+    outcomes = {}
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        with http.stream("POST", "/v1/audio/speech", json=body) as audio, \
+                http.stream("POST", "/v1/audio/speech", json={**body, "stream_format": "sse"}) as sse:
+            audio_chunks, sse_lines = audio.iter_raw(), sse.iter_lines()
+            next(audio_chunks)
+            next(sse_lines)
+            server.engine._process.kill()
+            try:
+                for _ in audio_chunks:
+                    pass
+            except httpx.RemoteProtocolError:
+                outcomes["audio"] = "incomplete body"
+            events = [json.loads(line[6:]) for line in sse_lines if line.startswith("data: ")]
+            outcomes["sse"] = events[-1]["error"]["code"] if events[-1]["type"] == "error" else events[-1]["type"]
+    return outcomes
+
+
+def test_shutdown_lets_streams_run_then_ends_them_with_errors(custom_voice_tts, tmp_path, speaker):
+    from websockets.sync.client import connect
+
+    grace_s = 1.0
+    server = LiveServer(custom_voice_tts, tmp_path, shutdown_grace_s=grace_s)
+    body = {"input": "A long one.", "voice": speaker, "response_format": "pcm", "max_frames": 4000,
+            "min_frames": 4000, "stream_format": "sse"}
+    closer = threading.Thread(target=server.close)
+    with httpx.stream("POST", server.url + "/v1/audio/speech", json=body, timeout=30) as sse, \
+            connect(server.ws_url) as ws:
+        ws.send(json.dumps({"type": "session.update", "voice": speaker, "max_frames": 4000, "min_frames": 4000}))
+        ws.send(json.dumps({"type": "input.text", "text": "Talking through the shutdown.\n"}))
+        lines = sse.iter_lines()
+        next(lines)
+        closer.start()  # as SIGTERM does
+        began = time.monotonic()
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        ended_s = time.monotonic() - began
+        ws_events = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                message = ws.recv(timeout=10)
+                if isinstance(message, str):
+                    ws_events.append(json.loads(message))
+    closer.join(30)
+    assert len(events) >= 3 and events[-1]["type"] == "error"  # audio went on, then a proper end
+    assert events[-1]["error"]["code"] == "shutting_down" and grace_s - 0.2 < ended_s < grace_s + 3
+    assert [e["error"]["code"] for e in ws_events if e["type"] == "error"] == ["shutting_down"]
+    assert ws.close_code == 1012
+    metrics = server.app.state.qtts.metrics.render()[0].decode()
+    assert 'qtts_requests_total{endpoint="/v1/audio/speech",status="503"} 1.0' in metrics
+    assert 'qtts_requests_total{endpoint="/v1/audio/speech/stream",status="503"} 1.0' in metrics
+
+
+def test_a_stalled_request_body_gets_408(custom_voice_tts, tmp_path):
+    server = LiveServer(custom_voice_tts, tmp_path, body_timeout_s=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"input\": ")  # and then nothing
+            reply = b""
+            while chunk := raw.recv(4096):  # until the server closes the connection
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"]["code"] == "body_timeout"
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    finally:
+        server.close()
+
+
+def test_api_keys_in_query_strings_are_redacted_in_logs(custom_voice_tts, tmp_path):
+    from websockets.sync.client import connect
+
+    server = LiveServer(custom_voice_tts, tmp_path, api_key="secret-value", log_level="info")
+    try:
+        with captured_logs("uvicorn", "uvicorn.access", "qtts") as records:
+            with connect(server.ws_url + "?api_key=secret-value&x=1") as ws:
+                assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+            httpx.get(server.url + "/v1/models?api_key=secret-value", timeout=10)
+        lines = [record.getMessage() for record in records]
+        assert any("api_key=***&x=1" in line for line in lines), lines
+        assert any("/v1/models?api_key=***" in line for line in lines), lines
+        assert not any("secret-value" in line for line in lines)
+    finally:
+        server.close()

@@ -1,5 +1,7 @@
 """Clone voices over HTTP on a Base model (surviving a restart), and VoiceDesign through `instructions`."""
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from qtts.api import TTS
-from tests.server.conftest import FAST, LiveServer
+from tests.server.conftest import FAST, LiveServer, silent_flac
 
 
 def reference_wav(seconds=1.5, seed=0) -> bytes:
@@ -115,3 +117,79 @@ def test_voice_design_takes_the_voice_from_instructions(tiny_voice_design, tmp_p
         assert len(audio) > 0
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def base_server(base_tts, tmp_path_factory):
+    server = LiveServer(base_tts, tmp_path_factory.mktemp("voices"))
+    yield server
+    server.close()
+
+
+def test_a_decode_bomb_is_refused_from_its_header(base_server):
+    bomb = silent_flac(1.0, 96000, 8, claimed_seconds=1300)  # 1 kB claiming 1,300 s of 8-channel 96 kHz
+    response = upload(base_server, "Bomb", audio=bomb, content_type="audio/flac")
+    assert response.status_code == 413, response.text
+    assert "1300.0 s" in response.json()["error"]["message"] and response.json()["error"]["param"] == "audio"
+    assert httpx.get(base_server.url + "/health", timeout=10).status_code == 200
+
+
+def test_uploads_are_decoded_a_few_at_a_time(base_server, monkeypatch):
+    from qtts import audio as audio_io
+    from qtts.server.state import MAX_CONCURRENT_DECODES
+
+    load_audio, running, most = audio_io.load_audio, [0], [0]
+
+    def slow_load(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        time.sleep(0.3)
+        running[0] -= 1
+        return load_audio(*args, **kwargs)
+
+    monkeypatch.setattr(audio_io, "load_audio", slow_load)
+    with ThreadPoolExecutor(5) as pool:
+        statuses = list(pool.map(lambda n: upload(base_server, f"Quiet {n}", audio=b"\0" * 1000).status_code,
+                                 range(5)))
+    assert statuses == [422] * 5 and most[0] == MAX_CONCURRENT_DECODES
+
+
+def test_a_damaged_voice_file_is_named_and_marked(base_tts, tmp_path):
+    server = LiveServer(base_tts, tmp_path)
+    try:
+        voice = upload(server, "Fragile").json()
+    finally:
+        server.close()
+    path = tmp_path / f"{voice['id']}.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    server = LiveServer(base_tts, tmp_path)
+    try:
+        spoken = httpx.post(server.url + "/v1/audio/speech", timeout=60,
+                            json={"input": "Hi.", "voice": "fragile", "response_format": "pcm", **FAST})
+        assert spoken.status_code == 410, spoken.text
+        error = spoken.json()["error"]
+        assert error["code"] == "voice_damaged" and "'Fragile'" in error["message"] and voice["id"] in error["message"]
+        assert httpx.get(f"{server.url}/v1/voices/{voice['id']}", timeout=60).status_code == 410
+        listed = {v["id"]: v for v in httpx.get(server.url + "/v1/voices", timeout=60).json()["data"]}
+        assert listed[voice["id"]]["status"] == "damaged"
+        assert httpx.delete(f"{server.url}/v1/voices/{voice['id']}", timeout=60).status_code == 200
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("name", ["a/b", "VOICE_x", "Voice_1", "tab\there"])
+def test_names_that_could_not_be_reached_are_refused(base_server, name):
+    response = upload(base_server, name)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name"
+
+
+def test_a_name_that_is_not_utf8_is_refused_not_garbled(base_server):
+    boundary = "qttsboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n".encode() + b"Caf\xe9\r\n"
+            + f"--{boundary}\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"r.wav\"\r\n"
+              "Content-Type: audio/wav\r\n\r\n".encode() + reference_wav() + f"\r\n--{boundary}--\r\n".encode())
+    response = httpx.post(base_server.url + "/v1/voices", content=body, timeout=60,
+                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 400 and "utf-8" in response.json()["error"]["message"]
+    assert "Caf" not in str(httpx.get(base_server.url + "/v1/voices", timeout=60).json())

@@ -1,7 +1,11 @@
+import os
+import sqlite3
+from pathlib import Path
+
 import pytest
 import torch
 
-from qtts.server.voices_store import DuplicateVoiceError, VoiceStore
+from qtts.server.voices_store import DamagedVoiceError, DuplicateVoiceError, VoiceStore
 from qtts.voices import VoicePrompt
 
 
@@ -42,3 +46,50 @@ def test_ids_that_are_not_voice_ids_touch_no_files(tmp_path):
     assert store.find("../keep") is None
     assert not store.delete("../keep")
     assert (tmp_path / "keep.safetensors").exists()
+
+
+def test_files_no_row_lists_are_removed_on_opening(tmp_path):
+    store = VoiceStore(tmp_path)
+    kept = store.add("Alice", prompt(), 1.0)
+    store.close()
+    orphan = tmp_path / "voice_0123456789abcdef.safetensors"  # a kill between the file and its row
+    orphan.write_bytes((tmp_path / f"{kept.id}.safetensors").read_bytes())
+    partial = tmp_path / "voice_fedcba9876543210.partial"  # a kill while writing the file
+    partial.write_bytes(b"half a voice")
+    reopened = VoiceStore(tmp_path)
+    assert not orphan.exists() and not partial.exists()
+    assert [r.id for r in reopened.list()] == [kept.id] and reopened.prompt(kept.id).reference_text == "hello there"
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "truncate"])
+def test_a_voice_whose_file_is_damaged_is_marked_and_named(tmp_path, damage):
+    store = VoiceStore(tmp_path)
+    record = store.add("Alice", prompt(), 1.0)
+    store.close()
+    path = tmp_path / f"{record.id}.safetensors"
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(b"" if damage == "empty" else path.read_bytes()[:50])
+    reopened = VoiceStore(tmp_path)
+    with pytest.raises(DamagedVoiceError, match="missing" if damage == "delete" else "cannot be read"):
+        reopened.prompt(record.id)
+    listed = reopened.find("Alice").to_json()
+    assert listed["status"] == "damaged" and listed["error"]
+    assert reopened.delete(record.id) and reopened.list() == []
+
+
+def test_a_voice_file_is_durable_before_its_row_commits(tmp_path, monkeypatch):
+    fsynced = []
+    fsync = os.fsync
+
+    def watched(fd):
+        rows = sqlite3.connect(tmp_path / "voices.sqlite3").execute("SELECT COUNT(*) FROM voices").fetchone()[0]
+        fsynced.append((Path(os.readlink(f"/proc/self/fd/{fd}")).name, rows))
+        fsync(fd)
+
+    store = VoiceStore(tmp_path)
+    monkeypatch.setattr(os, "fsync", watched)
+    record = store.add("Alice", prompt(), 1.0)
+    assert fsynced == [(f"{record.id}.partial", 0), (tmp_path.name, 0)]  # the file, then the folder's rename
+    assert [r.id for r in store.list()] == [record.id]

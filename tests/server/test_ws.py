@@ -1,13 +1,15 @@
 """The websocket: incremental text in, audio per sentence out, errors, cancel and disconnect."""
 import base64
 import json
+import time
 
 import httpx
 import numpy as np
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from qtts.server.ws import MAX_MESSAGE_BYTES, MAX_MESSAGE_CHARS
 from tests.server.conftest import FAST, LiveServer, assert_same_audio
 
 
@@ -120,13 +122,20 @@ def test_disconnect_cancels_generation(custom_voice_server, speaker):
     custom_voice_server.wait_idle(timeout_s=5)
 
 
+def close_of(url, **options) -> tuple[int, str]:
+    """The close code and reason of a session the server ends before saying anything."""
+    with connect(url, **options) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
 def test_api_key_on_the_websocket(custom_voice_tts, tmp_path, speaker):
     server = LiveServer(custom_voice_tts, tmp_path, api_key="secret")
     try:
-        with pytest.raises(InvalidStatus):
-            connect(server.ws_url).close()
-        with pytest.raises(InvalidStatus):
-            connect(server.ws_url + "?api_key=wrong").close()
+        assert close_of(server.ws_url) == (1008, "missing API key: send 'Authorization: Bearer KEY'")
+        assert close_of(server.ws_url + "?api_key=wrong") == (1008, "incorrect API key")
+        assert close_of(server.ws_url, additional_headers={"Authorization": "Bearer nope"})[0] == 1008
         with connect(server.ws_url + "?api_key=secret") as ws:
             assert receive_json(ws)["type"] == "session.created"
         with connect(server.ws_url, additional_headers={"Authorization": "Bearer secret"}) as ws:
@@ -144,3 +153,39 @@ def test_websocket_pcm_is_16_bit_samples(custom_voice_server, speaker):
         _, audio = collect(ws)
     samples = np.frombuffer(audio[0], "<i2")
     assert len(samples) % 1920 == 0 and 0 < len(samples) <= 8 * 1920
+
+
+def test_frames_that_used_to_end_the_session_get_errors(custom_voice_server, speaker):
+    with connect(custom_voice_server.ws_url, max_size=None) as ws:
+        receive_json(ws)
+        ws.send("[" * 5000)  # a RecursionError in the parser used to drop the connection with 1006
+        assert receive_json(ws)["error"]["code"] == "invalid_message"
+        send(ws, type="input.text", text="a" * (MAX_MESSAGE_CHARS + 1))
+        assert receive_json(ws)["error"]["code"] == "message_too_large"
+        send(ws, type="session.update", voice=speaker, **FAST)
+        receive_json(ws, "session.updated")
+        send(ws, type="input.text", text="\ud800 lone surrogate.\n")
+        error = receive_json(ws, "error")
+        assert error["error"]["type"] == "invalid_request_error" and "surrogate" in error["error"]["message"]
+        send(ws, type="input.text", text="Still here.\n")
+        assert receive_json(ws, "audio.done")["text"] == "Still here."
+        ws.send("x" * (MAX_MESSAGE_BYTES + 1))
+        with pytest.raises(ConnectionClosed):
+            receive_json(ws)
+    assert ws.close_code == 1009
+
+
+def test_a_runaway_message_does_not_stall_other_clients(custom_voice_server):
+    text = json.dumps({"type": "input.text", "text": "." * (MAX_MESSAGE_CHARS - 100)})
+    with connect(custom_voice_server.ws_url) as ws, httpx.Client(base_url=custom_voice_server.url) as http:
+        receive_json(ws)
+        http.get("/health")
+        ws.send(text)
+        waits = []
+        for _ in range(5):
+            started = time.perf_counter()
+            assert http.get("/health", timeout=10).status_code == 200
+            waits.append(time.perf_counter() - started)
+        send(ws, type="cancel")
+        assert receive_json(ws)["type"] == "cancelled"  # the message was handled, not dropped
+    assert max(waits) < 0.5
