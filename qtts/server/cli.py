@@ -46,16 +46,29 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--voices-dir", type=Path, default=None,
                    help=f"where clone voices are stored (default: {default_voices_dir()})")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    scale = p.add_argument_group("many replicas on Ray Serve (pip install 'qtts[ray]'; see docs/deploy.md)")
+    scale.add_argument("--replicas", type=int, default=None,
+                       help="serve through Ray Serve with this many engine replicas (default: one server, no Ray)")
+    scale.add_argument("--max-replicas", type=int, default=None,
+                       help="autoscale between --replicas and this many on queue depth")
+    scale.add_argument("--gpus-per-replica", type=float, default=None,
+                       help="GPUs each replica takes; 0.5 puts two on one card (default: 1, or 0 on --device cpu)")
+    scale.add_argument("--drain-timeout-s", type=float, default=120,
+                       help="how long a stopping replica lets its in-flight streams finish")
     return p
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    """Load the model, build the app and serve until interrupted (Ctrl-C stops in-flight streams)."""
+    """Load the model, build the app and serve until interrupted (Ctrl-C stops in-flight streams);
+    with --replicas, hand over to Ray Serve (qtts.deploy) instead."""
+    if args.replicas is not None:
+        from ..deploy import run_replicas
+
+        return run_replicas(args)
     import uvicorn
 
     from ..api import TTS, pick_device
     from .app import create_app
-    from .state import ServerSettings
 
     # The engine thread gives up the GIL in every torch call; each time, a busy event loop (many open
     # streams) may keep it for a whole switch interval (5 ms by default) before handing it back.
@@ -66,7 +79,15 @@ def run_serve(args: argparse.Namespace) -> None:
     # with an engine process, this one only builds requests and voices
     tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
                               prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process)
-    settings = ServerSettings(
+    uvicorn.run(create_app(tts, server_settings(args, engine_process)), host=args.host, port=args.port,
+                log_level=args.log_level, timeout_graceful_shutdown=5)
+
+
+def server_settings(args: argparse.Namespace, engine_process: bool):
+    """The ServerSettings that the `qtts serve` flags ask for."""
+    from .state import ServerSettings
+
+    return ServerSettings(
         voices_dir=args.voices_dir or default_voices_dir(),
         model_name=args.model_name or Path(str(args.model)).name,
         api_key=args.api_key or None,
@@ -80,5 +101,3 @@ def run_serve(args: argparse.Namespace) -> None:
         max_prefills_per_frame=args.max_prefills_per_frame,
         low_buffer_s=args.low_buffer_ms / 1000,
     )
-    uvicorn.run(create_app(tts, settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
