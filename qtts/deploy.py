@@ -38,8 +38,8 @@ APP_NAME = "qtts"
 log = logging.getLogger("qtts.deploy")
 
 
-class DeployArgs(BaseModel):
-    """What `build_app` needs: the model, the server settings and how to scale."""
+class ReplicaArgs(BaseModel):
+    """What one replica needs: the model and the server settings."""
 
     model: str = Field(description="checkpoint folder or hub id (every node must be able to load it)")
     dtype: str | None = None
@@ -49,13 +49,6 @@ class DeployArgs(BaseModel):
     switch_interval_us: float = 50
     server: dict[str, Any] = Field(default_factory=dict,
                                    description="ServerSettings fields: voices_dir, model_name, max_batch, ...")
-    replicas: int = Field(1, ge=1, description="replicas (the minimum when max_replicas is set)")
-    max_replicas: int | None = Field(None, ge=1, description="autoscale on queue depth up to this many")
-    gpus_per_replica: float = Field(1.0, ge=0, description="0.5 puts two replicas on one card; 0 runs on CPU")
-    cpus_per_replica: float = Field(1.0, ge=0)
-    max_ongoing_requests: int | None = Field(None, ge=1, description="streams one replica takes (default: "
-                                             "max_batch); more wait at the proxy for the first free replica")
-    drain_timeout_s: float = Field(120.0, gt=0, description="how long a stopping replica lets streams finish")
 
     def settings(self, engine_process: bool) -> ServerSettings:
         """The settings every replica serves with; the voices folder is absolute so that all share it."""
@@ -64,17 +57,30 @@ class DeployArgs(BaseModel):
         return ServerSettings(**fields)
 
 
+class DeployArgs(ReplicaArgs):
+    """What `build_app` needs: the replicas' arguments and how to scale them (changing only these
+    resizes a running deployment without restarting its replicas)."""
+
+    replicas: int = Field(1, ge=1, description="replicas (the minimum when max_replicas is set)")
+    max_replicas: int | None = Field(None, ge=1, description="autoscale on queue depth up to this many")
+    gpus_per_replica: float = Field(1.0, ge=0, description="0.5 puts two replicas on one card; 0 runs on CPU")
+    cpus_per_replica: float = Field(1.0, ge=0)
+    max_ongoing_requests: int | None = Field(None, ge=1, description="streams one replica takes (default: "
+                                             "max_batch); more wait at the proxy for the first free replica")
+    drain_timeout_s: float = Field(120.0, gt=0, description="how long a stopping replica lets streams finish")
+
+
 @serve.ingress()  # the app is built in each replica, once its model is loaded
 class SpeechReplica:
     """One engine and the whole HTTP surface; Serve runs as many as asked."""
 
-    def __init__(self, args: DeployArgs):
+    def __init__(self, args: ReplicaArgs, device: str):
         import torch
 
         from .api import TTS
 
         sys.setswitchinterval(args.switch_interval_us * 1e-6)  # see `qtts serve --switch-interval-us`
-        device = torch.device("cuda" if args.gpus_per_replica > 0 else "cpu")  # Ray picks the card
+        device = torch.device(device)  # "cuda": the card Ray gave this replica
         engine_process = args.engine_process == "on" or (args.engine_process == "auto" and device.type == "cuda")
         self.tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
                                        prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process)
@@ -115,8 +121,10 @@ class ReplicaHeader:
         await self.app(scope, receive, named_send if scope["type"] == "http" else send)
 
 
-def build_app(args: DeployArgs) -> Application:
-    """The Ray Serve application: `serve run qtts.deploy:build_app model=FOLDER [replicas=N ...]`."""
+def build_app(args: DeployArgs | dict) -> Application:
+    """The Ray Serve application: `serve run qtts.deploy:build_app model=FOLDER [replicas=N ...]`, or a
+    Serve config file's `import_path: qtts.deploy:build_app` with these `args`."""
+    args = DeployArgs.model_validate(args)
     defaults = ServerSettings(voices_dir=Path("."))
     max_batch = int(args.server.get("max_batch", defaults.max_batch))
     options: dict[str, Any] = {
@@ -135,7 +143,9 @@ def build_app(args: DeployArgs) -> Application:
             target_ongoing_requests=max(1.0, 0.75 * options["max_ongoing_requests"]))
     else:
         options["num_replicas"] = args.replicas
-    return serve.deployment(SpeechReplica, name="SpeechReplica").options(**options).bind(args)
+    replica_args = ReplicaArgs(**args.model_dump(include=set(ReplicaArgs.model_fields)))
+    device = "cuda" if args.gpus_per_replica > 0 else "cpu"
+    return serve.deployment(SpeechReplica, name="SpeechReplica").options(**options).bind(replica_args, device)
 
 
 def deploy_args(args: argparse.Namespace) -> DeployArgs:
@@ -171,8 +181,7 @@ def run_replicas(args: argparse.Namespace) -> None:
         log.info("draining: in-flight streams finish, new requests are refused")
         serve.delete(APP_NAME)  # returns once every replica has drained and stopped
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # ends the cluster if this process started it; a joined cluster's Serve stays
 
 
 def _default_voices_dir() -> Path:
