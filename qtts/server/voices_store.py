@@ -42,7 +42,9 @@ class DuplicateVoiceError(ValueError):
 
 
 class VoiceStore:
-    """Thread-safe store of clone voices under one folder; survives restarts."""
+    """Thread-safe store of clone voices under one folder; survives restarts. Several processes (server
+    replicas) may share the folder: SQLite's file locks order their writes, and each reads the database on
+    every lookup, so a voice added or deleted by one is seen by all at once."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -64,10 +66,14 @@ class VoiceStore:
             partial = path.with_suffix(".partial")
             prompt.save(partial)
             partial.replace(path)
-            with self._db:
-                self._db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
-                                 (record.id, record.name, name.casefold(), record.created_at, record.transcript,
-                                  record.reference_seconds))
+            try:
+                with self._db:
+                    self._db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
+                                     (record.id, record.name, name.casefold(), record.created_at, record.transcript,
+                                      record.reference_seconds))
+            except sqlite3.IntegrityError:  # another process sharing the folder took the name meanwhile
+                path.unlink(missing_ok=True)
+                raise DuplicateVoiceError(f"a voice named {name!r} already exists; delete it or pick another name")
             self._prompts[record.id] = prompt
         return record
 

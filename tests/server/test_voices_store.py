@@ -42,3 +42,16 @@ def test_ids_that_are_not_voice_ids_touch_no_files(tmp_path):
     assert store.find("../keep") is None
     assert not store.delete("../keep")
     assert (tmp_path / "keep.safetensors").exists()
+
+
+def test_stores_sharing_a_folder_see_each_others_voices_and_names(tmp_path, monkeypatch):
+    first, second = VoiceStore(tmp_path), VoiceStore(tmp_path)  # e.g. two server replicas
+    record = first.add("Alice", prompt(), 1.0)
+    assert second.find("alice") == record
+    assert torch.equal(second.prompt(record.id).reference_codes, prompt().reference_codes)
+    # both check the name before either writes: the database refuses the second, and its file goes
+    monkeypatch.setattr(second, "_find_locked", lambda name: None)
+    with pytest.raises(DuplicateVoiceError):
+        second.add("ALICE", prompt(), 1.0)
+    assert sorted(p.name for p in tmp_path.glob("voice_*")) == [f"{record.id}.safetensors"]
+    assert first.delete(record.id) and second.find(record.id) is None
