@@ -1,6 +1,6 @@
 """Ray Serve replicas on a local Ray cluster (CPU, tiny Base checkpoint): streaming through Ray's proxy with
-the openai client, one voice store for every replica, a replica killed mid-stream, drain on scale-down and
-on SIGTERM to `qtts serve --replicas`."""
+the openai client, one voice store for every replica, /metrics for every replica, a replica killed mid-stream,
+drain on scale-down and on SIGTERM to `qtts serve --replicas`."""
 import base64
 import json
 import os
@@ -177,6 +177,19 @@ def test_a_voice_made_through_one_replica_is_usable_through_every_other(url, voi
     assert deleted.status_code == 200
     for _ in range(6):
         assert speech(url, "fresh").status_code == 404  # gone on every replica at once
+
+
+def test_metrics_cover_every_replica(url, voice):
+    replicas = {speech(url, voice).headers["x-qtts-replica"] for _ in range(12)}
+    assert len(replicas) == 2
+
+    def labelled() -> set:
+        text = httpx.get(url + "/metrics").text
+        return {line.split('replica="')[1].split('"')[0] for line in text.splitlines()
+                if line.startswith("qtts_requests_total{") and 'endpoint="/v1/audio/speech"' in line}
+
+    # each replica posts its metrics at every health check (5 s); whichever answers the scrape shows all
+    wait_for(lambda: labelled() == replicas, 20, "both replicas in /metrics")
 
 
 def test_a_replica_killed_mid_stream_fails_that_stream_and_is_replaced(url, voice):
