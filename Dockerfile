@@ -30,7 +30,9 @@ COPY qtts ./qtts
 # hadolint ignore=DL3013
 RUN pip install ".[${QTTS_EXTRAS}]"
 
-RUN useradd --create-home --uid 10001 qtts \
+# KubeRay starts Ray through a login shell, which may reset PATH
+RUN ln -s /opt/qtts/bin/qtts /opt/qtts/bin/ray /opt/qtts/bin/serve /usr/local/bin/ \
+    && useradd --create-home --uid 10001 qtts \
     && mkdir -p /data /models \
     && chown qtts /data
 USER 10001

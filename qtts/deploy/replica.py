@@ -1,6 +1,7 @@
 """One Serve replica: a model, its engine and the whole HTTP surface of `create_app`."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +27,12 @@ class ReplicaArgs(BaseModel):
                                    description="ServerSettings fields: voices_dir, model_name, max_batch, ...")
 
     def settings(self, engine_process: bool) -> ServerSettings:
-        """The settings every replica serves with; the voices folder is absolute so that all share it."""
+        """The settings every replica serves with; the voices folder is absolute so that all share it, and
+        the API key, unless given, is $QTTS_API_KEY where the replica runs (a secret kept out of configs)."""
         from ..server.cli import default_voices_dir
 
-        fields = {"model_name": Path(self.model).name, **self.server, "engine_process": engine_process}
+        fields = {"model_name": Path(self.model).name, "api_key": os.environ.get("QTTS_API_KEY") or None,
+                  **self.server, "engine_process": engine_process}
         fields["voices_dir"] = Path(fields.get("voices_dir") or default_voices_dir()).absolute()
         return ServerSettings(**fields)
 
