@@ -21,7 +21,9 @@ def deploy_args(args: argparse.Namespace) -> DeployArgs:
     del server["engine_process"]  # each replica decides it for its own device
     gpus = args.gpus_per_replica
     if gpus is None:
-        gpus = 0.0 if (args.device or "").startswith("cpu") else 1.0
+        from ..api import pick_device
+
+        gpus = 1.0 if pick_device(args.device).type == "cuda" else 0.0
     return DeployArgs(model=str(args.model), dtype=args.dtype, max_len=args.max_len,
                       prefix_cache_mb=args.prefix_cache_mb, engine_process=args.engine_process,
                       switch_interval_us=args.switch_interval_us, server=server, replicas=args.replicas,

@@ -52,7 +52,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     scale.add_argument("--max-replicas", type=int, default=None,
                        help="autoscale between --replicas and this many on queue depth")
     scale.add_argument("--gpus-per-replica", type=float, default=None,
-                       help="GPUs each replica takes; 0.5 puts two on one card (default: 1, or 0 on --device cpu)")
+                       help="GPUs each replica takes; 0.5 puts two on one card (default: 1 with CUDA, else 0)")
     scale.add_argument("--drain-timeout-s", type=float, default=120,
                        help="how long a stopping replica lets its in-flight streams finish")
     return p
