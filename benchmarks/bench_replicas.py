@@ -15,6 +15,7 @@ within the bound) and bench_serve's statistics of every rate; a run adds its con
 file, so the configurations can be measured in separate runs.
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -63,8 +64,8 @@ def stop_mps() -> None:
 
 def stop_ray() -> None:
     """End whatever a Ray configuration left running (a server killed before it shut its cluster down)."""
-    if shutil.which("ray"):
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    if importlib.util.find_spec("ray") is not None:  # installed with --target, its `ray` script may be off PATH
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
 
 
 def run_config(name: str, args, scratch: Path) -> dict:

@@ -1,6 +1,7 @@
 """Ray Serve replicas on a local Ray cluster (CPU, tiny Base checkpoint): streaming through Ray's proxy with
 the openai client, one voice store for every replica, /metrics for every replica, a replica killed mid-stream,
 drain on scale-down and on SIGTERM to `qtts serve --replicas`."""
+import asyncio
 import base64
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -23,7 +25,11 @@ serve = pytest.importorskip("ray.serve")
 from ray.serve.context import _get_global_client  # noqa: E402
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
+from qtts.api import TTS  # noqa: E402
 from qtts.deploy import APP_NAME  # noqa: E402
+from qtts.deploy.replica import SpeechReplica  # noqa: E402
+from qtts.server.app import create_app  # noqa: E402
+from qtts.server.state import ServerSettings  # noqa: E402
 from tests.server.conftest import assert_same_audio  # noqa: E402
 from tests.server.test_voices_api import reference_wav  # noqa: E402
 
@@ -95,6 +101,14 @@ def voice(url, deploy) -> str:
                          files={"audio": ("reference.wav", reference_wav(), "audio/wav")})
     assert created.status_code == 201, created.text
     return created.json()["id"]
+
+
+def test_serve_health_check_fails_until_health_answers_200(tiny_base, tmp_path):
+    """Serve replaces a replica after three failed checks; a replica fails them while /health says no."""
+    app = create_app(TTS.from_pretrained(tiny_base, device="cpu"), ServerSettings(voices_dir=tmp_path))
+    replica = SimpleNamespace(http_app=app)  # the check reads nothing else before /health answers 200
+    with pytest.raises(RuntimeError, match="503"):  # engine not started: {"status": "starting"}
+        asyncio.run(SpeechReplica.check_health(replica))
 
 
 def test_sigterm_drains_qtts_serve_replicas(tiny_base, tmp_path):
@@ -180,8 +194,9 @@ def test_a_voice_made_through_one_replica_is_usable_through_every_other(url, voi
 
 
 def test_metrics_cover_every_replica(url, voice):
-    replicas = {speech(url, voice).headers["x-qtts-replica"] for _ in range(12)}
-    assert len(replicas) == 2
+    replicas = set()
+    wait_for(lambda: replicas.add(speech(url, voice).headers["x-qtts-replica"]) or len(replicas) == 2, 30,
+             "both replicas answering")
 
     def labelled() -> set:
         text = httpx.get(url + "/metrics").text
