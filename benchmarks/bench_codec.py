@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 from qtts.bench import save_results  # noqa: E402
 from qtts.config import FRAME_MS, CodecDecoderConfig  # noqa: E402
 from qtts.config import parse_codec_config  # noqa: E402
-from qtts.models.codec_decoder import CodecDecoder, StreamingCodecDecoder  # noqa: E402
+from qtts.models.codec_decoder import CodecDecoder  # noqa: E402
+from qtts.models.codec_streaming import StreamingCodecDecoder  # noqa: E402
 from qtts.testing.configs import codec_config  # noqa: E402
 from qtts.testing.random_weights import random_tensor  # noqa: E402
 from qtts.testing.tensors import codec_tensor_specs  # noqa: E402

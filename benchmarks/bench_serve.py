@@ -332,13 +332,13 @@ def free_port() -> int:
 
 @contextmanager
 def server_process(args, folder: Path):
-    """`qtts serve` in a subprocess on a free port; yields its URL once /health answers."""
+    """`qtts serve` in a subprocess on a free port; yields its URL and start-up seconds once /health says ready."""
     port = free_port()
     command = [sys.executable, "-m", "qtts.cli", "serve", "--model", str(folder), "--port", str(port),
                "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue), "--max-len", str(args.max_len),
                "--log-level", "warning"]
     command += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
-    command += ["--engine-process", args.engine_process] + (["--concurrent-prefill"] if args.concurrent_prefill else [])
+    command += ["--engine-process", args.engine_process]
     command += args.server_args.split()
     if args.switch_interval_us is not None:
         command += ["--switch-interval-us", str(args.switch_interval_us)]
@@ -348,13 +348,14 @@ def server_process(args, folder: Path):
                                    env=env, cwd=REPO)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + args.startup_timeout
+            started = time.monotonic()
+            deadline = started + args.startup_timeout
             while not _healthy(url):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     raise SystemExit(f"the server did not start:\n{log.read()[-4000:]}")
-                time.sleep(0.2)
-            yield url
+                time.sleep(0.05)
+            yield url, round(time.monotonic() - started, 1)
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -405,7 +406,13 @@ async def sweep(args, url: str, result: dict, save) -> None:
         # this client's own event-loop lag: a stall here delays pieces that left the server on time
         client_lag = DurationHistogram()
         watcher = asyncio.create_task(watch_loop_lag(client_lag))
-        result["warmup_s"] = await warm_up(load, args.max_batch)
+        if args.cold_start:  # the server's first requests, sent the moment it said ready
+            duration = args.cold_requests / args.cold_rate
+            outcomes, wall_s = await open_loop(load, args.cold_rate, duration, args.seed)
+            result["cold_start"] = {"rate": args.cold_rate, **summarize(outcomes, wall_s, load)}
+            save(result["cold_start"])
+        if args.client_warmup:
+            result["warmup_s"] = await warm_up(load, args.max_batch)
         phases = [("open_loop", "rate", args.rates, open_loop, args.stop_p95_ms),
                   ("closed_loop", "concurrency", args.concurrency, closed_loop, float("inf"))]
         for phase, key, levels, measure, stop_p95_ms in phases:
@@ -443,7 +450,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--switch-interval-us", type=float, default=None, help="the server's GIL switch interval")
     parser.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
                         help="the server's engine in its own process (auto: on GPU)")
-    parser.add_argument("--concurrent-prefill", action="store_true", help="the server's --concurrent-prefill")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="first, open-loop load at --cold-rate from the moment /health says ready")
+    parser.add_argument("--cold-rate", type=float, default=10.0)
+    parser.add_argument("--cold-requests", type=int, default=50, help="about this many requests in the cold phase")
+    parser.add_argument("--client-warmup", action="store_true",
+                        help="send 1, 2, 4 ... max_batch requests before measuring (a user's server gets none)")
     parser.add_argument("--server-args", default="", help="more `qtts serve` flags, e.g. '--low-buffer-ms 50'")
     parser.add_argument("--rates", type=numbers, default=numbers("1,2,4,8,10,16,20,30,40,60"), help="'' skips")
     parser.add_argument("--concurrency", type=lambda t: numbers(t, int), default=[1, 2, 4, 8, 16, 32, 64, 128],
@@ -482,7 +494,7 @@ def main() -> None:
               "model_type": None if args.model else args.type, "size": None if args.model else args.size,
               "max_batch": args.max_batch, "max_queue": args.max_queue, "max_len": args.max_len,
               "switch_interval_us": args.switch_interval_us, "engine_process": args.engine_process,
-              "concurrent_prefill": args.concurrent_prefill, "server_args": args.server_args,
+              "server_args": args.server_args, "command": " ".join(sys.argv),
               "duration_s": args.duration, "seed": args.seed, "smoke": args.smoke, "stop_p95_ms": args.stop_p95_ms,
               "audible_level_int16": AUDIBLE_LEVEL, "chars_per_second": CHARS_PER_SECOND,
               "prompts": {"count": len(prompts), "mean_chars": round(float(np.mean([len(p) for p in prompts])), 1),
@@ -507,7 +519,8 @@ def main() -> None:
     if args.url:
         run(sweep(args, args.url.rstrip("/"), result, save))
     else:
-        with server_process(args, folder) as url:
+        with server_process(args, folder) as (url, startup_s):
+            result["startup_s"] = startup_s
             run(sweep(args, url, result, save))
     save()
     print(f"wrote {out}", flush=True)

@@ -2,8 +2,8 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-concurrent serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,7 @@ fixtures() {  # fixtures TYPE:SIZE ... (written in parallel, once per machine)
 stages=()
 for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues are judged by
   case $name in
+    engine) stages+=(tests-gpu speed-1.7b cold-start) ;;
     verify) stages+=(tests speed profile serve-check) ;;
     # what the session of 2026-12-02 (afternoon) left unmeasured: the codec's layout rule (one-pass time), serving
     # with it, and whether the closed loop's early underruns are the client's (client_loop_lag; ~8.5 min)
@@ -77,8 +78,15 @@ for name in "${stages[@]}"; do
       stage serve 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 10 \
         --rates 1,4,10,20,40,60 --concurrency 1,16,64,128 ;;
     speed)
-      fixtures custom_voice:0.6b custom_voice:1.7b
-      stage speed 300 python3 benchmarks/bench_speed.py --sizes 0.6b,1.7b --requests 20 ;;
+      fixtures custom_voice:0.6b custom_voice:1.7b base:1.7b
+      stage speed 300 python3 benchmarks/bench_speed.py --sizes 0.6b,1.7b --requests 20 --batch 64 --batch-frames 150 ;;
+    speed-1.7b)  # one stream and the offline batch of the one-engine issue, 1.7B only
+      fixtures custom_voice:1.7b base:1.7b
+      stage speed 240 python3 benchmarks/bench_speed.py --sizes 1.7b --requests 20 --batch 64 --batch-frames 150 ;;
+    cold-start)  # a user's server: start-up time, then load from the moment /health says ready
+      fixtures custom_voice:1.7b
+      stage cold-start 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 --cold-start \
+        --rates 20,40,60 --concurrency '' --stop-p95-ms 1000 ;;
     anchor)
       fixtures custom_voice:0.6b custom_voice:1.7b
       for size in 0.6b 1.7b; do
@@ -105,11 +113,6 @@ for name in "${stages[@]}"; do
       fixtures custom_voice:0.6b
       stage serve-closed-0.6b 120 python3 benchmarks/bench_serve.py --size 0.6b --max-batch 128 --duration 8 \
         --rates "" --concurrency 16,64 --out "$OUT/serve_0.6b_closed.json" ;;
-    serve-check-concurrent)  # serve-check with prefills alongside the frame step
-      fixtures custom_voice:1.7b
-      stage serve-concurrent 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \
-        --rates 10,20,30,40,60 --concurrency 16,64 --stop-p95-ms 1000 --concurrent-prefill \
-        --out "$OUT/serve_1.7b_concurrent_prefill.json" ;;
     serve-check-admit)  # serve-check without the one-prefill-per-frame rule
       fixtures custom_voice:1.7b
       stage serve-admit 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

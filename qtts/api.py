@@ -1,32 +1,39 @@
-"""The Python API: load a checkpoint once, then speak in any of its modes, whole or streamed."""
+"""The Python API: load a checkpoint once, then speak in any of its modes, whole, streamed or in batches.
+
+Every call runs on the serving engine (engine/engine.py), driven from the caller's thread: one
+request is a batch of one, and a batch call is continuous batching over up to max_batch rows.
+"""
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import audio as audio_io
 from .checkpoint import resolve_checkpoint
-from .config import SAMPLE_RATE, load_codec_config, load_generation_defaults, load_model_config
-from .engine.generate import RowPlan, decode_rows, default_frame_cap
-from .engine.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
-from .engine.prompt import build_prompt, resolve_mode
+from .config import SAMPLE_RATE
+from .engine.engine import Engine
+from .engine.model import ModelBundle, load_model, pick_device, pick_dtype
+from .engine.planning import check_request
+from .engine.prefix_cache import DEFAULT_PREFIX_CACHE_MB
 from .engine.request import SamplingParams, SpeechRequest
-from .engine.runner import GraphRunner
-from .kernels import kernels_enabled
-from .engine.step import FrameStep
-from .errors import InvalidRequestError, WrongModelTypeError
-from .models.codec_decoder import StreamingCodecDecoder, load_codec_decoder
-from .models.talker import Talker
-from .text import TextTokenizer
+from .engine.scheduler import Scheduler
+from .engine.stream import Stream
+from .errors import WrongModelTypeError
 from .voices import VoicePrompt
-from .weights import load_module, read_tensors
+
+__all__ = ["TTS", "Speech", "pick_device", "pick_dtype"]
 
 DEFAULT_CHUNK_FRAMES = (1, 2, 4, 8, 12)
+WHOLE_CLIP = (1 << 30,)  # a chunk schedule that hands a request's audio over once, at its end
+# offline work has no listener waiting: admit as many prompts per frame as rows are free
+BATCH_PREFILLS_PER_FRAME = 16
 
 
 @dataclass
@@ -43,78 +50,81 @@ class Speech:
         return len(self.samples) / self.sample_rate
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
-        return names[dtype]
-    return dtype
-
-
 class TTS:
     """A loaded Qwen3-TTS 12Hz model (Base, CustomVoice or VoiceDesign)."""
 
-    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, max_len: int = 4096,
-                 use_graphs: bool | None = None, fused_kernels: bool | None = None,
-                 prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True):
-        self.folder, self.device, self.dtype = folder, device, dtype
-        self.max_len = max_len
-        # how to load this model again (in an engine process)
-        self.load_options = {"device": str(device), "dtype": dtype, "max_len": max_len, "use_graphs": use_graphs,
-                             "fused_kernels": fused_kernels, "prefix_cache_mb": prefix_cache_mb}
-        # shared by the single-row path and any Engine on this model; None when turned off
-        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and generator else None
-        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
-        self._single_row: GraphRunner | None = None
-        self._single_stream: StreamingCodecDecoder | None = None
-        self.config = load_model_config(folder)
-        self.codec_config = load_codec_config(folder / "speech_tokenizer")
-        self.generation_defaults = load_generation_defaults(folder)
-        self.tokenizer = TextTokenizer.from_folder(folder)
+    def __init__(self, model: ModelBundle, max_batch: int | None = None):
+        self.model = model
+        self.max_batch = max_batch or (16 if model.device.type == "cuda" else 8)
+        self._engine: Engine | None = None
         self._speaker_encoder = None
         self._codec_encoder = None
-        self.talker = self.codec_decoder = None
-        if generator:
-            self._load_generator(folder, device, dtype, fused_kernels)
-
-    def _load_generator(self, folder: Path, device: torch.device, dtype: torch.dtype, fused_kernels: bool | None):
-        talker = Talker(self.config.talker)
-        load_module(talker, read_tensors(folder, "talker."), f"{folder}/model.safetensors")
-        self.talker = talker.to(device=device, dtype=dtype).eval()
-        if kernels_enabled(device) if fused_kernels is None else fused_kernels:
-            self.talker.model.fuse()
-            self.talker.code_predictor.model.fuse(gemv=True)
-        self.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, max_len: int = 4096,
                         use_graphs: bool | None = None, fused_kernels: bool | None = None,
-                        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True) -> "TTS":
+                        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True,
+                        max_batch: int | None = None) -> "TTS":
         """Load a checkpoint folder or hub id.
 
         max_len bounds prompt + generated frames of one request; use_graphs (default: on CUDA)
         replays each frame as a captured CUDA graph; fused_kernels (default: on CUDA with Triton)
         runs single-token steps through the fused kernels; prefix_cache_mb bounds the device memory
-        of the cache of voice-prompt K/V (0 turns it off; see `prefix_cache.stats()`).
+        of the cache of voice-prompt K/V (0 turns it off; see `prefix_cache.stats()`). max_batch:
+        rows the engine decodes together (default 16 on GPU, 8 on CPU; a batch call may ask for more).
         generator=False skips the talker and codec decoder: requests and voices can be made, not
         speech (a server whose engine runs in another process).
         """
-        device = pick_device(device)
-        return cls(resolve_checkpoint(path_or_id), device, pick_dtype(dtype, device), max_len, use_graphs,
-                   fused_kernels, prefix_cache_mb, generator)
+        model = load_model(resolve_checkpoint(path_or_id), device, dtype, max_len, use_graphs, fused_kernels,
+                           prefix_cache_mb, generator)
+        return cls(model, max_batch)
 
     # ----- facts ------------------------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        return self.model.folder
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def max_len(self) -> int:
+        return self.model.max_len
+
+    @property
+    def use_graphs(self) -> bool:
+        return self.model.use_graphs
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def codec_config(self):
+        return self.model.codec_config
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def talker(self):
+        return self.model.talker
+
+    @property
+    def codec_decoder(self):
+        return self.model.codec_decoder
+
+    @property
+    def prefix_cache(self):
+        return self.model.prefix_cache
+
     @property
     def model_type(self) -> str:
         return self.config.model_type
@@ -133,7 +143,7 @@ class TTS:
 
     def sampling(self, **overrides) -> SamplingParams:
         """Sampling parameters: generation_config.json defaults, then the given overrides."""
-        return SamplingParams.from_generation_config(self.generation_defaults, **overrides)
+        return self.model.sampling(**overrides)
 
     # ----- modes --------------------------------------------------------------------------------
     def speak(self, text: str, speaker: str, language: str = "auto", instruct: str | None = None,
@@ -152,14 +162,14 @@ class TTS:
     def request(self, text: str, *, speaker=None, instruct=None, language="auto", voice=None,
                 non_streaming_mode=None, max_frames=None, min_frames=2, seed=None, greedy=False,
                 **sampling) -> SpeechRequest:
-        """Build a validated request; sampling keywords override generation_config.json."""
+        """Build a checked request; sampling keywords override generation_config.json."""
         params = self.sampling(seed=seed, **sampling)
         if greedy:
             params = replace(params, do_sample=False, subtalker_do_sample=False)
         req = SpeechRequest(text=text, speaker=speaker, instruct=instruct, language=language, voice=voice,
                             non_streaming_mode=non_streaming_mode, sampling=params, max_frames=max_frames,
                             min_frames=min_frames)
-        return resolve_mode(self.config, req.validated())
+        return check_request(self.model, req)
 
     # ----- voices -------------------------------------------------------------------------------
     def create_voice(self, reference, reference_text: str | None = None,
@@ -200,50 +210,81 @@ class TTS:
         return self._codec_encoder
 
     # ----- generation ---------------------------------------------------------------------------
-    def generate_codes(self, requests: list[SpeechRequest], on_frame=None) -> list[tuple[torch.Tensor, str]]:
-        """Codec codes (frames, 16) and finish reason for each request, decoded as one batch.
-
-        on_frame, if given, is called once per decoded frame step (for progress bars).
-        """
-        plans = self.plans(requests)
-        step = self.frame_runner(plans)
-        frames: list[list[torch.Tensor]] = [[] for _ in plans]
-        reasons = ["length"] * len(plans)
-        for events in decode_rows(step, plans, lookahead=True):
-            if on_frame is not None:
-                on_frame()
-            for event in events:
-                if event.codes is not None:
-                    frames[event.row].append(event.codes)
-                else:
-                    reasons[event.row] = event.finish_reason
-        empty = torch.zeros(0, 16, dtype=torch.long, device=self.device)
-        return [(torch.stack(f) if f else empty, r) for f, r in zip(frames, reasons)]
+    def engine(self, max_batch: int | None = None) -> Engine:
+        """The engine every call here runs on, driven from the caller's thread; built on first use, and
+        again (larger) when a batch call asks for more rows than it has."""
+        if not self.model.has_generator:
+            raise RuntimeError("this TTS was loaded with generator=False: it builds requests and voices only")
+        rows = max(max_batch or 0, self.max_batch)
+        if self._engine is None or self._engine.max_batch < rows:
+            self._engine = None  # its buffers go before the larger engine's are allocated
+            scheduler = Scheduler(rows, max_prefills_per_frame=BATCH_PREFILLS_PER_FRAME, low_buffer_s=0)
+            self._engine = Engine(self.model, max_batch=rows, max_queue=None, scheduler=scheduler)
+        return self._engine
 
     @torch.no_grad()
     def generate(self, request: SpeechRequest, on_frame=None) -> Speech:
-        """The whole utterance at once."""
-        (codes, reason), = self.generate_codes([request], on_frame)
-        reference = request.voice.reference_codes if request.voice is not None and request.voice.icl else None
-        samples = self.decode_codes(codes, reference)
-        return Speech(samples=samples, sample_rate=SAMPLE_RATE, codes=codes.cpu(), finish_reason=reason)
+        """The whole utterance at once. on_frame, if given, is called once per generated frame."""
+        (_, result), = self.generate_many([request], on_frame=on_frame, raise_errors=True)
+        return result
+
+    def generate_codes(self, requests: list[SpeechRequest], on_frame=None) -> list[tuple[torch.Tensor, str]]:
+        """Codec codes (frames, 16) and finish reason for each request, generated as one batch."""
+        results = dict(self.generate_many(requests, on_frame=on_frame, raise_errors=True))
+        return [(results[index].codes, results[index].finish_reason) for index in range(len(requests))]
 
     @torch.no_grad()
-    def decode_codes(self, codes: torch.Tensor, reference_codes: torch.Tensor | None = None) -> np.ndarray:
-        """Waveform of generated codes; an ICL reference is decoded first as context and cut off."""
-        self._require_generator()
-        if codes.shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
-        codes = codes.to(self.device)
-        if reference_codes is not None:
-            codes = torch.cat([reference_codes.to(self.device), codes])
-        wave = self.codec_decoder(codes.clamp(0, self.codec_config.decoder.codebook_size - 1).T.unsqueeze(0))
-        wave = wave.reshape(-1).float().cpu().numpy()
-        if reference_codes is not None:
-            # upstream cuts at a float ratio of the reference length, which can land one sample early
-            total = codes.shape[0]
-            wave = wave[int(reference_codes.shape[0] / total * wave.shape[0]):]
-        return wave
+    def generate_many(self, requests: Iterable[SpeechRequest], max_batch: int | None = None, progress: bool = False,
+                      on_frame=None, raise_errors: bool = False) -> Iterator[tuple[int, Speech | Exception]]:
+        """Speak many requests with continuous batching; yields (index, Speech) as each one finishes.
+
+        Up to max_batch (default: this TTS's) generate together, and a finished one's row is taken by
+        the next at once, so a long text does not hold the short ones. A request that fails yields
+        (index, the exception) and the rest go on, unless raise_errors. progress: a bar on stderr with
+        the total and the audio seconds made per second. on_frame: called once per generated frame.
+        """
+        requests = list(requests)
+        engine = self.engine(max_batch)
+        streams: dict[int, Stream] = {}
+        bar = tqdm(total=len(requests), desc="requests", unit="req", file=sys.stderr) if progress else None
+        made_s, started = 0.0, time.perf_counter()
+        try:
+            for index, request in enumerate(requests):
+                try:
+                    streams[index] = engine.submit(request, WHOLE_CLIP, make_stream=_code_keeping_stream)
+                except Exception as exc:
+                    if raise_errors:
+                        raise
+                    yield index, exc
+            audio = {index: [] for index in streams}
+            while streams:
+                frames_before = sum(stream.frames for stream in streams.values())
+                engine.step()
+                if on_frame is not None:
+                    for _ in range(sum(stream.frames for stream in streams.values()) - frames_before):
+                        on_frame()
+                for index, stream in list(streams.items()):
+                    try:
+                        audio[index] += stream.take_ready()
+                    except Exception as exc:
+                        del streams[index]
+                        if raise_errors:
+                            raise
+                        yield index, exc
+                        continue
+                    if stream.done:
+                        del streams[index]
+                        speech = _speech(stream, audio.pop(index))
+                        made_s += speech.duration_s
+                        if bar is not None:
+                            bar.set_postfix_str(f"{made_s / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
+                            bar.update()
+                        yield index, speech
+        finally:
+            for stream in streams.values():
+                stream.cancel()
+            if bar is not None:
+                bar.close()
 
     @torch.no_grad()
     def stream(self, request: SpeechRequest, chunk_frames: tuple[int, ...] = DEFAULT_CHUNK_FRAMES
@@ -251,74 +292,44 @@ class TTS:
         """Audio chunks while frames are generated; chunk k holds chunk_frames[k] frames (the last size repeats).
 
         The codec decoder keeps its causal state between chunks, so the concatenated chunks equal
-        the whole-utterance decode of the same codes. One stream at a time per TTS (it reuses one
-        decode row and codec slot); serve concurrent streams with an Engine.
+        the whole-utterance decode of the same codes. Stopping the iteration early cancels the request.
         """
-        if not chunk_frames or min(chunk_frames) < 1:
-            raise ValueError("chunk_frames must be positive frame counts, e.g. (1, 2, 4, 8)")
-        plans = self.plans([request])
-        step = self.frame_runner(plans)
-        decoder = self.stream_decoder(chunk_frames)
-        slot = decoder.allocate()
-        if request.voice is not None and request.voice.icl:
-            decoder.decode([slot], request.voice.reference_codes.to(self.device).T.unsqueeze(0))
-        pending: list[torch.Tensor] = []
-        chunk_index = 0
-        limit = self.codec_config.decoder.codebook_size - 1
-        for events in decode_rows(step, plans, split_first=True):
-            pending += [e.codes for e in events if e.codes is not None]
-            finished = any(e.codes is None for e in events)
-            target = chunk_frames[min(chunk_index, len(chunk_frames) - 1)]
-            if pending and (len(pending) >= target or finished):
-                codes = torch.stack(pending).clamp(0, limit).T.unsqueeze(0)
-                yield decoder.decode([slot], codes, last=finished).reshape(-1).float().cpu().numpy()
-                pending, chunk_index = [], chunk_index + 1
-        decoder.free(slot)
+        engine = self.engine()
+        stream = engine.submit(request, chunk_frames)
+        try:
+            while True:
+                yield from stream.take_ready()
+                if stream.done:
+                    yield from stream.take_ready()
+                    return
+                engine.step()
+        finally:
+            if not stream.done:
+                stream.cancel()
 
-    def stream_decoder(self, chunk_frames: tuple[int, ...]) -> StreamingCodecDecoder:
-        """One persistent single-stream codec decoder, so its CUDA graphs are captured once per chunk size."""
-        if self._single_stream is None:
-            self._single_stream = StreamingCodecDecoder(self.codec_decoder, max_streams=1,
-                                                        use_graphs=self.use_graphs, graph_chunk_frames=())
-        self._single_stream.graph_chunk_frames |= set(chunk_frames)
-        if self._single_stream.active:  # a stream abandoned mid-way still holds the slot
-            self._single_stream.free(0)
-        return self._single_stream
-
-    def plans(self, requests: list[SpeechRequest]) -> list[RowPlan]:
-        """Prompt, seed and frame cap of each request: what a frame step needs to run it."""
-        self._require_generator()
-        plans = []
-        for req in requests:
-            prompt = build_prompt(self.talker, self.config, self.tokenizer, req)
-            seed = req.sampling.seed if req.sampling.seed is not None else secrets.randbits(62)
-            cap = req.max_frames if req.max_frames is not None else default_frame_cap(req.text)
-            plans.append(RowPlan(prompt=prompt, sampling=req.sampling, seed=seed, max_frames=cap,
-                                 min_frames=req.min_frames))
-        return plans
-
-    def _require_generator(self) -> None:
-        if self.talker is None:
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor, reference_codes: torch.Tensor | None = None) -> np.ndarray:
+        """Waveform of generated codes in one pass; an ICL reference is decoded first as context and cut off."""
+        if not self.model.has_generator:
             raise RuntimeError("this TTS was loaded with generator=False: it builds requests and voices only")
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        codes = codes.to(self.device)
+        if reference_codes is not None:
+            codes = torch.cat([reference_codes.to(self.device), codes])
+        wave = self.codec_decoder(codes.clamp(0, self.model.code_limit).T.unsqueeze(0))
+        wave = wave.reshape(-1).float().cpu().numpy()
+        if reference_codes is not None:
+            wave = wave[reference_codes.shape[0] * self.codec_config.decoder.samples_per_frame:]
+        return wave
 
-    def frame_runner(self, plans: list[RowPlan]) -> GraphRunner:
-        """A step for these rows; one row reuses a persistent step so its graphs are captured once."""
-        for plan in plans:
-            room = self.max_len - plan.prompt.prefill.shape[0] - 2
-            if room < 1:
-                raise InvalidRequestError(f"the prompt ({plan.prompt.prefill.shape[0]} positions) does not fit "
-                                          f"max_len={self.max_len}; shorten the text or load with a larger max_len")
-            plan.max_frames = min(plan.max_frames, room)
-        if len(plans) == 1:
-            if self._single_row is None:
-                step = FrameStep(self.talker, self.config, rows=1, max_len=self.max_len, max_text=self.max_len,
-                                 prefix_cache=self.prefix_cache)
-                self._single_row = GraphRunner(step, self.use_graphs)
-            return self._single_row
-        # every row advances until the last one ends (plus one lookahead frame), so size for the
-        # longest prompt and the largest frame cap together
-        longest = max(p.prompt.prefill.shape[0] for p in plans) + max(p.max_frames for p in plans)
-        max_text = max(max(1, p.prompt.trailing.shape[0]) for p in plans)
-        step = FrameStep(self.talker, self.config, rows=len(plans), max_len=longest + 3, max_text=max_text,
-                         prefix_cache=self.prefix_cache)
-        return GraphRunner(step, use_graphs=False)
+
+def _code_keeping_stream(request, chunk_frames, on_cancel) -> Stream:
+    return Stream(request, chunk_frames, on_cancel, keep_codes=True)
+
+
+def _speech(stream: Stream, chunks: list[np.ndarray]) -> Speech:
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    codes = torch.stack(stream.codes).cpu() if stream.codes else torch.zeros(0, 16, dtype=torch.long)
+    return Speech(samples=samples, sample_rate=SAMPLE_RATE, codes=codes, finish_reason=stream.finish_reason)
+

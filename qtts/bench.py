@@ -4,7 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +32,28 @@ def source_digest() -> str:
     return digest.hexdigest()[:12]
 
 
+def source_commit() -> str | None:
+    """The git commit the results come from: $QTTS_COMMIT (set where the tree is a copy without git), else HEAD."""
+    if os.environ.get("QTTS_COMMIT"):
+        return os.environ["QTTS_COMMIT"]
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return found.stdout.strip() or None
+
+
 def save_results(data: dict, path: str | Path) -> Path:
-    """Write benchmark results as JSON (stamped with source_digest), and a copy into $OUT when a GPU
-    session sets it."""
+    """Write benchmark results as JSON, stamped with the commit, the command, the device, the date and a
+    digest of the package's source; and a copy into $OUT when a GPU session sets it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({**data, "source_digest": source_digest()}, indent=1)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    stamp = {"commit": source_commit(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+             "device": data.get("device", device), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "source_digest": source_digest()}
+    text = json.dumps({**data, **stamp}, indent=1)
     path.write_text(text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], path.name).write_text(text)
@@ -50,12 +69,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _request(tts: TTS, text: str, frames: int | None, **kw):
+def _request(tts: TTS, text: str, frames: int | None, voice=None, **kw):
+    """A request of the model's mode with exactly `frames` frames (None: until EOS), seed 0 unless given."""
     mode = {"speaker": tts.speakers[0]} if tts.model_type == "custom_voice" else {}
     if tts.model_type == "voice_design":
         mode = {"instruct": "A calm, warm narrator."}
+    if tts.model_type == "base":
+        mode = {"voice": voice}
     forced = {} if frames is None else {"max_frames": frames, "min_frames": frames}
-    return tts.request(text, language="english", seed=0, **mode, **forced, **kw)
+    return tts.request(text, language="english", **{"seed": 0, **mode, **forced, **kw})
 
 
 def weight_bytes_per_frame(tts: TTS) -> int:
@@ -70,26 +92,41 @@ def weight_bytes_per_frame(tts: TTS) -> int:
 
 
 def bench_throughput(tts: TTS, frames: int, repeats: int = 3) -> dict:
-    """Whole-clip generation of exactly `frames` frames, codec decode included."""
+    """One request of exactly `frames` frames through the engine, codec included: ms per frame and RTF."""
     request = _request(tts, BENCH_TEXT, frames)
     tts.generate(request)  # warm-up: graph capture, allocator
-    results = []
+    times = []
     for _ in range(repeats):
         _sync(tts.device)
         start = time.perf_counter()
-        (codes, _), = tts.generate_codes([request])
+        tts.generate(request)
         _sync(tts.device)
-        loop_s = time.perf_counter() - start
-        tts.decode_codes(codes)
-        _sync(tts.device)
-        results.append((loop_s, time.perf_counter() - start))
-    loop_s, total_s = min(results)
-    audio_s = frames / 12.5
-    ms_per_frame = 1000 * loop_s / frames
-    return {"frames": frames, "ms_per_frame": ms_per_frame, "rtf": audio_s / total_s,
-            "rtf_codes_only": audio_s / loop_s, "wall_s": total_s,
+        times.append(time.perf_counter() - start)
+    total_s = min(times)
+    ms_per_frame = 1000 * total_s / frames
+    return {"frames": frames, "ms_per_frame": ms_per_frame, "rtf": frames / 12.5 / total_s, "wall_s": total_s,
             "weight_bytes_per_frame": weight_bytes_per_frame(tts),
             "achieved_gb_per_s": weight_bytes_per_frame(tts) / (ms_per_frame / 1000) / 1e9}
+
+
+def bench_batch(tts: TTS, requests: int, frames: int, repeats: int = 2, voice=None) -> dict:
+    """An offline batch through `generate_many`: `requests` texts of exactly `frames` frames each, every
+    one decoded to audio; audio seconds made per wall second (best of `repeats`, after a warm-up run).
+    voice: the clone voice of a Base model."""
+    texts = [f"{BENCH_TEXT} Part {index}." for index in range(requests)]
+    batch = [_request(tts, text, frames, voice=voice, seed=index) for index, text in enumerate(texts)]
+    for _ in tts.generate_many(batch, max_batch=requests):  # warm-up: graphs of every batch bucket on the way
+        pass
+    times = []
+    for _ in range(repeats):
+        _sync(tts.device)
+        start = time.perf_counter()
+        audio_s = sum(speech.duration_s for _, speech in tts.generate_many(batch, max_batch=requests))
+        _sync(tts.device)
+        times.append(time.perf_counter() - start)
+    wall_s = min(times)
+    return {"requests": requests, "frames": frames, "audio_s": audio_s, "wall_s": wall_s,
+            "audio_s_per_s": audio_s / wall_s}
 
 
 def bench_first_audio(tts: TTS, chunk_frames: tuple[int, ...], requests: int, frames: int = 25,
@@ -120,37 +157,6 @@ def bench_first_audio(tts: TTS, chunk_frames: tuple[int, ...], requests: int, fr
                                  "min": min(audible)}}
 
 
-def first_audio_breakdown(tts: TTS, repeats: int = 10) -> dict:
-    """Median ms of each stage before the first 1-frame chunk, as TTS.stream runs them: prompt, prefill,
-    the first frame's code predictor half (the talker's half runs after the chunk), codec."""
-    stages: dict[str, list[float]] = {"prompt_ms": [], "prefill_ms": [], "first_frame_ms": [], "codec_ms": []}
-    for index in range(repeats + 2):
-        request = _request(tts, SHORT_TEXT, 25)
-
-        def mark() -> None:
-            _sync(tts.device)
-            marks.append(time.perf_counter())
-
-        _sync(tts.device)
-        marks = [time.perf_counter()]
-        plan, = tts.plans([request])
-        mark()
-        runner = tts.frame_runner([plan])
-        runner.prefill(0, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
-        mark()
-        codes = runner.predict_frame(1)
-        mark()
-        decoder = tts.stream_decoder((1,))
-        slot = decoder.allocate()
-        decoder.decode([slot], codes[:1].unsqueeze(-1))
-        decoder.free(slot)
-        mark()
-        if index >= 2:
-            for name, start, end in zip(stages, marks, marks[1:]):
-                stages[name].append(1000 * (end - start))
-    return {name: percentile(values, 50) for name, values in stages.items()}
-
-
 def run(tts: TTS, frames: int = 250, requests: int = 20,
         schedules: tuple[tuple[int, ...], ...] = ((1, 2, 4, 8, 12), (2, 4, 8), (4,), (8,))) -> dict:
     if tts.device.type == "cuda":
@@ -161,7 +167,6 @@ def run(tts: TTS, frames: int = 250, requests: int = 20,
               "throughput": bench_throughput(tts, frames)}
     result["first_audio"] = [bench_first_audio(tts, schedule, requests) for schedule in schedules]
     result["first_audio"].append(bench_first_audio(tts, schedules[0], requests, cold=True))
-    result["first_audio_breakdown"] = first_audio_breakdown(tts)
     if tts.device.type == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated(tts.device) / 2**30
     return result

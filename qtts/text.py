@@ -73,6 +73,23 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
+    def encode_words(self, text: str) -> list[tuple[int, list[int]]]:
+        """`encode(text)` grouped by pre-token (a special token is a group of its own), each group with
+        the character offset in `text` where it starts."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        words: list[tuple[int, list[int]]] = []
+        previous = None
+        for token_id, word, (start, _) in zip(encoding.ids, encoding.word_ids, encoding.offsets):
+            if not words or word is None or word != previous:
+                words.append((start, []))
+            words[-1][1].append(token_id)
+            previous = word
+        return words
+
+    def special_tokens(self) -> list[str]:
+        """The added tokens' texts, which `encode` matches in raw text before anything else."""
+        return [token.content for token in self._tokenizer.get_added_tokens_decoder().values()]
+
 
 def _added_tokens(folder: Path) -> list[tuple[int, AddedToken]]:
     """(id, token) for the special tokens declared in tokenizer_config.json."""

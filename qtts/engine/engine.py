@@ -1,15 +1,12 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
-One background thread runs the loop. Each iteration: drop cancelled requests; launch one frame for
-every active row (the code predictor's half, then the codec on the new frames, then the
-talker's half); while that runs, build the next prompts (on a stream of their own), prefill them into
-the rows after the active ones (queued behind the step), and hand out the audio of the previous frame;
-then retire rows that ended (the last active row moves into the freed one, so rows stay 0..batch-1),
-send the first audio of streams that just started, and prefill a few more waiting requests.
-
-With concurrent_prefill the prefills run alongside the step instead, into staging rows past max_batch,
-where no frame step (padding rows included) writes, so a prefill never races the step in flight; the
-next iteration moves them into the rows after the active ones before it launches its frame.
+Every path runs this loop: the server on a thread of its own (`start`), the Python API and the CLI
+on the caller's thread (`step`). Each iteration: drop cancelled requests; launch one frame for every
+active row (the code predictor's half, then the codec on the new frames, then the talker's half);
+while that runs, build the next prompts (on a stream of their own), prefill them into the rows after
+the active ones (queued behind the step), and hand out the audio of the previous frame; then retire
+rows that ended (the last active row moves into the freed one, so rows stay 0..batch-1), send the
+first audio of streams that just started, and prefill a few more waiting requests.
 
 The codec decodes every row's frame in one batched call per iteration, on its own CUDA stream, so
 it overlaps the talker's half and the next frame; the chunk schedule only decides how the decoded
@@ -23,20 +20,21 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import InvalidRequestError, OverloadedError
+from ..graphs import batch_buckets as graph_batch_buckets
+from ..graphs import bucket_for
 from ..models.codec_streaming import StreamingCodecDecoder
-from .generate import RowPlan
+from .model import ModelBundle
 from .pauses import DurationHistogram, gc_pauses
-from .prefix_cache import prefix_key
-from .prompt import resolve_mode
+from .planning import RowPlan, check_request, plan_request
 from .request import SpeechRequest
 from .rows import move_row
-from .runner import GraphRunner, attend_bucket
+from .runner import GraphRunner
 from .scheduler import ChunkCandidate, Scheduler, playback_buffer_s
 from .step import FrameStep, PrefillItem, SamplingFlags
 from .stream import Stream
@@ -45,6 +43,8 @@ log = logging.getLogger("qtts.engine")
 
 RATE_WINDOW_S = 2.0
 FINISH_COUNTERS = {"stop": "completed", "length": "completed", "cancelled": "cancelled", "error": "failed"}
+# every combination of sampling work a batch can need (talker or predictor: none, sampling, sampling + top-p)
+SAMPLING_VARIANTS = ((False, False), (True, False), (True, True))
 
 
 @dataclass
@@ -72,9 +72,10 @@ class _Job:
 
 @dataclass
 class _CodecCall:
-    """A codec call in flight: the jobs whose frame it decodes, their samples (host side), its end."""
+    """A frame in flight: the jobs it advanced, their codes, and the codec call decoding them."""
 
     jobs: list[_Job]
+    frames: torch.Tensor  # (B, 16) the frame's codes
     samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
     done: torch.cuda.Event | None
     taken: set[int] = field(default_factory=set)  # rows whose audio was collected early (first frames)
@@ -101,12 +102,6 @@ class _RateMeter:
         return sum(count for t, count in list(self.events) if t >= now - RATE_WINDOW_S) / RATE_WINDOW_S
 
 
-def graph_batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """1, 2, 4, 8, then steps of 8 up to max_batch: few graphs, at most 7 padded rows past 8."""
-    sizes = [b for b in (1, 2, 4) if b < max_batch] + list(range(8, max_batch, 8))
-    return tuple(sizes) + (max_batch,)
-
-
 def check_chunk_frames(chunk_frames: tuple[int, ...]) -> tuple[int, ...]:
     chunk_frames = tuple(int(n) for n in chunk_frames)
     if not chunk_frames or min(chunk_frames) < 1:
@@ -115,51 +110,45 @@ def check_chunk_frames(chunk_frames: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class Engine:
-    """Serves many concurrent requests of one TTS model with continuous batching.
+    """Serves many concurrent requests of one model with continuous batching.
 
     max_batch rows decode together; up to max_queue requests wait for a row (more raise
-    OverloadedError); max_len bounds each row's prompt + generated frames. chunk_frames is the
-    default chunk schedule: chunk k holds chunk_frames[k] frames, the last size repeats.
-    batch_buckets: the frame step runs on the smallest bucket that holds the active rows (the rest
-    are idle padding), so CUDA graphs are captured per bucket; default: graph_batch_buckets with
-    graphs, exact batch sizes without. concurrent_prefill (not yet the default): prefills run on a CUDA
-    stream of their own while the frame step runs, instead of after it; off CUDA they take the same
-    staging rows but run in order.
+    OverloadedError; None: no bound); max_len bounds each row's prompt + generated frames (default:
+    the model's). chunk_frames is the default chunk schedule: chunk k holds chunk_frames[k] frames,
+    the last size repeats. batch_buckets: the frame step runs on the smallest bucket that holds the
+    active rows (the rest are idle padding), so CUDA graphs are captured per bucket; default:
+    graphs.batch_buckets with graphs, exact batch sizes without.
+
+    Run it either on a loop thread of its own (start/stop) or from the caller's thread, one
+    iteration per `step()` call, never both.
     """
 
-    def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
-                 max_len: int = 4096, scheduler: Scheduler | None = None,
-                 batch_buckets: tuple[int, ...] | None = None, concurrent_prefill: bool = False):
-        self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
+    def __init__(self, model: ModelBundle, max_batch: int = 32, max_queue: int | None = 256,
+                 chunk_frames=(1, 2, 4, 8, 12), max_len: int | None = None, scheduler: Scheduler | None = None,
+                 batch_buckets: tuple[int, ...] | None = None):
+        if not model.has_generator:
+            raise ValueError("the engine needs a model loaded with its generator")
+        self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.max_len = model.max_len if max_len is None else max_len
         if batch_buckets is None:
-            batch_buckets = graph_batch_buckets(max_batch) if tts.use_graphs else range(1, max_batch + 1)
+            batch_buckets = graph_batch_buckets(max_batch) if model.use_graphs else range(1, max_batch + 1)
         self.batch_buckets = sorted(set(min(b, max_batch) for b in batch_buckets) | {max_batch})
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.scheduler = scheduler or Scheduler(max_batch)
-        on_cuda = tts.device.type == "cuda"
-        self.concurrent_prefill = concurrent_prefill
-        # concurrent prefills go to staging rows past max_batch, which no frame step (padding included)
-        # touches, and move into the active rows when the next frame is launched
-        staging = self.scheduler.burst_prefills_per_frame if self.concurrent_prefill else 0
-        self._staging_first, self._staging_rows = max_batch, staging
-        step = FrameStep(tts.talker, tts.config, rows=max_batch + staging, max_len=max_len, max_text=max_len,
-                         prefix_cache=tts.prefix_cache)
-        self.runner = GraphRunner(step, tts.use_graphs, concurrent_prompts=self.concurrent_prefill and on_cuda)
+        on_cuda = model.device.type == "cuda"
+        self._late_captures = 0
+        step = FrameStep(model.talker, model.config, rows=max_batch, max_len=self.max_len, max_text=self.max_len,
+                         prefix_cache=model.prefix_cache)
+        self.runner = GraphRunner(step, model.use_graphs, on_late_capture=self._count_late_capture)
         # every call decodes one frame per stream; other lengths (ICL references) run eagerly
-        self.codec = StreamingCodecDecoder(tts.codec_decoder, max_streams=max_batch, use_graphs=tts.use_graphs,
+        self.codec = StreamingCodecDecoder(model.codec_decoder, max_streams=max_batch, use_graphs=model.use_graphs,
                                            graph_chunk_frames=(1,))
-        self.code_limit = tts.codec_config.decoder.codebook_size - 1
         # high priority: a stream's first audio should not queue behind the next frame step's kernels
-        self._codec_stream = torch.cuda.Stream(tts.device, priority=-1) if on_cuda else None
+        self._codec_stream = torch.cuda.Stream(model.device, priority=-1) if on_cuda else None
         # prompts are built on a stream of their own: their host<->device copies then wait for it
         # alone, not for the frame step in flight
-        self._prompt_stream = torch.cuda.Stream(tts.device) if on_cuda else None
-        # with concurrent_prefill, prefills run on a stream of their own, alongside the frame step in flight
-        self._prefill_stream = torch.cuda.Stream(tts.device) if concurrent_prefill and on_cuda else None
-        self._staged: list[_Job] = []  # prefilled into staging rows (in order), joining the next frame
-        self._staged_done: torch.cuda.Event | None = None  # after their prefills, on the prefill stream
-        self._staging_free: torch.cuda.Event | None = None  # after the last move out of the staging rows
-        samples_per_frame = tts.codec_config.decoder.samples_per_frame
+        self._prompt_stream = torch.cuda.Stream(model.device) if on_cuda else None
+        samples_per_frame = model.codec_config.decoder.samples_per_frame
         # two host buffers: a codec call is launched before the previous one's audio is read
         self._samples = [torch.zeros(max_batch, samples_per_frame, pin_memory=on_cuda) for _ in range(2)]
         self._turn = 0
@@ -174,6 +163,7 @@ class Engine:
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._ready = not model.use_graphs  # without graphs there is nothing to warm up
         self._rate = _RateMeter()
         self._iteration_time = DurationHistogram()
         self._gc_pauses = gc_pauses()
@@ -190,31 +180,41 @@ class Engine:
             self._thread.start()
 
     @torch.no_grad()
-    def warmup(self, max_attend: int = 1024) -> None:
-        """Capture the CUDA graphs requests will need (every batch bucket with attended lengths up to
-        max_attend, prompt prefill, codec chunks), so no request waits behind a capture.
+    def warmup(self) -> None:
+        """Capture every CUDA graph requests can need (each batch bucket in every sampling variant, the
+        prompt prefills, the codec's calls), so no request waits behind a capture; `ready` after it.
 
-        Call it before start(); it writes garbage into every row, and does nothing without graphs.
+        Call it before any request runs: it writes garbage into every row. Does nothing without graphs.
         """
-        if not self.tts.use_graphs or self._thread is not None:
+        if not self.model.use_graphs or self._ready:
             return
         started = time.perf_counter()
         state = self.runner.state
-        self.runner.flags = SamplingFlags.of([self.tts.sampling()])
-        lengths = sorted({attend_bucket(n, self.max_len) for n in (64, 128, 256, 512, 1024, 2048, 4096)
-                          if n <= max_attend})
+        lengths = self.runner.attend_lengths()
         for batch in self.batch_buckets:
-            for _ in range(2):  # eager warm-up, then capture
-                self.runner.predict_frame(batch)
-            for length in lengths:
-                for _ in range(2):
-                    state.positions[:batch] = 0
-                    self.runner.advance(batch, length)
+            for predictor in SAMPLING_VARIANTS:
+                self.runner.flags = SamplingFlags(predictor_sampling=predictor[0], predictor_top_p=predictor[1])
+                for _ in range(2):  # eager warm-up, then capture
+                    self.runner.predict_frame(batch)
+            for talker in SAMPLING_VARIANTS:
+                self.runner.flags = SamplingFlags(talker_sampling=talker[0], talker_top_p=talker[1])
+                for length in lengths:
+                    for _ in range(2):
+                        state.positions[:batch] = 0
+                        self.runner.advance(batch, length)
         if self.runner.step.prompt_runner is not None:
             self.runner.step.prompt_runner.warmup()
         self.codec.warmup()
-        torch.cuda.synchronize(self.tts.device)
-        log.info("captured CUDA graphs in %.1f s", time.perf_counter() - started)
+        torch.cuda.synchronize(self.model.device)
+        self.runner.graphs.mark_ready()
+        self._ready = True
+        log.info("captured %d CUDA graphs in %.1f s", len(self.runner.graphs.graphs) + len(self.codec.conv_layouts),
+                 time.perf_counter() - started)
+
+    @property
+    def ready(self) -> bool:
+        """Whether requests run without waiting for a graph capture (warmup done, or no graphs)."""
+        return self._ready
 
     @property
     def alive(self) -> bool:
@@ -241,24 +241,34 @@ class Engine:
         queueing, where it costs no model work) and OverloadedError when max_queue requests wait.
         make_stream(request, chunk_frames, on_cancel) builds the stream (a Stream subclass).
         """
-        request = resolve_mode(self.tts.config, request.validated())
+        request = check_request(self.model, request)
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
         stream = make_stream(request, schedule, on_cancel=self._notify)
         with self._wakeup:
-            if len(self._queue) >= self.max_queue:
+            if self.max_queue is not None and len(self._queue) >= self.max_queue:
                 raise OverloadedError(f"{len(self._queue)} requests are already waiting (max_queue="
                                       f"{self.max_queue}); retry later")
             self._queue.append(stream)
             self._wakeup.notify_all()
         return stream
 
+    @torch.no_grad()
+    def step(self) -> bool:
+        """Run one iteration on the caller's thread (an engine without a loop thread); whether work remains."""
+        if self._thread is not None:
+            raise RuntimeError("this engine runs its own loop thread; read its streams instead of stepping it")
+        if self._has_work():
+            self._guarded_iteration()
+        return self._has_work()
+
     def stats(self) -> dict:
-        """Load and throughput: active/queued streams, frames_per_second, finished counts, and the
-        histograms (DurationHistogram.snapshot) of loop iteration times and this process's GC pauses."""
-        cache = self.tts.prefix_cache.stats() if self.tts.prefix_cache is not None else {}
-        return {"active": len(self._rows) + len(self._staged) + len(self._draining), "queued": len(self._queue),
+        """Load and throughput: active/queued streams, frames_per_second, finished counts, graphs captured
+        late, and the histograms (DurationHistogram.snapshot) of loop iteration times and GC pauses."""
+        cache = self.model.prefix_cache.stats() if self.model.prefix_cache is not None else {}
+        return {"active": len(self._rows) + len(self._draining), "queued": len(self._queue),
                 "generating": len(self._rows), "frames_per_second": self._rate.rate(time.perf_counter()),
                 "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
+                "late_graph_captures": self._late_captures,
                 **{f"prefix_cache_{key}": value for key, value in cache.items()},
                 "iteration_seconds": self._iteration_time.snapshot(),
                 "gc_pause_seconds": self._gc_pauses.histogram.snapshot()}
@@ -268,31 +278,37 @@ class Engine:
         with self._wakeup:
             self._wakeup.notify_all()
 
+    def _count_late_capture(self, key, seconds: float) -> None:
+        self._late_captures += 1
+        log.warning("captured a CUDA graph after warm-up (%s, %.0f ms): requests waited for it", key, 1000 * seconds)
+
     def _has_work(self) -> bool:
-        return bool(self._queue or self._rows or self._staged or self._draining)
+        return bool(self._queue or self._rows or self._draining or self._in_flight)
 
     def _run(self) -> None:
-        if self.tts.device.type == "cuda" and self.tts.device.index is not None:
-            torch.cuda.set_device(self.tts.device)  # the current device is per thread
+        if self.model.device.type == "cuda" and self.model.device.index is not None:
+            torch.cuda.set_device(self.model.device)  # the current device is per thread
         with torch.no_grad():
             while True:
                 with self._wakeup:
                     self._wakeup.wait_for(lambda: self._stopping or self._has_work())
                     if self._stopping:
                         break
-                started = time.perf_counter()
-                try:
-                    self._iteration()
-                except Exception as exc:  # a failure of batched work cannot be pinned on one request
-                    log.exception("engine iteration failed; failing the requests in flight")
-                    self._fail_all(exc)
-                self._iteration_time.observe(time.perf_counter() - started)
+                self._guarded_iteration()
             self._cancel_all()
+
+    def _guarded_iteration(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._iteration()
+        except Exception as exc:  # a failure of batched work cannot be pinned on one request
+            log.exception("engine iteration failed; failing the requests in flight")
+            self._fail_all(exc)
+        self._iteration_time.observe(time.perf_counter() - started)
 
     def _iteration(self) -> None:
         self._admitted = 0
         self._drop_cancelled()
-        self._join_staged()
         call = self._launch_step() if self._rows else None
         self._prepare_prompts()  # host work for the next prefills, while this frame runs
         self._collect_audio()  # the previous frame's audio, also while this frame runs
@@ -321,14 +337,11 @@ class Engine:
         now = time.perf_counter()
         # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then.
         # Rows admitted since the last launch are left out: the per-frame cap already counts them
-        playing = [playback_buffer_s(j.samples_sent / self.tts.sample_rate, j.stream.first_chunk_at, now)
+        playing = [playback_buffer_s(j.samples_sent / self.model.sample_rate, j.stream.first_chunk_at, now)
                    for j in self._rows if j.joined < self._frames_launched]
-        free_slots = self.max_batch - len(self._rows) - len(self._staged) - len(self._draining)
-        if self.concurrent_prefill:
-            free_slots = min(free_slots, self._staging_rows - len(self._staged))
-        count = min(self.scheduler.admissions(len(self._queue), len(self._rows) + len(self._staged),
-                                              min(playing, default=None)) - self._admitted,
-                    free_slots)  # the cap is per frame; some may have been admitted while it ran
+        free_slots = self.max_batch - len(self._rows) - len(self._draining)
+        count = min(self.scheduler.admissions(len(self._queue), len(self._rows), min(playing, default=None))
+                    - self._admitted, free_slots)  # the cap is per frame; some may have been admitted while it ran
         starting = []
         for _ in range(count):
             with self._wakeup:
@@ -362,35 +375,23 @@ class Engine:
         with _on(self._prompt_stream):
             for stream in streams:
                 try:
-                    plan = self.tts.plans([stream.request])[0]
-                    prompt = plan.prompt
-                    if self.tts.prefix_cache is not None and prompt.shared_length:
-                        prompt.shared_key = prefix_key(prompt.prefill[: prompt.shared_length])
-                    self._plans[stream] = plan
+                    self._plans[stream] = plan_request(self.model, stream.request, self.max_len)
                 except Exception as exc:  # raised again when the request is started
                     self._plans[stream] = exc
         if self._prompt_stream is not None:
             self._prompt_stream.synchronize()
 
     def _job_for(self, stream: Stream) -> _Job:
-        """A request's plan, checked against the cache, and a codec slot: a job ready to prefill."""
+        """A request's plan and a codec slot: a job ready to prefill."""
         if stream not in self._plans:  # arrived after the last _prepare_prompts
             self._build_plans([stream])
         plan = self._plans.pop(stream)
         if isinstance(plan, Exception):
             raise plan
-        length = plan.prompt.prefill.shape[0]
-        room = self.max_len - length - 2
-        if room < 1:
-            raise InvalidRequestError(f"the prompt ({length} positions) does not fit max_len={self.max_len}; "
-                                      "shorten the text or run the engine with a larger max_len")
-        plan.max_frames = min(plan.max_frames, room)
         if self._prompt_stream is not None:  # made on the prompt stream, freed after use on the prefill's
-            prefill_stream = self._prefill_stream or torch.cuda.current_stream(self.tts.device)
+            prefill_stream = torch.cuda.current_stream(self.model.device)
             for tensor in (plan.prompt.prefill, plan.prompt.trailing, plan.prompt.pad_row):
                 tensor.record_stream(prefill_stream)
-        # text rows past the frame cap are never read; dropping them keeps every prompt within max_text
-        plan.prompt = replace(plan.prompt, trailing=plan.prompt.trailing[: plan.max_frames])
         voice = stream.request.voice
         with _on(self._codec_stream):  # slot state is only touched in codec-stream order
             slot = self.codec.allocate()
@@ -400,23 +401,16 @@ class Engine:
             except Exception:
                 self.codec.free(slot)
                 raise
-        return _Job(stream, plan, slot, position=length)
+        return _Job(stream, plan, slot, position=plan.prompt.prefill.shape[0])
 
     def _start(self, jobs: list[_Job]) -> None:
-        """Prefill jobs, their prompts through the talker together, into the rows after the active ones
-        (with concurrent_prefill: into the next staging rows, on the prefill stream); they join the next
-        frame."""
-        first = self._staging_first + len(self._staged) if self.concurrent_prefill else len(self._rows)
-        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows + self._staged + jobs])
+        """Prefill jobs, their prompts through the talker together, into the rows after the active ones;
+        they join the next frame."""
+        first = len(self._rows)
+        self.runner.flags = SamplingFlags.of([j.plan.sampling for j in self._rows + jobs])
         items = [PrefillItem(j.plan.prompt, j.plan.sampling, j.plan.seed, j.plan.min_frames) for j in jobs]
         try:
-            with _on(self._prefill_stream):
-                if self._staging_free is not None:  # the staging rows' last move has read them
-                    torch.cuda.current_stream(self.tts.device).wait_event(self._staging_free)
-                self.runner.prefill_rows(first, items)
-                if self._prefill_stream is not None:
-                    self._staged_done = torch.cuda.Event()
-                    self._staged_done.record(self._prefill_stream)
+            self.runner.prefill_rows(first, items)
         except Exception as exc:
             if len(jobs) == 1:
                 log.info("request %s failed at its prefill: %s", jobs[0].stream.id, exc)
@@ -427,26 +421,7 @@ class Engine:
             return
         for job in jobs:
             job.joined = self._frames_launched
-        if self.concurrent_prefill:
-            self._staged.extend(jobs)
-        else:
-            self._rows.extend(jobs)
-            self._close_ended_at_prefill(first)
-
-    def _join_staged(self) -> None:
-        """Move the jobs prefilled concurrently from the staging rows into the rows after the active ones."""
-        if not self._staged:
-            return
-        first, staged = len(self._rows), self._staged
-        self._rows.extend(staged)  # rows first: should a move fail, _fail_all still finds every job
-        self._staged = []
-        if self._staged_done is not None:
-            torch.cuda.current_stream(self.tts.device).wait_event(self._staged_done)
-        for offset, job in enumerate(staged):
-            move_row(self.runner.step, self._staging_first + offset, first + offset, job.position)
-        if self._prefill_stream is not None:
-            self._staging_free = torch.cuda.Event()
-            self._staging_free.record()
+        self._rows.extend(jobs)
         self._close_ended_at_prefill(first)
 
     def _close_ended_at_prefill(self, first: int) -> None:
@@ -463,7 +438,7 @@ class Engine:
         jobs = list(self._rows)
         batch = len(jobs)
         self._frames_launched += 1
-        padded = next(b for b in self.batch_buckets if b >= batch)
+        padded = bucket_for(batch, self.batch_buckets)
         # idle padding rows recompute position 0 of their own slot, which no active row reads
         self.runner.state.positions[batch:padded] = 0
         self.runner.flags = SamplingFlags.of([j.plan.sampling for j in jobs])
@@ -473,7 +448,7 @@ class Engine:
         self.runner.advance(padded, max(j.position for j in jobs) + 1)
         # read after the step without waiting for what is queued behind it (prefills admitted meanwhile)
         self._next_c0[:batch].copy_(self.runner.state.c0[:batch], non_blocking=True)
-        if self.tts.device.type == "cuda":
+        if self.model.device.type == "cuda":
             call.step_done = torch.cuda.Event()
             call.step_done.record()
         return call
@@ -498,10 +473,12 @@ class Engine:
         self._wait_for_step(call)
         next_c0 = self._next_c0[: len(jobs)].tolist()
         self._rate.add(len(jobs), time.perf_counter())
-        for job in jobs:
+        for row, job in enumerate(jobs):
             job.position += 1
             job.emitted += 1
             job.stream.frames = job.emitted
+            if job.stream.codes is not None:
+                job.stream.codes.append(call.frames[row])
         for row in reversed(range(len(jobs))):
             job = self._rows[row]
             if next_c0[row] == self.runner.eos_id:
@@ -526,15 +503,16 @@ class Engine:
         self._turn ^= 1
         done = None
         if self._codec_stream is not None:
-            self._codec_stream.wait_stream(torch.cuda.current_stream(self.tts.device))  # the step's stream
+            self._codec_stream.wait_stream(torch.cuda.current_stream(self.model.device))  # the step's stream
             frames.record_stream(self._codec_stream)
         with _on(self._codec_stream):
-            waves = self.codec.decode([job.slot for job in jobs], frames.clamp(0, self.code_limit).unsqueeze(-1))
+            waves = self.codec.decode([job.slot for job in jobs],
+                                      frames.clamp(0, self.model.code_limit).unsqueeze(-1))
             samples.copy_(waves, non_blocking=self._codec_stream is not None)
             if self._codec_stream is not None:
                 done = torch.cuda.Event()
                 done.record(self._codec_stream)
-        return _CodecCall(jobs, samples, done)
+        return _CodecCall(jobs, frames, samples, done)
 
     def _send_first_audio(self, call: _CodecCall) -> None:
         """Streams whose first frame is in `call` get its audio now, not with the rest next iteration:
@@ -562,7 +540,7 @@ class Engine:
             if row not in call.taken:
                 job.decoded.append(samples.copy())
         now = time.perf_counter()
-        candidates = [ChunkCandidate(job, playback_buffer_s(job.samples_sent / self.tts.sample_rate,
+        candidates = [ChunkCandidate(job, playback_buffer_s(job.samples_sent / self.model.sample_rate,
                                                             job.stream.first_chunk_at, now), job.chunk_due())
                       for job in call.jobs]
         for candidate in self.scheduler.pick_chunks(candidates):
@@ -593,7 +571,7 @@ class Engine:
 
     def _fail_all(self, error: Exception) -> None:
         self._in_flight = None
-        jobs, self._rows, self._staged, self._draining = self._rows + self._staged + self._draining, [], [], []
+        jobs, self._rows, self._draining = self._rows + self._draining, [], []
         for job in jobs:
             self._close(job, "error", error)
 
@@ -604,6 +582,6 @@ class Engine:
         for stream in queued:
             self._finish(stream, "cancelled")
         self._in_flight = None
-        jobs, self._rows, self._staged, self._draining = self._rows + self._staged + self._draining, [], [], []
+        jobs, self._rows, self._draining = self._rows + self._draining, [], []
         for job in jobs:
             self._close(job, "cancelled")

@@ -5,7 +5,7 @@ through the text projection, so bf16 rounding matches), see the architecture not
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -63,9 +63,8 @@ def resolve_mode(cfg: ModelConfig, request: SpeechRequest) -> SpeechRequest:
     non_streaming = request.non_streaming_mode
     if non_streaming is None:
         non_streaming = model_type != "base"
-    from dataclasses import replace
     speaker = request.speaker.lower() if request.speaker else None
-    return replace(request, language=language, non_streaming_mode=non_streaming, speaker=speaker)
+    return replace(request, language=language, non_streaming_mode=non_streaming, speaker=speaker, resolved=True)
 
 
 def codec_prefix_ids(cfg: ModelConfig, language: str, speaker: str | None) -> list[int]:

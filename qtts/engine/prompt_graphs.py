@@ -3,18 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from ..graphs import GraphCache, pow2_bucket
 from ..layers.attention import CacheView
-from .runner import attend_bucket, run_graphed
 from .step import FrameStep
 
 MAX_GRAPHED_PROMPT = 512  # longer prompt calls run eagerly
 MAX_PROMPTS = 2  # prompts per graphed call (the engine's prefills of one iteration); more run in groups
 WARMUP_PREFIX_ROWS = 128  # warm-up covers prompt calls that start up to this far in (a cached voice prefix)
-
-
-def prompt_bucket(rows: int) -> int:
-    """Smallest power of two >= rows."""
-    return 1 << (rows - 1).bit_length()
+MIN_ATTEND_BUCKET = 64
 
 
 class PromptGraphs:
@@ -26,8 +22,8 @@ class PromptGraphs:
     they leave past the prompt are overwritten by the frames that follow before anything reads them.
     """
 
-    def __init__(self, step: FrameStep, pool, capture_stream: torch.cuda.Stream | None = None):
-        self.step, self.pool, self.capture_stream = step, pool, capture_stream
+    def __init__(self, step: FrameStep, graphs: GraphCache):
+        self.step, self.graphs = step, graphs
         device = step.codes.device
         hidden = step.talker.cfg.hidden_size
         dtype = step.talker.codec_head.weight.dtype
@@ -37,26 +33,29 @@ class PromptGraphs:
         self.first_slot = torch.zeros((), dtype=torch.long, device=device)
         self.last = torch.zeros(self.max_prompts, dtype=torch.long, device=device)
         self.out = torch.zeros(self.max_prompts, hidden, device=device, dtype=dtype)
-        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
-        self._warm: set[tuple[int, int, int]] = set()
+
+    def _attend(self, needed: int) -> int:
+        """As GraphRunner.attend_length: the fused kernels read each row's length from its positions."""
+        if self.step.talker.model.fused:
+            return self.step.max_len
+        return pow2_bucket(needed, MIN_ATTEND_BUCKET, self.step.max_len)
 
     def __call__(self, first_row: int, parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
         """Last hidden states (len(parts), H) of prompts (rows (n, H), start position), into slots first_row..."""
         if len(parts) > self.max_prompts:
             return torch.cat([self(first_row + i, parts[i: i + self.max_prompts])
                               for i in range(0, len(parts), self.max_prompts)])
-        padded = prompt_bucket(max(rows.shape[0] for rows, _ in parts))
+        padded = pow2_bucket(max(rows.shape[0] for rows, _ in parts))
         reach = max(start for _, start in parts) + padded
         if padded > MAX_GRAPHED_PROMPT or reach > self.step.max_len:
             return self.step.run_prompts_eager(first_row, parts)
-        key = (len(parts), padded, attend_bucket(reach, self.step.max_len))
+        key = ("prompt", len(parts), padded, self._attend(reach))
         for index, (rows, start) in enumerate(parts):
             self.rows[index, : rows.shape[0]] = rows
             self.starts[index].fill_(start)
             self.last[index].fill_(rows.shape[0] - 1)
         self.first_slot.fill_(first_row)
-        run_graphed(self._graphs, self._warm, key, lambda: self._forward(*key), self.pool,
-                    capture_stream=self.capture_stream)
+        self.graphs.run(key, lambda: self._forward(*key[1:]))
         return self.out[: len(parts)].clone()
 
     def warmup(self) -> None:
@@ -70,8 +69,8 @@ class PromptGraphs:
         for prompts in range(1, self.max_prompts + 1):
             padded = 1
             while padded <= min(MAX_GRAPHED_PROMPT, max_len):
-                attend = attend_bucket(padded, max_len)
-                while attend <= attend_bucket(padded + WARMUP_PREFIX_ROWS, max_len):
+                attend = self._attend(padded)
+                while attend <= self._attend(padded + WARMUP_PREFIX_ROWS):
                     for _ in range(2):  # eager warm-up, then capture
                         self(0, [(row.expand(padded, -1), attend - padded)] * prompts)
                     if attend == max_len:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..errors import OverloadedError
 from .engine import check_chunk_frames
-from .prompt import resolve_mode
+from .model import ModelBundle
+from .planning import check_request
 from .request import SpeechRequest
 from .stream import Stream
 
@@ -44,7 +45,7 @@ class EngineProcessError(RuntimeError):
 
 
 class RemoteEngine:
-    """An Engine in a child process, for `tts` (which may be loaded with generator=False here).
+    """An Engine in a child process, for `model` (which may be loaded with generator=False here).
 
     warmup() starts the process and waits until its graphs are captured; start() does the same if
     needed; stop() cancels what is in flight and ends the process. If the process dies, the requests
@@ -52,11 +53,11 @@ class RemoteEngine:
     serves, `alive` is False and submit raises EngineProcessError.
     """
 
-    def __init__(self, tts, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
-                 max_len: int = 4096, start_timeout_s: float = 1800.0, restart: bool = True,
-                 concurrent_prefill: bool = False, scheduler=None):
-        self.tts, self.max_batch, self.max_queue, self.max_len = tts, max_batch, max_queue, max_len
-        self.concurrent_prefill, self.scheduler = concurrent_prefill, scheduler
+    def __init__(self, model: ModelBundle, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
+                 max_len: int | None = None, start_timeout_s: float = 1800.0, restart: bool = True, scheduler=None):
+        self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.max_len = model.max_len if max_len is None else max_len
+        self.scheduler = scheduler
         self.chunk_frames = check_chunk_frames(chunk_frames)
         self.start_timeout_s = start_timeout_s
         self.restart = restart
@@ -75,6 +76,11 @@ class RemoteEngine:
     def alive(self) -> bool:
         """Whether the engine process is running (False before start and after it exited or stopped)."""
         return self._process is not None and not self._exited
+
+    @property
+    def ready(self) -> bool:
+        """Whether it serves without waiting for graph captures: the process says ready only after warm-up."""
+        return self.alive
 
     # ----- Engine's interface -------------------------------------------------------------------
     def warmup(self) -> None:
@@ -109,7 +115,7 @@ class RemoteEngine:
 
     def submit(self, request: SpeechRequest, chunk_frames: tuple[int, ...] | None = None) -> Stream:
         """Queue a request (checked here, as Engine.submit does); its Stream yields audio chunks."""
-        request = resolve_mode(self.tts.config, request.validated())
+        request = check_request(self.model, request)
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
         with self._lock:  # the reader marks the process gone under this lock too
             if not self.alive:
@@ -136,10 +142,9 @@ class RemoteEngine:
         # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet,
         # and cancelled ones until its next iteration drops them
         engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
-                          "chunk_frames": self.chunk_frames, "max_len": self.max_len,
-                          "concurrent_prefill": self.concurrent_prefill, "scheduler": self.scheduler}
+                          "chunk_frames": self.chunk_frames, "max_len": self.max_len, "scheduler": self.scheduler}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
-                                  args=(child_conn, str(self.tts.folder), self.tts.load_options, engine_options,
+                                  args=(child_conn, str(self.model.folder), self.model.load_options, engine_options,
                                         logging.getLogger().level, sys.getswitchinterval()))
         process.start()
         child_conn.close()
@@ -265,14 +270,13 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
     # at the default 5 ms interval an arrival can wait that long before the engine sees it
     sys.setswitchinterval(switch_interval_s)
 
-    from ..api import TTS
     from .engine import Engine
+    from .model import load_model
     from .pauses import freeze_heap
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
     try:
-        tts = TTS.from_pretrained(Path(folder), **load_options)
-        engine = Engine(tts, **engine_options)
+        engine = Engine(load_model(Path(folder), **load_options), **engine_options)
         engine.warmup()
         freeze_heap()
         engine.start()

@@ -78,6 +78,7 @@ class SpeechRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_frames: int | None = None
     min_frames: int = 2  # upstream hard-codes 2; benchmarks raise it to force a frame count
+    resolved: bool = field(default=False, compare=False, repr=False)  # checked against a model (resolve_mode)
 
     def validated(self) -> "SpeechRequest":
         if not isinstance(self.text, str) or not self.text.strip():

@@ -33,13 +33,15 @@ class Stream:
     Times (`created_at`, `first_chunk_at`) are `time.perf_counter()` seconds.
     """
 
-    def __init__(self, request: SpeechRequest, chunk_frames: tuple[int, ...], on_cancel: Callable[[], None]):
+    def __init__(self, request: SpeechRequest, chunk_frames: tuple[int, ...], on_cancel: Callable[[], None],
+                 keep_codes: bool = False):
         self.id = uuid.uuid4().hex
         self.request = request
         self.chunk_frames = chunk_frames
         self.created_at = time.perf_counter()
         self.first_chunk_at: float | None = None
         self.frames = 0  # codec frames generated so far (12.5 per second of audio)
+        self.codes: list | None = [] if keep_codes else None  # with keep_codes: each frame's (16,) codes
         self.finish_reason: str | None = None
         self.error: Exception | None = None
         self.cancel_requested = False
@@ -97,6 +99,16 @@ class Stream:
         if self.error is not None:
             raise self.error
         return None
+
+    def take_ready(self) -> list[np.ndarray]:
+        """The chunks that have arrived, without waiting (for a reader that drives the engine itself);
+        raises the request's error once it failed and no chunk is left."""
+        with self._changed:
+            chunks = list(self._chunks)
+            self._chunks.clear()
+            if not chunks and self.error is not None:
+                raise self.error
+        return chunks
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:

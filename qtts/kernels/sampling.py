@@ -7,14 +7,9 @@ the sampler keeps its PyTorch path for batches that use it.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
-
 import torch
 
-from ..layers.noise import GOLDEN, MASK64, MIX1, MIX2, STEP, STREAM
-
-if TYPE_CHECKING:
-    from ..layers.sampler import SamplingTensors
+from .noise import GOLDEN, MASK64, MIX1, MIX2, STEP, STREAM
 
 
 @functools.cache
@@ -75,9 +70,11 @@ def _unsigned(value: int) -> int:
     return value & MASK64
 
 
-def sample_fused(scores: torch.Tensor, params: SamplingTensors, seeds: torch.Tensor, steps: torch.Tensor,
-                 stream: int) -> torch.Tensor:
-    """(B,) tokens as `sampler.sample(..., use_top_p=False)` draws them (same noise; log rounding may differ)."""
+def sample_fused(scores: torch.Tensor, params, seeds: torch.Tensor, steps: torch.Tensor, stream: int) -> torch.Tensor:
+    """(B,) tokens as `sampler.sample(..., use_top_p=False)` draws them (same noise; log rounding may differ).
+
+    params: the rows' sampling tensors (layers.sampler.SamplingTensors: do_sample, temperature, top_k).
+    """
     scores = scores.contiguous()
     batch, vocab = scores.shape
     out = torch.empty(batch, dtype=torch.int64, device=scores.device)

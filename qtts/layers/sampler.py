@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels import kernels_enabled
-from .noise import uniform_noise
+from ..kernels.noise import uniform_noise
 
 
 @dataclass

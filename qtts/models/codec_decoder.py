@@ -16,10 +16,9 @@ from ..config import CodecDecoderConfig, load_codec_config
 from ..kernels.layouts import to_layout
 from ..weights import load_module, read_tensors
 from .codec_layers import CausalConv1d, CausalConvTranspose1d, ConvHistories, ConvNeXtBlock, SnakeBeta, VocoderBlock
-from .codec_streaming import StreamingCodecDecoder
 from .codec_transformer import PreTransformer, ring_size
 
-__all__ = ["CodecDecoder", "CodecState", "StreamingCodecDecoder", "load_codec_decoder"]
+__all__ = ["CodecDecoder", "CodecState", "load_codec_decoder"]
 
 
 class Codebook(nn.Module):

@@ -8,23 +8,18 @@ a captured CUDA graph: batches are padded up to the bucket with a scratch slot.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import OverloadedError
+from ..graphs import GraphCache, bucket_for, pow2_bucket
+from .codec_decoder import CodecDecoder
 from .conv_layout import choose_conv_layouts
-
-if TYPE_CHECKING:
-    from .codec_decoder import CodecDecoder
 
 
 def _buckets(max_streams: int) -> list[int]:
-    sizes, size = [], 1
-    while size < max_streams:
-        sizes.append(size)
-        size *= 2
-    return sizes + [max_streams]
+    """Powers of two below max_streams, then max_streams."""
+    return sorted({min(pow2_bucket(n), max_streams) for n in range(1, max_streams + 1)})
 
 
 class StreamingCodecDecoder:
@@ -35,7 +30,7 @@ class StreamingCodecDecoder:
     other calls, and every call off CUDA, run eagerly.
     """
 
-    def __init__(self, decoder: "CodecDecoder", max_streams: int, use_graphs: bool = False,
+    def __init__(self, decoder: CodecDecoder, max_streams: int, use_graphs: bool = False,
                  graph_chunk_frames: tuple[int, ...] = (1, 2, 4, 8, 12), batch_buckets: list[int] | None = None):
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
@@ -53,8 +48,7 @@ class StreamingCodecDecoder:
         self._graphs: dict[tuple[int, int], _GraphedChunk] = {}
         # per captured (bucket, frames): each dense convolution's time in both layouts and the one chosen
         self.conv_layouts: dict[tuple[int, int], list[dict]] = {}
-        self._graph_pool = None
-        self._capture_stream = None
+        self._graph_cache: GraphCache | None = None
 
     @property
     def active(self) -> int:
@@ -102,7 +96,7 @@ class StreamingCodecDecoder:
             wave = self.decode(slots, torch.cat([codes, padding], dim=-1))
             return wave[:, : wave.shape[1] // longer[0] * frames]
         if self.use_graphs and frames in self.graph_chunk_frames and batch <= self.batch_buckets[-1]:
-            bucket = next(b for b in self.batch_buckets if b >= batch)
+            bucket = bucket_for(batch, self.batch_buckets)
             graph = self._graphs.get((bucket, frames))
             if graph is None:
                 graph = self._graphs[(bucket, frames)] = self._capture(bucket, frames)
@@ -136,13 +130,12 @@ class StreamingCodecDecoder:
         return self.decoder.decode_chunk(codes, self.state, slots)[0]
 
     def _capture(self, bucket: int, frames: int) -> "_GraphedChunk":
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
+        if self._graph_cache is None:
             # a capture stream of our own: cuBLAS keys its workspace by stream, and these graphs may
             # replay while talker work runs on another stream, so they must not have its workspace built
             # in. torch hands out streams from per-priority pools; the talker's capture and warm-up
             # streams come from the default-priority pool, this one from the high-priority pool.
-            self._capture_stream = torch.cuda.Stream(self.device, priority=-1)
+            self._graph_cache = GraphCache(self.device, torch.cuda.Stream(self.device, priority=-1))
         slots = torch.full((bucket,), self.scratch_slot, dtype=torch.long, device=self.device)
         codes = torch.zeros(bucket, self.decoder.cfg.num_quantizers, frames, dtype=torch.long, device=self.device)
         self.decoder.channels_last_calls.add((bucket, frames))  # the layouts are then tuned for this shape
@@ -157,10 +150,9 @@ class StreamingCodecDecoder:
                 self.conv_layouts[(bucket, frames)] = choose_conv_layouts(
                     self.decoder, lambda: self._decode_rows(slots, codes))
             torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._graph_pool, stream=self._capture_stream):
-                wave = self._decode_rows(slots, codes)
-        return _GraphedChunk(graph, slots, codes, wave, self.scratch_slot)
+            outputs = []
+            graph = self._graph_cache.capture((bucket, frames), lambda: outputs.append(self._decode_rows(slots, codes)))
+        return _GraphedChunk(graph, slots, codes, outputs[0], self.scratch_slot)
 
 
 @contextlib.contextmanager

@@ -43,9 +43,8 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
             from ..engine.engine import Engine as engine_type
         scheduler = Scheduler(settings.max_batch, max_prefills_per_frame=settings.max_prefills_per_frame,
                               low_buffer_s=settings.low_buffer_s)
-        engine = engine_type(tts, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                             chunk_frames=settings.chunk_frames, max_len=tts.max_len, scheduler=scheduler,
-                             concurrent_prefill=settings.concurrent_prefill)
+        engine = engine_type(tts.model, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                             chunk_frames=settings.chunk_frames, scheduler=scheduler)
     voices = VoiceStore(settings.voices_dir)
     started = int(time.time())
     state = ServerState(settings=settings, tts=tts, engine=engine, voices=voices,
@@ -57,6 +56,8 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
         freeze_heap()  # a full collection then scans only what requests allocate
         engine.start()
         state.ready = True
+        state.startup_seconds = round(time.perf_counter() - (settings.started_at or state.created_at), 1)
+        log.info("ready after %.1f s", state.startup_seconds)
         loop_lag = asyncio.create_task(watch_loop_lag(state.metrics.loop_lag))
         log.info("serving %s (%s) with %s", settings.model_name, tts.model_type, tts.device)
         try:
@@ -79,11 +80,14 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """200 {"status": "ready"} once every graph is captured and the engine serves; 503 with "starting"
+        before (orchestrators wait on it) and "engine exited" while a dead engine process is replaced."""
         if not state.ready:
-            return JSONResponse({"status": "starting"}, status_code=503)
+            return JSONResponse({"status": "starting", "ready": False}, status_code=503)
         if not engine.alive:  # e.g. an engine process that died; a new one is starting (or failed to)
-            return JSONResponse({"status": "engine exited"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": settings.model_name, "model_type": tts.model_type,
+            return JSONResponse({"status": "engine exited", "ready": False}, status_code=503)
+        return JSONResponse({"status": "ready", "ready": True, "model": settings.model_name,
+                             "model_type": tts.model_type, "startup_seconds": state.startup_seconds,
                              **{k: v for k, v in engine.stats().items() if isinstance(v, (int, float, str))}})
 
     @app.get("/v1/models", dependencies=authorized)
@@ -100,6 +104,10 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def demo() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     return app
 

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -32,8 +33,6 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--low-buffer-ms", type=float, default=0,
                    help="one prefill per frame while a stream holds less audio than this, or has none yet "
                         "(default 0: no such limit; it cost more first-audio latency than it saved)")
-    p.add_argument("--concurrent-prefill", action="store_true",
-                   help="run new requests' prefills alongside the frame step in flight (GPU; experimental)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for the K/V of reused voice prompt prefixes (0: off)")
     p.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
@@ -65,6 +64,7 @@ def run_serve(args: argparse.Namespace) -> None:
         from ..deploy import run_replicas
 
         return run_replicas(args)
+    started_at = time.perf_counter()
     import uvicorn
 
     from ..api import TTS, pick_device
@@ -79,12 +79,12 @@ def run_serve(args: argparse.Namespace) -> None:
     # with an engine process, this one only builds requests and voices
     tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
                               prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process)
-    uvicorn.run(create_app(tts, server_settings(args, engine_process)), host=args.host, port=args.port,
+    uvicorn.run(create_app(tts, server_settings(args, engine_process, started_at)), host=args.host, port=args.port,
                 log_level=args.log_level, timeout_graceful_shutdown=5)
 
 
-def server_settings(args: argparse.Namespace, engine_process: bool):
-    """The ServerSettings that the `qtts serve` flags ask for."""
+def server_settings(args: argparse.Namespace, engine_process: bool, started_at: float | None = None):
+    """The ServerSettings that the `qtts serve` flags ask for (started_at: when the command started)."""
     from .state import ServerSettings
 
     return ServerSettings(
@@ -97,7 +97,7 @@ def server_settings(args: argparse.Namespace, engine_process: bool):
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_upload_seconds=args.max_upload_seconds,
         engine_process=engine_process,
-        concurrent_prefill=args.concurrent_prefill,
         max_prefills_per_frame=args.max_prefills_per_frame,
         low_buffer_s=args.low_buffer_ms / 1000,
+        started_at=started_at,
     )

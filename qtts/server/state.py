@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +28,9 @@ class ServerSettings:
     # iterations (over 20 ms each at 128 streams), so it would run dry for one slow iteration
     chunk_frames: tuple[int, ...] = (1, 1, 2, 4, 8, 12)
     engine_process: bool = False  # run the engine in a child process (RemoteEngine)
-    concurrent_prefill: bool = False  # Engine(concurrent_prefill=...)
     max_prefills_per_frame: int = 2  # Scheduler(...)
     low_buffer_s: float = 0.0  # Scheduler(...)
+    started_at: float | None = None  # time.perf_counter() when the command started (start-up time counts from it)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class ServerState:
     voices: VoiceStore
     metrics: ServerMetrics
     ready: bool = False
+    created_at: float = field(default_factory=time.perf_counter)
+    startup_seconds: float | None = None  # from the app's creation to ready
     voice_encoder_lock: threading.Lock = field(default_factory=threading.Lock)  # one reference at a time
 
     def require_ready(self) -> None:

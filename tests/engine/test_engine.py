@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from qtts.api import TTS
+from qtts.engine import engine as engine_module
 from qtts.engine.engine import Engine
+from qtts.engine.planning import plan_request
 from qtts.engine.prompt import build_prompt
 from qtts.engine.request import SpeechRequest
 from qtts.engine.scheduler import Scheduler
@@ -33,14 +35,13 @@ def eos_tts(tiny_custom_voice):
     return tts
 
 
-@pytest.fixture(params=[False, True], ids=["prefill in place", "prefill staged"])
-def engine_factory(tts, request):
-    """Engines in both prefill modes: into the rows after the active ones, and into staging rows that
-    join at the next frame (concurrent_prefill; on CPU it runs in order)."""
+@pytest.fixture
+def engine_factory(tts):
+    """Engines on the module's model, stopped at the end of the test."""
     engines = []
 
     def make(**options) -> Engine:
-        engine = Engine(tts, **{"concurrent_prefill": request.param, **options})
+        engine = Engine(tts.model, **options)
         engines.append(engine)
         return engine
 
@@ -51,6 +52,10 @@ def engine_factory(tts, request):
 
 def _request(tts, text, **options):
     return tts.request(text, speaker=tts.speakers[0], language="english", **options)
+
+
+def _plan(tts, request):
+    return plan_request(tts.model, request, tts.max_len)
 
 
 def _audio(stream) -> np.ndarray:
@@ -86,9 +91,8 @@ def test_concurrent_greedy_requests_equal_their_solo_runs(tts, engine_factory, b
     assert 0 < iterations["max"] and iterations["sum"] >= iterations["max"]
 
 
-@pytest.mark.parametrize("concurrent_prefill", [False, True], ids=["prefill in place", "prefill staged"])
-def test_requests_that_stop_early_leave_and_others_take_their_rows(eos_tts, concurrent_prefill):
-    engine = Engine(eos_tts, max_batch=2, chunk_frames=(2,), concurrent_prefill=concurrent_prefill)
+def test_requests_that_stop_early_leave_and_others_take_their_rows(eos_tts):
+    engine = Engine(eos_tts.model, max_batch=2, chunk_frames=(2,))
     engine.start()
     try:
         requests = [_request(eos_tts, text, greedy=True, max_frames=frames)
@@ -262,7 +266,7 @@ def test_cloned_voices_with_and_without_reference_codes_match_their_solo_runs(ti
     requests = [tts.request(text, voice=voice, language="english", greedy=True, max_frames=frames)
                 for text, voice, frames in ((TEXTS[1], icl_voice, 9), (TEXTS[0], xvector_voice, 6),
                                             (TEXTS[3], icl_voice, 4))]
-    engine = Engine(tts, max_batch=2, chunk_frames=(1, 3))
+    engine = Engine(tts.model, max_batch=2, chunk_frames=(1, 3))
     engine.start()
     try:
         streams = [engine.submit(r) for r in requests]
@@ -272,24 +276,25 @@ def test_cloned_voices_with_and_without_reference_codes_match_their_solo_runs(ti
     for request, samples in zip(requests, audio):
         solo = np.concatenate(list(tts.stream(request)))
         np.testing.assert_allclose(samples, solo, rtol=0, atol=1e-5)
-        # the whole-clip path cuts the reference at a float ratio, sometimes one sample early
-        whole = tts.generate(request).samples
-        np.testing.assert_allclose(samples, whole[len(whole) - len(samples):], rtol=0, atol=1e-5)
+        speech = tts.generate(request)  # the engine's streamed decode equals a one-pass decode of its codes
+        voice = request.voice
+        one_pass = tts.decode_codes(speech.codes, voice.reference_codes if voice.icl else None)
+        np.testing.assert_allclose(samples, one_pass, rtol=0, atol=1e-5)
 
 
 def test_prompts_are_built_ahead_and_a_failing_one_fails_alone(tts, engine_factory, monkeypatch):
     # two prompts are built ahead per iteration, so the third waits for the busy row's next frame
     engine = engine_factory(max_batch=1, scheduler=Scheduler(1, max_prefills_per_frame=2, burst_prefills_per_frame=2))
     requests = [_request(tts, text, greedy=True, max_frames=frames) for text, frames in zip(TEXTS, (8, 4, 5))]
-    built_while_busy, plans = [], tts.plans
+    built_while_busy = []
 
-    def plans_or_fail(batch):
-        built_while_busy.append((batch[0].text, len(engine._rows)))
-        if batch[0].text == TEXTS[1]:
+    def plan_or_fail(model, request, max_len):
+        built_while_busy.append((request.text, len(engine._rows)))
+        if request.text == TEXTS[1]:
             raise InvalidRequestError("this prompt cannot be built")
-        return plans(batch)
+        return plan_request(model, request, max_len)
 
-    monkeypatch.setattr(tts, "plans", plans_or_fail)
+    monkeypatch.setattr(engine_module, "plan_request", plan_or_fail)
     streams = [engine.submit(r) for r in requests]
     engine.start()
     with pytest.raises(InvalidRequestError, match="cannot be built"):
@@ -306,7 +311,7 @@ def test_a_failed_prefill_fails_only_its_own_request(tts, engine_factory, monkey
     """Requests admitted together share one prefill; when it fails, each is tried alone."""
     engine = engine_factory(max_batch=4)
     requests = [_request(tts, text, greedy=True, max_frames=5) for text in (TEXTS[0], TEXTS[1], TEXTS[3])]
-    lengths = [tts.plans([r])[0].prompt.prefill.shape[0] for r in requests]
+    lengths = [_plan(tts, r).prompt.prefill.shape[0] for r in requests]
     assert len(set(lengths)) == 3
     real, calls = engine.runner.prefill_rows, []
 
@@ -335,8 +340,8 @@ def test_requests_ending_at_their_prefill_leave_the_rows_admitted_with_them_inta
     texts = (TEXTS[0], TEXTS[1], TEXTS[3], TEXTS[4])
     requests = [_request(tts, text, greedy=True, max_frames=6, min_frames=0 if index % 2 == 0 else 2)
                 for index, text in enumerate(texts)]
-    ending = {tts.plans([requests[index]])[0].prompt.prefill.shape[0] for index in (0, 2)}
-    assert len(ending) == 2 and all(tts.plans([r])[0].prompt.prefill.shape[0] not in ending for r in requests[1::2])
+    ending = {_plan(tts, requests[index]).prompt.prefill.shape[0] for index in (0, 2)}
+    assert len(ending) == 2 and all(_plan(tts, r).prompt.prefill.shape[0] not in ending for r in requests[1::2])
     real = engine.runner.prefill_rows
 
     def prefill_rows(first_row, items):
@@ -363,7 +368,7 @@ def test_requests_admitted_within_one_frame_share_its_cap(tts, engine_factory):
     requests = [_request(tts, text, greedy=True, max_frames=4) for text in TEXTS[:5]]
     streams = [engine.submit(requests[0])]
     engine._admit()
-    admitted = lambda: len(engine._rows) + len(engine._staged)  # noqa: E731
+    admitted = lambda: len(engine._rows)  # noqa: E731
     assert admitted() == 1
     streams += [engine.submit(r) for r in requests[1:]]
     engine._admit()  # the same frame: its burst cap of 3 leaves room for 2
@@ -414,7 +419,7 @@ def test_requests_admitted_while_a_frame_runs_equal_their_solo_runs(tts, engine_
                 for text, frames in zip(TEXTS, (1, 6, 3, 5))]
     streams = [engine.submit(requests[0])]
     engine._iteration()  # admits the first request
-    assert len(engine._rows) + len(engine._staged) == 1
+    assert len(engine._rows) == 1
     streams += [engine.submit(r) for r in requests[1:3]]
     # its only frame runs; one more is admitted meanwhile (the cap is one while a stream waits for its
     # first chunk), then the first request ends and the new row moves into its place

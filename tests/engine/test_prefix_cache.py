@@ -143,12 +143,12 @@ def test_turned_off_prefills_in_one_call(load):
     assert calls[0] == build_prompt(tts.talker, tts.config, tts.tokenizer, request).prefill.shape[0]
 
 
-def test_engine_shares_the_cache_with_the_single_row_path(load):
+def test_an_engine_shares_the_cache_with_the_api_calls(load):
     tts, plain = load("tiny_custom_voice", 64), load("tiny_custom_voice", 0)
     tts.prefix_cache.clear()
     tts.generate(tts.request(TEXTS[0], speaker="aiden", language="english", greedy=True, max_frames=2))
     hits = tts.prefix_cache.stats()["hits"]
-    engine = Engine(tts, max_batch=2, chunk_frames=(4,))
+    engine = Engine(tts.model, max_batch=2, chunk_frames=(4,))
     engine.start()
     try:
         requests = [tts.request(text, speaker="aiden", language="english", greedy=True, max_frames=FRAMES)

@@ -20,7 +20,7 @@ def tts(tiny_custom_voice):
 def remote(tiny_custom_voice):
     # the parent only builds requests: no talker, no codec decoder
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
-    engine = RemoteEngine(front, max_batch=2, max_queue=2, chunk_frames=(1, 3))
+    engine = RemoteEngine(front.model, max_batch=2, max_queue=2, chunk_frames=(1, 3))
     engine.start()
     yield engine
     engine.stop()
@@ -69,7 +69,7 @@ def test_a_full_engine_answers_overloaded(tts, remote):
 def test_a_model_that_cannot_load_fails_the_start(tmp_path, tiny_custom_voice):
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
     front.folder = tmp_path  # empty: the engine process finds no checkpoint there
-    engine = RemoteEngine(front, max_batch=1)
+    engine = RemoteEngine(front.model, max_batch=1)
     with pytest.raises(EngineProcessError):
         engine.start()
     with pytest.raises(EngineProcessError):
@@ -100,7 +100,7 @@ def test_clone_voices_travel_to_the_engine_process(tiny_base):
     reference = 0.3 * np.sin(2 * np.pi * 220 * seconds) * np.sin(2 * np.pi * 3 * seconds)
     voice = front.create_voice(reference, "A short reference sentence.", sample_rate=24000)  # ICL: codes too
     request = front.request(TEXTS[1], voice=voice, language="english", greedy=True, max_frames=6)
-    engine = RemoteEngine(front, max_batch=1)
+    engine = RemoteEngine(front.model, max_batch=1)
     engine.start()
     try:
         audio = np.concatenate(list(engine.submit(request)))
@@ -111,7 +111,7 @@ def test_clone_voices_travel_to_the_engine_process(tiny_base):
 
 def test_streams_in_flight_fail_when_the_engine_process_dies(tiny_custom_voice):
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
-    engine = RemoteEngine(front, max_batch=1, restart=False)
+    engine = RemoteEngine(front.model, max_batch=1, restart=False)
     engine.start()
     try:
         stream = engine.submit(_request(front, TEXTS[0], max_frames=400, min_frames=400))

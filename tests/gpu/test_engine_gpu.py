@@ -1,4 +1,6 @@
-"""The engine on CUDA: graphs captured at warm-up serve requests exactly as solo fp32 runs."""
+"""The engine on CUDA: graphs captured at warm-up serve every request, exactly as solo fp32 runs."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -8,44 +10,45 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 TEXTS = ["Hello there.", "A somewhat longer sentence to speak aloud.", "Short.", "One two three four five."]
 
 
-def test_warmed_up_engine_matches_solo_runs(tiny_custom_voice, exact_fp32):
+def _sampling(index: int) -> dict:
+    """Greedy, the checkpoint's sampling, and top-p: every variant a warm-up must have captured."""
+    return ({"greedy": True}, {"seed": index}, {"seed": index, "top_p": 0.8, "subtalker_top_p": 0.9})[index % 3]
+
+
+def _warm_engine(folder):
     from qtts.api import TTS
     from qtts.engine.engine import Engine
 
-    tts = TTS.from_pretrained(tiny_custom_voice, device="cuda", dtype="fp32", max_len=512)
-    engine = Engine(tts, max_batch=8, max_len=512)
-    engine.warmup(max_attend=256)
-    graphs_after_warmup = len(engine.runner._graphs)
-    assert graphs_after_warmup > 0 and engine.codec._graphs
+    tts = TTS.from_pretrained(folder, device="cuda", dtype="fp32", max_len=512)
+    engine = Engine(tts.model, max_batch=8)
+    assert not engine.ready
+    engine.warmup()
+    assert engine.ready and engine.runner.graphs.graphs and engine.codec._graphs
+    return tts, engine
+
+
+def test_warmed_up_engine_captures_nothing_while_serving_and_matches_solo_runs(tiny_custom_voice, exact_fp32):
+    tts, engine = _warm_engine(tiny_custom_voice)
+    graphs = len(engine.runner.graphs.graphs)
     engine.start()
     try:
-        # the checkpoint's default sampling: the flags the warm-up captured graphs for
-        requests = [tts.request(text, speaker="aiden", seed=index, max_frames=20, min_frames=20)
-                    for index, text in enumerate(TEXTS)]
+        requests = [tts.request(text, speaker="aiden", max_frames=20, min_frames=20, **_sampling(index))
+                    for index, text in enumerate(TEXTS * 2)]
         streams = [engine.submit(request) for request in requests]
         audio = [np.concatenate(list(stream)) for stream in streams]
     finally:
         engine.stop()
+    assert engine.stats()["late_graph_captures"] == 0 and len(engine.runner.graphs.graphs) == graphs
     for request, samples in zip(requests, audio):
         solo = tts.generate(request).samples
         assert samples.shape == solo.shape
         assert np.abs(samples - solo).max() < 1e-3
-    assert len(engine.runner._graphs) == graphs_after_warmup  # nothing was captured while serving
 
 
-@pytest.mark.parametrize("concurrent_prefill", [False, True], ids=["prefill behind the frame", "prefill alongside"])
-def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp32, concurrent_prefill):
-    """Arrivals while a frame runs are prefilled behind it (or alongside it, on a stream of their own) and
-    rows end while others join: every stream still equals its solo run."""
-    import time
-
-    from qtts.api import TTS
-    from qtts.engine.engine import Engine
-
-    tts = TTS.from_pretrained(tiny_custom_voice, device="cuda", dtype="fp32", max_len=512)
-    engine = Engine(tts, max_batch=8, max_len=512, concurrent_prefill=concurrent_prefill)
-    assert engine.concurrent_prefill == concurrent_prefill
-    engine.warmup(max_attend=256)
+def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp32):
+    """Arrivals while a frame runs are prefilled behind it and rows end while others join: every stream
+    still equals its solo run."""
+    tts, engine = _warm_engine(tiny_custom_voice)
     engine.start()
     frames = [12, 5, 20, 7, 16, 3, 9, 25, 6, 11]
     try:
@@ -59,6 +62,7 @@ def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp
     finally:
         engine.stop()
     assert all(stream.finish_reason == "length" for stream in streams)
+    assert engine.stats()["late_graph_captures"] == 0
     for request, samples in zip(requests, audio):
         solo = tts.generate(request).samples
         assert samples.shape == solo.shape

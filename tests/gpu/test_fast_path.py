@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from qtts.engine.planning import plan_request
+from qtts.engine.step import PrefillItem
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 TEXT = "The fast path must say exactly what the eager path says."
@@ -31,10 +34,10 @@ def test_bf16_fast_prefill_tracks_eager(tiny_custom_voice):
     request = fast.request(TEXT, speaker="aiden", language="english", greedy=True, max_frames=8)
     hidden = []
     for tts in (fast, eager):
-        plan, = tts.plans([request])
-        runner = tts.frame_runner([plan])
+        runner = tts.engine().runner
+        plan = plan_request(tts.model, request, tts.max_len)
         for _ in range(3):
-            runner.prefill(0, plan.prompt, plan.sampling, plan.seed, plan.min_frames)
+            runner.prefill_rows(0, [PrefillItem(plan.prompt, plan.sampling, plan.seed, plan.min_frames)])
         hidden.append(runner.state.past_hidden[0].float().clone())
     error = (hidden[0] - hidden[1]).norm() / hidden[1].norm()
     assert error < 2e-2, f"relative error {error:.3g}"

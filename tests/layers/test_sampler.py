@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtts.layers.noise import uniform_noise
+from qtts.kernels.noise import uniform_noise
 from qtts.layers.sampler import SamplingTensors, apply_repetition_penalty, sample, warp
 
 VOCAB = 64

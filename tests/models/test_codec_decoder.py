@@ -12,7 +12,8 @@ import torch
 
 from qtts.config import SAMPLES_PER_FRAME, CodecDecoderConfig
 from qtts.errors import OverloadedError
-from qtts.models.codec_decoder import CodecDecoder, StreamingCodecDecoder, load_codec_decoder
+from qtts.models.codec_decoder import CodecDecoder, load_codec_decoder
+from qtts.models.codec_streaming import StreamingCodecDecoder
 from qtts.weights import load_module, read_tensors
 
 TINY = dict(codebook_size=64, codebook_dim=32, latent_dim=32, hidden_size=32, intermediate_size=64,

@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 from qtts.kernels.layouts import is_channels_last
 from qtts.models import codec_layers
-from qtts.models.codec_decoder import StreamingCodecDecoder
+from qtts.models.codec_streaming import StreamingCodecDecoder
 from qtts.models.conv_layout import choose_conv_layouts, tunable_convolutions
 from tests.models.test_codec_decoder import FP32_TOLERANCE, _max_diff, ours_random, random_codes, tiny_config
 
