@@ -91,7 +91,7 @@ def run_config(name: str, args, scratch: Path) -> dict:
     if finished.returncode != 0 or not out.exists():
         return {"failed": f"bench_serve.py exited {finished.returncode}"}
     sweep = json.loads(out.read_text())
-    return {"server_args": SERVER_ARGS[name], "capacity_rps": capacity_rps(sweep), "warmup_s": sweep.get("warmup_s"),
+    return {"server_args": SERVER_ARGS[name], "capacity_rps": capacity_rps(sweep), "startup_s": sweep.get("startup_s"),
             "open_loop": sweep["open_loop"], "open_loop_stopped": sweep["open_loop_stopped"],
             "device": sweep["device"], "commit": sweep["commit"], "torch": sweep["torch"]}
 
