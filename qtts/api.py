@@ -65,7 +65,8 @@ class TTS:
                         dtype: str | torch.dtype | None = None, max_len: int = 4096,
                         use_graphs: bool | None = None, fused_kernels: bool | None = None,
                         prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True,
-                        max_batch: int | None = None) -> "TTS":
+                        max_batch: int | None = None, fp8_talker: bool = False, fp8_predictor: bool = False,
+                        kv_cache: str | None = None) -> "TTS":
         """Load a checkpoint folder or hub id.
 
         max_len bounds prompt + generated frames of one request; use_graphs (default: on CUDA)
@@ -74,10 +75,13 @@ class TTS:
         of the cache of voice-prompt K/V (0 turns it off; see `prefix_cache.stats()`). max_batch:
         rows the engine decodes together (default 16 on GPU, 8 on CPU; a batch call may ask for more).
         generator=False skips the talker and codec decoder: requests and voices can be made, not
-        speech (a server whose engine runs in another process).
+        speech (a server whose engine runs in another process). Quantization, off by default (see
+        docs/quantization.md for what each passes): fp8_talker and fp8_predictor store those decoder
+        layers' projections in FP8 (Hopper and newer run them as FP8 GEMMs); kv_cache "int8" or "int4"
+        stores the talker's K/V quantized.
         """
         model = load_model(resolve_checkpoint(path_or_id), device, dtype, max_len, use_graphs, fused_kernels,
-                           prefix_cache_mb, generator)
+                           prefix_cache_mb, generator, fp8_talker, fp8_predictor, kv_cache)
         return cls(model, max_batch)
 
     # ----- facts ------------------------------------------------------------------------------

@@ -122,13 +122,18 @@ def encode_audio(wav: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     return _encode_with_av(pcm, sample_rate, fmt)
 
 
-def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None:
-    """Write mono audio to a file whose suffix names the format (.wav .flac .mp3 .opus .ogg .aac .pcm)."""
+def format_of_path(path: str | os.PathLike) -> str:
+    """The format (one of FORMATS) a file's suffix names; AudioError for a suffix that names none."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in _SUFFIX_FORMATS:
-        raise AudioError(f"cannot tell the audio format from {path!r}; use one of "
+        raise AudioError(f"cannot tell the audio format from {str(path)!r}; use one of "
                          f"{', '.join('.' + s for s in _SUFFIX_FORMATS)}")
-    Path(path).write_bytes(encode_audio(wav, sample_rate, _SUFFIX_FORMATS[suffix]))
+    return _SUFFIX_FORMATS[suffix]
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None:
+    """Write mono audio to a file whose suffix names the format (.wav .flac .mp3 .opus .ogg .aac .pcm)."""
+    Path(path).write_bytes(encode_audio(wav, sample_rate, format_of_path(path)))
 
 
 def _is_tensor(x) -> bool:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,14 +159,23 @@ def bench_first_audio(tts: TTS, chunk_frames: tuple[int, ...], requests: int, fr
 
 
 def run(tts: TTS, frames: int = 250, requests: int = 20,
-        schedules: tuple[tuple[int, ...], ...] = ((1, 2, 4, 8, 12), (2, 4, 8), (4,), (8,))) -> dict:
+        schedules: tuple[tuple[int, ...], ...] = ((1, 2, 4, 8, 12), (2, 4, 8), (4,), (8,)),
+        on_stage: Callable[[int, int, str], None] | None = None) -> dict:
+    """Every measurement; on_stage(done, total, name), if given, is called as each stage starts."""
+    stages = len(schedules) + 2
+    on_stage = on_stage or (lambda done, total, name: None)
     if tts.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(tts.device)
+    on_stage(0, stages, "throughput")
     result = {"device": torch.cuda.get_device_name(tts.device) if tts.device.type == "cuda" else "cpu",
               "dtype": str(tts.dtype).replace("torch.", ""), "graphs": tts.use_graphs,
               "model_type": tts.model_type, "hidden": tts.config.talker.hidden_size,
               "throughput": bench_throughput(tts, frames)}
-    result["first_audio"] = [bench_first_audio(tts, schedule, requests) for schedule in schedules]
+    result["first_audio"] = []
+    for index, schedule in enumerate(schedules):
+        on_stage(1 + index, stages, f"first audio, chunks {schedule}")
+        result["first_audio"].append(bench_first_audio(tts, schedule, requests))
+    on_stage(stages - 1, stages, "first audio, cold voice prompt")
     result["first_audio"].append(bench_first_audio(tts, schedules[0], requests, cold=True))
     if tts.device.type == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated(tts.device) / 2**30

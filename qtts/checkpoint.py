@@ -6,8 +6,7 @@ from pathlib import Path
 
 from .errors import CheckpointError
 
-REQUIRED_FILES = ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                  "speech_tokenizer/config.json")
+REQUIRED_FILES = ("config.json", "speech_tokenizer/config.json")
 
 
 def resolve_checkpoint(path_or_id: str | os.PathLike) -> Path:
@@ -34,7 +33,17 @@ def resolve_checkpoint(path_or_id: str | os.PathLike) -> Path:
 
 
 def check_layout(folder: Path) -> Path:
+    """The folder, once it holds every file a checkpoint needs; CheckpointError naming the missing ones.
+
+    The tokenizer may come either as `tokenizer.json` (what `transformers` saves) or as
+    `vocab.json` + `merges.txt` + `tokenizer_config.json` (what the hub ships).
+    """
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not (folder / "tokenizer.json").is_file():
+        bpe_files = ("vocab.json", "merges.txt", "tokenizer_config.json")
+        absent = [name for name in bpe_files if not (folder / name).is_file()]
+        if absent:
+            missing.append(f"tokenizer.json (or {' + '.join(absent)})")
     has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if not has_weights:
         missing.append("model.safetensors")

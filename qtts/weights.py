@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .errors import CheckpointError
@@ -16,7 +16,10 @@ def safetensor_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): download it again") from exc
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{folder}: shards named in the index are missing: {missing}")
@@ -31,10 +34,14 @@ def read_tensors(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """All tensors whose name starts with prefix, with the prefix removed."""
     tensors: dict[str, torch.Tensor] = {}
     for file in safetensor_files(folder):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                if name.startswith(prefix):
-                    tensors[name[len(prefix):]] = f.get_tensor(name)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    if name.startswith(prefix):
+                        tensors[name[len(prefix):]] = f.get_tensor(name)
+        except SafetensorError as exc:
+            raise CheckpointError(f"{file} is not a readable safetensors file ({exc}): empty or cut short? "
+                                  "Download it again") from exc
     return tensors
 
 

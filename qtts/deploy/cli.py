@@ -25,7 +25,8 @@ def deploy_args(args: argparse.Namespace) -> DeployArgs:
 
         gpus = 1.0 if pick_device(args.device).type == "cuda" else 0.0
     return DeployArgs(model=str(args.model), dtype=args.dtype, max_len=args.max_len,
-                      prefix_cache_mb=args.prefix_cache_mb, engine_process=args.engine_process,
+                      prefix_cache_mb=args.prefix_cache_mb, fp8_talker=args.fp8_talker,
+                      fp8_predictor=args.fp8_predictor, kv_cache=args.kv_cache, engine_process=args.engine_process,
                       switch_interval_us=args.switch_interval_us, server=server, replicas=args.replicas,
                       max_replicas=args.max_replicas, gpus_per_replica=gpus, drain_timeout_s=args.drain_timeout_s)
 

@@ -21,6 +21,9 @@ class ReplicaArgs(BaseModel):
     dtype: str | None = None
     max_len: int = 4096
     prefix_cache_mb: float = 256
+    fp8_talker: bool = False
+    fp8_predictor: bool = False
+    kv_cache: Literal["int8", "int4"] | None = None
     engine_process: Literal["auto", "on", "off"] = "auto"
     switch_interval_us: float = 50
     server: dict[str, Any] = Field(default_factory=dict,
@@ -50,7 +53,9 @@ class SpeechReplica:
         device = torch.device(device)  # "cuda": the card Ray gave this replica
         engine_process = args.engine_process == "on" or (args.engine_process == "auto" and device.type == "cuda")
         self.tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
-                                       prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process)
+                                       prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process,
+                                       fp8_talker=args.fp8_talker, fp8_predictor=args.fp8_predictor,
+                                       kv_cache=args.kv_cache)
         self.settings = args.settings(engine_process)
         self.http_app = None
         self.replica = serve.get_replica_context().replica_id.unique_id

@@ -138,7 +138,7 @@ class Engine:
         on_cuda = model.device.type == "cuda"
         self._late_captures = 0
         step = FrameStep(model.talker, model.config, rows=max_batch, max_len=self.max_len, max_text=self.max_len,
-                         prefix_cache=model.prefix_cache)
+                         prefix_cache=model.prefix_cache, kv_cache=model.kv_cache)
         self.runner = GraphRunner(step, model.use_graphs, on_late_capture=self._count_late_capture)
         # every call decodes one frame per stream; other lengths (ICL references) run eagerly
         self.codec = StreamingCodecDecoder(model.codec_decoder, max_streams=max_batch, use_graphs=model.use_graphs,
@@ -156,6 +156,8 @@ class Engine:
         self._admitted = 0  # requests admitted in this iteration (the scheduler's cap is per frame)
         self._frames_launched = 0
         self._in_flight: _CodecCall | None = None
+        # the next frame's codes, launched before this frame's end was read back: (jobs, codes (B, 16))
+        self._speculative: tuple[list[_Job], torch.Tensor] | None = None
         self._plans: dict[Stream, RowPlan | Exception] = {}  # prompts built ahead for queued streams
         self._queue: deque[Stream] = deque()
         self._rows: list[_Job] = []  # index == row of the frame step
@@ -442,8 +444,10 @@ class Engine:
         # idle padding rows recompute position 0 of their own slot, which no active row reads
         self.runner.state.positions[batch:padded] = 0
         self.runner.flags = SamplingFlags.of([j.plan.sampling for j in jobs])
-        # a copy: the codec reads it on its own stream while the next frame overwrites the step's codes
-        frames = self.runner.predict_frame(padded)[:batch].clone()
+        frames = self._take_speculative(jobs)
+        if frames is None:
+            # a copy: the codec reads it on its own stream while the next frame overwrites the step's codes
+            frames = self.runner.predict_frame(padded)[:batch].clone()
         call = self._launch_codec(jobs, frames)
         self.runner.advance(padded, max(j.position for j in jobs) + 1)
         # read after the step without waiting for what is queued behind it (prefills admitted meanwhile)
@@ -451,7 +455,28 @@ class Engine:
         if self.model.device.type == "cuda":
             call.step_done = torch.cuda.Event()
             call.step_done.record()
+        if not self._queue:
+            # nobody waits to join: the next frame's codes go now, so the device keeps working while the host
+            # reads this frame's end; rows that end meanwhile only drop out of them (_take_speculative)
+            self._speculative = (jobs, self.runner.predict_frame(padded)[:batch].clone())
         return call
+
+    def _take_speculative(self, jobs: list[_Job]) -> torch.Tensor | None:
+        """The codes launched ahead for `jobs`, if they were launched for the same requests (some of which may
+        have left since, their rows taken by others): re-ordered to the rows as they are now, and put where
+        the talker's half reads them."""
+        speculative, self._speculative = self._speculative, None
+        if speculative is None:
+            return None
+        launched_for, frames = speculative
+        index = {id(job): row for row, job in enumerate(launched_for)}
+        if any(id(job) not in index for job in jobs):  # a new row: its codes were never predicted
+            return None
+        order = [index[id(job)] for job in jobs]
+        if order != list(range(len(launched_for))):
+            frames = frames[torch.tensor(order, device=frames.device)]
+        self.runner.step.codes[: len(jobs)] = frames
+        return frames
 
     def _wait_for_step(self, call: _CodecCall) -> None:
         """Wait for the frame step, admitting waiting requests meanwhile (their prompts built on the prompt
@@ -570,7 +595,7 @@ class Engine:
         stream.finish(reason, error)
 
     def _fail_all(self, error: Exception) -> None:
-        self._in_flight = None
+        self._in_flight = self._speculative = None
         jobs, self._rows, self._draining = self._rows + self._draining, [], []
         for job in jobs:
             self._close(job, "error", error)
@@ -581,7 +606,7 @@ class Engine:
         self._plans.clear()
         for stream in queued:
             self._finish(stream, "cancelled")
-        self._in_flight = None
+        self._in_flight = self._speculative = None
         jobs, self._rows, self._draining = self._rows + self._draining, [], []
         for job in jobs:
             self._close(job, "cancelled")

@@ -10,12 +10,14 @@ from ..config import (SAMPLE_RATE, CodecConfig, ModelConfig, load_codec_config, 
                       load_model_config)
 from ..kernels import kernels_enabled
 from ..models.codec_decoder import CodecDecoder, load_codec_decoder
+from ..models.quantize import quantize_weights
 from ..models.talker import Talker
 from ..text import TextTokenizer
 from ..weights import load_module, read_tensors
 from .prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
 from .request import SamplingParams
 
+KV_CACHE_OPTIONS = (None, "int8", "int4")
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
@@ -55,6 +57,7 @@ class ModelBundle:
     talker: Talker | None = None
     codec_decoder: CodecDecoder | None = None
     prefix_cache: PrefixCache | None = None
+    kv_cache: str | None = None  # the talker KV cache's quantization: None (the model's dtype), "int8" or "int4"
     load_options: dict = field(default_factory=dict)  # load_model's keywords: how to load it again
 
     @property
@@ -77,20 +80,24 @@ class ModelBundle:
 
 def load_model(folder: Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                max_len: int = 4096, use_graphs: bool | None = None, fused_kernels: bool | None = None,
-               prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True) -> ModelBundle:
+               prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, generator: bool = True, fp8_talker: bool = False,
+               fp8_predictor: bool = False, kv_cache: str | None = None) -> ModelBundle:
     """Load a checkpoint folder (see TTS.from_pretrained for the options); generator=False loads only
     what building requests takes (configs, tokenizer)."""
+    if kv_cache not in KV_CACHE_OPTIONS:
+        raise ValueError(f"unknown KV cache option {kv_cache!r}; use one of int8, int4 (or none)")
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     folder = Path(folder)
     options = {"device": str(device), "dtype": dtype, "max_len": max_len, "use_graphs": use_graphs,
-               "fused_kernels": fused_kernels, "prefix_cache_mb": prefix_cache_mb}
+               "fused_kernels": fused_kernels, "prefix_cache_mb": prefix_cache_mb, "fp8_talker": fp8_talker,
+               "fp8_predictor": fp8_predictor, "kv_cache": kv_cache}
     bundle = ModelBundle(folder=folder, config=load_model_config(folder),
                          codec_config=load_codec_config(folder / "speech_tokenizer"),
                          generation_defaults=load_generation_defaults(folder),
                          tokenizer=TextTokenizer.from_folder(folder), device=device, dtype=dtype, max_len=max_len,
                          use_graphs=device.type == "cuda" if use_graphs is None else use_graphs,
-                         load_options=options)
+                         kv_cache=kv_cache, load_options=options)
     if not generator:
         return bundle
     talker = Talker(bundle.config.talker)
@@ -99,6 +106,7 @@ def load_model(folder: Path, device: str | torch.device | None = None, dtype: st
     if kernels_enabled(device) if fused_kernels is None else fused_kernels:
         bundle.talker.model.fuse()
         bundle.talker.code_predictor.model.fuse(gemv=True)
+    quantize_weights(bundle.talker, talker_fp8=fp8_talker, predictor_fp8=fp8_predictor)
     bundle.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
     if prefix_cache_mb > 0:
         bundle.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))

@@ -35,6 +35,7 @@ class RowState:
     seeds: torch.Tensor  # (B,) int64
     repetition_penalty: torch.Tensor  # (B,) float32
     min_frames: torch.Tensor  # (B,) int64, EOS is masked before this many codebook-0 samples
+    active: torch.Tensor  # (B,) bool; a row that is not (its next text has not arrived) keeps its state
     talker_sampling: SamplingTensors
     predictor_sampling: SamplingTensors
 
@@ -61,6 +62,7 @@ class RowState:
             seeds=longs(),
             repetition_penalty=torch.ones(rows, dtype=torch.float32, device=device),
             min_frames=longs(),
+            active=torch.ones(rows, dtype=torch.bool, device=device),
             talker_sampling=params(), predictor_sampling=params(),
         )
 
@@ -78,6 +80,7 @@ class RowState:
         self.seeds[row] = seed
         self.repetition_penalty[row] = sampling.repetition_penalty
         self.min_frames[row] = min_frames
+        self.active[row] = True
         for params, prefix in ((self.talker_sampling, ""), (self.predictor_sampling, "subtalker_")):
             params.do_sample[row] = getattr(sampling, prefix + "do_sample")
             params.temperature[row] = getattr(sampling, prefix + "temperature")
@@ -116,18 +119,21 @@ class FrameStep:
     """Prefill and per-frame decoding for a fixed number of rows over a static KV cache.
 
     `flags` must cover every active row's sampling parameters (the engine sets it). With a
-    prefix_cache, prefill reuses the K/V of a prompt's shared rows (Prompt.shared_length).
+    prefix_cache, prefill reuses the K/V of a prompt's shared rows (Prompt.shared_length); every step
+    sharing one must store its talker K/V the same way (kv_cache: None, "int8" or "int4"). The code
+    predictor's cache holds 16 positions and stays in the model's dtype.
     """
 
     def __init__(self, talker: Talker, cfg: ModelConfig, rows: int, max_len: int, max_text: int,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, kv_cache: str | None = None):
         self.talker, self.cfg = talker, cfg
         self.prefix_cache = prefix_cache
         weight = talker.codec_head.weight
         device, dtype = weight.device, weight.dtype
         tl, pl = cfg.talker.layers, cfg.talker.predictor.layers
         self.rows, self.max_len = rows, max_len
-        self.cache = KVCache(tl.num_layers, rows, tl.num_kv_heads, max_len, tl.head_dim, device, dtype)
+        self.cache = KVCache(tl.num_layers, rows, tl.num_kv_heads, max_len, tl.head_dim, device, dtype,
+                             quantization=kv_cache)
         groups = cfg.talker.num_code_groups
         self.predictor_cache = KVCache(pl.num_layers, rows, pl.num_kv_heads, groups, pl.head_dim, device, dtype)
         self.state = RowState.allocate(rows, cfg.talker.hidden_size, cfg.talker.vocab_size, max_text, device, dtype)
@@ -160,7 +166,10 @@ class FrameStep:
                                    ("do_sample", "temperature", "top_k", "top_p")))
         token = sample(scores, params, s.seeds[rows], s.frame_index[rows], TALKER_STREAM,
                        self.flags.talker_sampling, self.flags.talker_top_p, fused=self.talker.model.fused)
-        s.seen[rows] = s.seen[rows].scatter(1, token.unsqueeze(1), True)
+        token = torch.where(s.active[rows], token, s.c0[rows])  # a held row keeps its c0
+        index = token.unsqueeze(1)
+        seen = s.seen[rows]
+        s.seen[rows] = seen.scatter(1, index, seen.gather(1, index) | s.active[rows].unsqueeze(1))
         return token
 
     @torch.no_grad()
@@ -282,7 +291,8 @@ class FrameStep:
         positions = s.positions[rows].unsqueeze(1)
         view = CacheView.causal(self.cache, positions, attend_length)
         hidden = self.talker((frame_rows + text).unsqueeze(1), positions, view)[:, 0]
-        s.past_hidden[rows] = hidden
-        s.positions[rows] += 1
-        s.frame_index[rows] += 1
+        active = s.active[rows]
+        s.past_hidden[rows] = torch.where(active.unsqueeze(1), hidden, s.past_hidden[rows])
+        s.positions[rows] += active
+        s.frame_index[rows] += active
         s.c0[rows] = self._sample_c0(self.talker.logits(hidden), rows)

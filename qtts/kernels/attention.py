@@ -3,14 +3,18 @@
 Row b attends to cache positions 0..positions[b] of slot b (or of slots[b]: a prompt's tokens are rows
 of one slot, each seeing the keys up to its own position, which is causal attention). Grouped-query
 heads share one pass over their KV head; the softmax runs online in fp32 (flash-decoding without the
-split), over only the blocks the row's length covers.
+split), over only the blocks the row's length covers. Quantized caches (kernels/kv_quant.py) are read
+as stored: int8 rows scale the scores and probabilities by each vector's scale; int4 rows are looked
+up in the codebook and attended in the rotated space (q arrives rotated), the output rotated back.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch.nn import functional as F
 
-import functools
+from . import kv_quant
 
 
 @functools.cache
@@ -23,7 +27,7 @@ def _decode_attention_kernel():
     def decode_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, out_ptr, scale,
                cache_slot_stride, cache_head_stride, cache_pos_stride,
                NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr):
+               BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr, KV_BITS: tl.constexpr):
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
         GROUP: tl.constexpr = NUM_HEADS // NUM_KV_HEADS
@@ -48,42 +52,135 @@ def _decode_attention_kernel():
             k = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
             v = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
             scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # (GROUP, BLOCK_N)
+            if KV_BITS == 8:  # each row's fp32 scale follows its HEAD_DIM int8 coordinates
+                scale_offsets = base + keys * cache_pos_stride + HEAD_DIM
+                k_scale = tl.load((k_cache_ptr + scale_offsets).to(tl.pointer_type(tl.float32)), mask=valid, other=0.0)
+                v_scale = tl.load((v_cache_ptr + scale_offsets).to(tl.pointer_type(tl.float32)), mask=valid, other=0.0)
+                scores = scores * k_scale[None, :]
             scores = tl.where(valid[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
             correction = tl.exp(m - m_new)
             p = tl.exp(scores - m_new[:, None])
             denom = denom * correction + tl.sum(p, axis=1)
+            if KV_BITS == 8:
+                p = p * v_scale[None, :]
             acc = acc * correction[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
             m = m_new
             block_start += BLOCK_N
         out = acc / denom[:, None]
         tl.store(out_ptr + q_rows, out.to(out_ptr.dtype.element_ty))
 
-
     return decode_attention_kernel
 
 
-def decode_attention_reference(q, k_cache, v_cache, positions, slots=None):
-    """q (B, H, D); caches (slots, K, max_len, D); row b sees slot b's (slots[b]'s) positions 0..positions[b]."""
+@functools.cache
+def _decode_attention_int4_kernel():
+    """decode_attention_kernel over int4 rows: each byte holds coordinate i (low nibble) and i + D/2."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode_attention_int4_kernel(q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, out_ptr,
+               rotation_ptr, codebook_ptr, scale, cache_slot_stride, cache_head_stride, cache_pos_stride,
+               NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr):
+        row = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        GROUP: tl.constexpr = NUM_HEADS // NUM_KV_HEADS
+        HALF: tl.constexpr = HEAD_DIM // 2
+        lo = tl.arange(0, HALF)
+        group = tl.arange(0, GROUP)
+        q_rows = (row * NUM_HEADS + kv_head * GROUP + group)[:, None] * HEAD_DIM + lo[None, :]
+        q1 = tl.load(q_ptr + q_rows).to(tl.float32) * scale  # (GROUP, HALF), rotated space
+        q2 = tl.load(q_ptr + q_rows + HALF).to(tl.float32) * scale
+        length = tl.load(positions_ptr + row) + 1
+        if HAS_SLOTS:
+            slot = tl.load(slots_ptr + row).to(tl.int64)
+        else:
+            slot = row.to(tl.int64)
+        base = slot * cache_slot_stride + kv_head * cache_head_stride
+        m = tl.full((GROUP,), float("-inf"), tl.float32)
+        denom = tl.zeros((GROUP,), tl.float32)
+        acc1 = tl.zeros((GROUP, HALF), tl.float32)
+        acc2 = tl.zeros((GROUP, HALF), tl.float32)
+        block_start = 0
+        while block_start < length:
+            keys = block_start + tl.arange(0, BLOCK_N)
+            valid = keys < length
+            offsets = base + keys[:, None] * cache_pos_stride + lo[None, :]
+            k_bytes = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0).to(tl.int32)
+            v_bytes = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0).to(tl.int32)
+            scale_offsets = base + keys * cache_pos_stride + HALF
+            k_scale = tl.load((k_cache_ptr + scale_offsets).to(tl.pointer_type(tl.float32)), mask=valid, other=0.0)
+            v_scale = tl.load((v_cache_ptr + scale_offsets).to(tl.pointer_type(tl.float32)), mask=valid, other=0.0)
+            k1 = tl.load(codebook_ptr + (k_bytes & 15))
+            k2 = tl.load(codebook_ptr + (k_bytes >> 4))
+            v1 = tl.load(codebook_ptr + (v_bytes & 15))
+            v2 = tl.load(codebook_ptr + (v_bytes >> 4))
+            scores = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2) + tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
+            scores = tl.where(valid[None, :], scores * k_scale[None, :], float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            correction = tl.exp(m - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            denom = denom * correction + tl.sum(p, axis=1)
+            p = p * v_scale[None, :]
+            acc1 = acc1 * correction[:, None] + tl.sum(p[:, :, None] * v1[None, :, :], axis=1)
+            acc2 = acc2 * correction[:, None] + tl.sum(p[:, :, None] * v2[None, :, :], axis=1)
+            m = m_new
+            block_start += BLOCK_N
+        acc1 = acc1 / denom[:, None]
+        acc2 = acc2 / denom[:, None]
+        # back from the rotated space: out = acc @ R, R read in four HALF x HALF tiles
+        rows_lo = lo[:, None] * HEAD_DIM
+        rows_hi = (HALF + lo)[:, None] * HEAD_DIM
+        r11 = tl.load(rotation_ptr + rows_lo + lo[None, :])
+        r12 = tl.load(rotation_ptr + rows_lo + HALF + lo[None, :])
+        r21 = tl.load(rotation_ptr + rows_hi + lo[None, :])
+        r22 = tl.load(rotation_ptr + rows_hi + HALF + lo[None, :])
+        out1 = tl.sum(acc1[:, :, None] * r11[None, :, :], axis=1) + tl.sum(acc2[:, :, None] * r21[None, :, :], axis=1)
+        out2 = tl.sum(acc1[:, :, None] * r12[None, :, :], axis=1) + tl.sum(acc2[:, :, None] * r22[None, :, :], axis=1)
+        dtype = out_ptr.dtype.element_ty
+        tl.store(out_ptr + q_rows, out1.to(dtype))
+        tl.store(out_ptr + q_rows + HALF, out2.to(dtype))
+
+    return decode_attention_int4_kernel
+
+
+def decode_attention_reference(q, k_cache, v_cache, positions, slots=None, rotation=None):
+    """q (B, H, D); caches (slots, K, max_len, D) or quantized rows (kernels/kv_quant.py; int4 needs the
+    cache's rotation and takes q in real space); row b sees slot b's (slots[b]'s) positions 0..positions[b]."""
     batch = q.shape[0]
     length = int(positions.max()) + 1
     slots = torch.arange(batch, device=q.device) if slots is None else slots
     keys, values = k_cache[slots, :, :length], v_cache[slots, :, :length]
+    if kv_quant.stored_bits(k_cache) != 16:
+        keys, values = (kv_quant.dequantize(x, rotation).to(q.dtype) for x in (keys, values))
     mask = torch.arange(length, device=q.device).view(1, 1, 1, -1) <= positions.view(-1, 1, 1, 1)
     out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask,
                                          enable_gqa=q.shape[1] != k_cache.shape[1])
     return out.squeeze(2)
 
 
-def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: int = 64):
-    """q (B, H, D); slots: (B,) cache slot of each row, or None for slot b = row b."""
+def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: int = 64, rotation=None,
+                           codebook=None):
+    """q (B, H, D); slots: (B,) cache slot of each row, or None for slot b = row b. Over int4 rows q is
+    in the rotated space (as qk_norm_rope_fused returns it), and rotation and codebook are the cache's."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     out = torch.empty_like(q)
     positions = positions.contiguous()
-    _decode_attention_kernel()[(batch, num_kv_heads)](
-        q.contiguous(), k_cache, v_cache, positions, positions if slots is None else slots.contiguous(), out,
-        head_dim ** -0.5, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=block_n,
-        HAS_SLOTS=slots is not None)
+    shape = dict(NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_N=block_n,
+                 HAS_SLOTS=slots is not None)
+    slots = positions if slots is None else slots.contiguous()  # a pointer the kernel never reads
+    strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
+    bits = kv_quant.stored_bits(k_cache)
+    if bits == 4:
+        shape["BLOCK_N"] = min(block_n, 32)  # four decoded (block, D/2) tiles live in registers at once
+        _decode_attention_int4_kernel()[(batch, num_kv_heads)](
+            q.contiguous(), k_cache, v_cache, positions, slots, out, rotation, codebook, head_dim ** -0.5,
+            *strides, **shape)
+    else:
+        _decode_attention_kernel()[(batch, num_kv_heads)](
+            q.contiguous(), k_cache, v_cache, positions, slots, out, head_dim ** -0.5, *strides, **shape,
+            KV_BITS=bits)
     return out

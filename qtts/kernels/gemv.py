@@ -7,7 +7,9 @@ their own. Here each program reads a block of weight rows once and makes the row
 
 out = act(norm(x [+ residual]) @ W.T [+ bias]); with silu_mul, W holds gate|up and
 out = silu(x @ gate.T) * (x @ up.T). Rounding follows the unfused path: the residual add, the
-norm, the weight multiply, the product and SiLU each round to the activation dtype.
+norm, the weight multiply, the product and SiLU each round to the activation dtype. An FP8 weight
+(kernels/fp8.py) is read as e4m3 and each output multiplied by its row's scale; the activations stay
+unquantized (half the weight bytes, and more precise than the FP8 GEMM of larger batches).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import os
 
 import torch
 from torch.nn import functional as F
+
+from .fp8 import Fp8Weight, fp8_linear, weight_only_linear_reference
 
 MAX_ROWS = 2  # past this many rows a GEMM reuses each weight enough for cuBLAS to win
 BLOCK_K = 256  # 512 contiguous bytes of a bf16 weight row per load
@@ -37,10 +41,10 @@ def _gemv_kernel():
     import triton.language as tl
 
     @triton.jit
-    def gemv_kernel(x_ptr, residual_ptr, residual_out_ptr, norm_weight_ptr, w_ptr, bias_ptr, out_ptr,
+    def gemv_kernel(x_ptr, residual_ptr, residual_out_ptr, norm_weight_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
                     n_out, eps, K_DIM: tl.constexpr,
                     ROWS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SILU_MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    SILU_MUL: tl.constexpr, W_SCALED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid = tl.program_id(0)
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = n < n_out
@@ -81,6 +85,10 @@ def _gemv_kernel():
                 if SILU_MUL:
                     w_up = tl.load(w_ptr + (n + n_out)[:, None] * K_DIM + k[None, :], mask=tile_mask, other=0.0)
                     acc_up += tl.sum(w_up.to(tl.float32) * hf, axis=1)
+            if W_SCALED:  # FP8 rows: one scale per output row
+                acc *= tl.load(w_scale_ptr + n, mask=n_mask, other=0.0)
+                if SILU_MUL:
+                    acc_up *= tl.load(w_scale_ptr + n + n_out, mask=n_mask, other=0.0)
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
             if SILU_MUL:
@@ -99,11 +107,13 @@ def skinny(x: torch.Tensor) -> bool:
     return x.dim() == 2 and x.shape[0] <= MAX_ROWS and os.environ.get("QTTS_DISABLE_GEMV") != "1"
 
 
-def gemv_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+def gemv_fused(x: torch.Tensor, weight: torch.Tensor | Fp8Weight, bias: torch.Tensor | None = None,
                norm_weight: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
                silu_mul: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, new residual) for x (rows <= MAX_ROWS, K); the new residual is x + residual (x without one),
     as rms_norm_fused returns it. The norm runs when norm_weight is given."""
+    w_scale = weight.scale if isinstance(weight, Fp8Weight) else None
+    weight = weight.data if isinstance(weight, Fp8Weight) else weight
     rows, k_dim = x.shape
     if rows > MAX_ROWS or not weight.is_contiguous() or (norm_weight is not None and not norm_weight.is_contiguous()):
         raise ValueError("gemv_fused takes at most MAX_ROWS rows and contiguous weights")
@@ -115,10 +125,10 @@ def gemv_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     has_residual = residual is not None
     residual_out = torch.empty_like(x) if has_residual else x
     args = (x, residual.contiguous() if has_residual else x, residual_out,
-            norm_weight if norm_weight is not None else weight, weight, bias if bias is not None else weight, out,
-            n_out, eps)
+            norm_weight if norm_weight is not None else weight, weight, w_scale if w_scale is not None else weight,
+            bias if bias is not None else weight, out, n_out, eps)
     flags = dict(K_DIM=k_dim, ROWS=rows, NORM=norm_weight is not None, HAS_RESIDUAL=has_residual,
-                 HAS_BIAS=bias is not None, SILU_MUL=silu_mul)
+                 HAS_BIAS=bias is not None, SILU_MUL=silu_mul, W_SCALED=w_scale is not None)
     size = block_n(n_out) if x.is_cuda else 64  # the interpreter (tests) runs faster with fewer programs
     _gemv_kernel()[(-(-n_out // size),)](*args, **flags, BLOCK_N=size, BLOCK_K=BLOCK_K if x.is_cuda else 128,
                                          num_warps=4)
@@ -133,13 +143,16 @@ def gemv_reference(x, weight, bias=None, norm_weight=None, eps=0.0, residual=Non
     new_residual = x
     if norm_weight is not None:
         x, new_residual = rms_norm_reference(x, norm_weight, eps, residual)
-    out = F.linear(x, weight, bias)
+    out = weight_only_linear_reference(x, weight, bias) if isinstance(weight, Fp8Weight) else F.linear(x, weight, bias)
     return (silu_mul_reference(out) if silu_mul else out), new_residual
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gemv: bool = True) -> torch.Tensor:
-    """F.linear over x (..., K): gemv_fused when gemv is on and its rows are few."""
+def linear(x: torch.Tensor, weight: torch.Tensor | Fp8Weight, bias: torch.Tensor | None = None,
+           gemv: bool = True) -> torch.Tensor:
+    """F.linear over x (..., K), plain or FP8 weight: gemv_fused when gemv is on and its rows are few."""
     rows = x.reshape(-1, x.shape[-1])
-    if not (gemv and skinny(rows)):
-        return F.linear(x, weight, bias)
-    return gemv_fused(rows, weight, bias)[0].view(*x.shape[:-1], weight.shape[0])
+    if gemv and skinny(rows):
+        return gemv_fused(rows, weight, bias)[0].view(*x.shape[:-1], weight.shape[0])
+    if isinstance(weight, Fp8Weight):
+        return fp8_linear(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -5,6 +5,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..kernels import kv_quant
+from ..kernels.fp8 import Fp8Weight
+from ..kernels.gemv import linear
+from .linear import stack_projections
 from .norm import RMSNorm
 from .rope import apply_rope
 
@@ -14,15 +18,32 @@ class KVCache:
 
     Each slot holds one sequence, left-aligned (position p is stored at index p), so a
     decode step writes one index per row and attends over a prefix of the buffer.
+    quantization "int8" or "int4" stores each vector as a row of bytes with its scale
+    (kernels/kv_quant.py): (slots, kv_heads, max_len, row_bytes) int8 / uint8 buffers.
     """
 
     def __init__(self, num_layers: int, slots: int, kv_heads: int, max_len: int, head_dim: int,
-                 device: torch.device | str, dtype: torch.dtype):
-        shape = (slots, kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+                 device: torch.device | str, dtype: torch.dtype, quantization: str | None = None):
+        width, storage = head_dim, dtype
+        if quantization is not None:
+            width, storage = kv_quant.row_bytes(quantization, head_dim), kv_quant.storage_dtype(quantization)
+        shape = (slots, kv_heads, max_len, width)
+        self.keys = [torch.zeros(shape, device=device, dtype=storage) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=storage) for _ in range(num_layers)]
         self.max_len = max_len
         self.slots = slots
+        self.dtype, self.quantization = dtype, quantization
+        # int4 only: the rotation and codebook its kernels read
+        self.rotation = kv_quant.rotation_matrix(head_dim, device) if quantization == "int4" else None
+        self.codebook = kv_quant.codebook(device) if quantization == "int4" else None
+
+    def store(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectors (..., head_dim) in the model dtype as the buffers store them."""
+        return x if self.quantization is None else kv_quant.quantize(x, self.quantization, self.rotation)
+
+    def load(self, stored: torch.Tensor) -> torch.Tensor:
+        """Stored vectors back as (..., head_dim) in the model dtype."""
+        return stored if self.quantization is None else kv_quant.dequantize(stored, self.rotation).to(self.dtype)
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
         """Move one sequence's cache between slots (used to keep active slots compact)."""
@@ -81,15 +102,16 @@ class CacheView:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, kv_heads, S, D) and return the attended keys and values."""
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        cache = self.cache
+        keys, values = cache.keys[layer], cache.values[layer]
         batch = k.shape[0]
         slots = self.rows_slots if self.rows_slots is not None else torch.arange(batch, device=k.device)
         slot_index = slots.view(-1, 1).expand_as(self.write_positions)
-        keys[slot_index, :, self.write_positions] = k.transpose(1, 2)
-        values[slot_index, :, self.write_positions] = v.transpose(1, 2)
-        if self.rows_slots is None:
-            return keys[:batch, :, : self.attend_length], values[:batch, :, : self.attend_length]
-        return keys[slots, :, : self.attend_length], values[slots, :, : self.attend_length]
+        keys[slot_index, :, self.write_positions] = cache.store(k.transpose(1, 2))
+        values[slot_index, :, self.write_positions] = cache.store(v.transpose(1, 2))
+        attended = slice(0, batch) if self.rows_slots is None else slots
+        return (cache.load(keys[attended, :, : self.attend_length]),
+                cache.load(values[attended, :, : self.attend_length]))
 
 
 class Attention(nn.Module):
@@ -102,38 +124,35 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
-        self.qkv_weight: torch.Tensor | None = None
+        self.qkv_weight: torch.Tensor | Fp8Weight | None = None
 
     def fuse_projections(self) -> None:
         """One q|k|v weight for a single GEMM; the three projections become views into it."""
-        fused = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).detach()
-        sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
-        for proj, part in zip((self.q_proj, self.k_proj, self.v_proj), fused.split(sizes)):
-            proj.weight = nn.Parameter(part, requires_grad=False)
-        self.qkv_weight = fused
+        self.qkv_weight = stack_projections((self.q_proj, self.k_proj, self.v_proj))
 
     def forward_decode_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                              layer: int) -> torch.Tensor:
         """One token per row (x: (B, H)) in slot view.rows_slots[b] (or b); two kernels plus two GEMMs."""
-        return self.attend_decode_fused(F.linear(x, self.qkv_weight), cos, sin, view, layer)
+        return self.attend_decode_fused(linear(x, self.qkv_weight, gemv=False), cos, sin, view, layer)
 
     def attend_decode_fused(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
                             layer: int, gemv: bool = False) -> torch.Tensor:
         """forward_decode_fused from the q|k|v projection on: q/k norm, rotation, cache write, attention,
         o_proj (a fused GEMV with gemv, for one or two rows)."""
         from ..kernels.attention import decode_attention_fused
-        from ..kernels.gemv import linear
         from ..kernels.rope import qk_norm_rope_fused
 
         positions = view.write_positions.view(-1)
+        cache = view.cache
+        tables = dict(rotation=cache.rotation, codebook=cache.codebook)  # int4 caches only
         q = qk_norm_rope_fused(qkv, self.q_norm.weight, self.k_norm.weight, cos, sin, positions,
-                               view.cache.keys[layer], view.cache.values[layer], self.q_norm.eps,
-                               self.num_heads, self.num_kv_heads, view.rows_slots)
+                               cache.keys[layer], cache.values[layer], self.q_norm.eps,
+                               self.num_heads, self.num_kv_heads, view.rows_slots, **tables)
         # blocks no longer than the call attends: the code predictor's 16 positions fill a block of 16,
         # and the (group, block, head_dim) products stay in registers
         block_n = min(64, max(16, 1 << (view.attend_length - 1).bit_length()))
-        out = decode_attention_fused(q, view.cache.keys[layer], view.cache.values[layer], positions,
-                                     view.rows_slots, block_n=block_n)
+        out = decode_attention_fused(q, cache.keys[layer], cache.values[layer], positions,
+                                     view.rows_slots, block_n=block_n, **tables)
         return linear(out.reshape(qkv.shape[0], -1), self.o_proj.weight, gemv=gemv)
 
     def forward_rows_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: CacheView,
@@ -142,7 +161,7 @@ class Attention(nn.Module):
         from ..kernels.norm import rms_norm_fused
 
         batch, seq, _ = x.shape
-        q, k, v = F.linear(x, self.qkv_weight).split(
+        q, k, v = linear(x, self.qkv_weight, gemv=False).split(
             [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
             dim=-1)
         q = rms_norm_fused(q.reshape(batch, seq, self.num_heads, self.head_dim), self.q_norm.weight,

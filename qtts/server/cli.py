@@ -33,6 +33,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--low-buffer-ms", type=float, default=0,
                    help="one prefill per frame while a stream holds less audio than this, or has none yet "
                         "(default 0: no such limit; it cost more first-audio latency than it saved)")
+    p.add_argument("--fp8-talker", action="store_true", help="FP8 weights in the talker's decoder layers (off: "
+                   "see docs/quantization.md for its quality gates)")
+    p.add_argument("--fp8-predictor", action="store_true", help="FP8 weights in the code predictor's decoder layers")
+    p.add_argument("--kv-cache", choices=("int8", "int4"), default=None, help="store the talker's K/V quantized")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="memory for the K/V of reused voice prompt prefixes (0: off)")
     p.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
@@ -78,7 +82,8 @@ def run_serve(args: argparse.Namespace) -> None:
     engine_process = args.engine_process == "on" or (args.engine_process == "auto" and device.type == "cuda")
     # with an engine process, this one only builds requests and voices
     tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
-                              prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process)
+                              prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process,
+                              fp8_talker=args.fp8_talker, fp8_predictor=args.fp8_predictor, kv_cache=args.kv_cache)
     uvicorn.run(create_app(tts, server_settings(args, engine_process, started_at)), host=args.host, port=args.port,
                 log_level=args.log_level, timeout_graceful_shutdown=5)
 

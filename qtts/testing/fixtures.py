@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .configs import (CODEC_PREPROCESSOR_CONFIG, GENERATION_CONFIG, PROCESSOR_CONFIG, check_choice, codec_config,
                       model_config)
-from .random_weights import write_safetensors
+from .random_weights import tensor_bytes, write_safetensors
 from .tensors import codec_tensor_specs, lm_tensor_specs
 from .tokenizer import write_tokenizer
 
@@ -29,12 +31,13 @@ FIXTURE_VERSION = 2
 
 
 def write_checkpoint(folder: str | os.PathLike, model_type: str = "custom_voice", size: str = "tiny",
-                     seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+                     seed: int = 0, dtype: torch.dtype = torch.bfloat16, progress: bool = False) -> Path:
     """Write a random-weight checkpoint folder and return its path.
 
     model_type: "base" | "custom_voice" | "voice_design"; size: "tiny" (1.7B-like), "tiny-0.6b"
     (0.6B-like), "0.6b" or "1.7b" (real shapes; 1.7B is ~4 GB in bf16). The same (model_type,
     size, seed) always gives the same bytes. `dtype` is the LM file's; the codec is fp32, as on the hub.
+    progress: show a bar of the weight bytes written on stderr.
     """
     check_choice(model_type, size)
     folder = Path(folder)
@@ -45,10 +48,15 @@ def write_checkpoint(folder: str | os.PathLike, model_type: str = "custom_voice"
     _write_json(folder / "generation_config.json", GENERATION_CONFIG)
     _write_json(folder / "preprocessor_config.json", PROCESSOR_CONFIG)
     write_tokenizer(folder)
-    write_safetensors(folder / "model.safetensors", lm_tensor_specs(config), seed, dtype)
     _write_json(codec_folder / "config.json", codec)
     _write_json(codec_folder / "preprocessor_config.json", CODEC_PREPROCESSOR_CONFIG)
-    write_safetensors(codec_folder / "model.safetensors", codec_tensor_specs(codec), seed, torch.float32)
+    weights = [(folder / "model.safetensors", lm_tensor_specs(config), dtype),
+               (codec_folder / "model.safetensors", codec_tensor_specs(codec), torch.float32)]
+    total = sum(tensor_bytes(spec, file_dtype) for _, specs, file_dtype in weights for spec in specs)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="writing weights", file=sys.stderr,
+              disable=not progress) as bar:
+        for path, specs, file_dtype in weights:
+            write_safetensors(path, specs, seed, file_dtype, on_tensor=bar.update)
     return folder
 
 

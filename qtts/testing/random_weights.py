@@ -9,6 +9,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,12 +43,20 @@ def _sample(spec: TensorSpec, shape: torch.Size, generator: torch.Generator) -> 
     raise ValueError(f"{spec.name}: unknown init {kind!r}")
 
 
-def write_safetensors(path: Path, specs: list[TensorSpec], seed: int, dtype: torch.dtype) -> None:
-    """Write every spec's random tensor to `path` in `dtype`, in the order given."""
-    item = torch.empty((), dtype=dtype).element_size()
+def tensor_bytes(spec: TensorSpec, dtype: torch.dtype) -> int:
+    """Bytes of the tensor `spec` describes, in `dtype`."""
+    return math.prod(spec.shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def write_safetensors(path: Path, specs: list[TensorSpec], seed: int, dtype: torch.dtype,
+                      on_tensor: Callable[[int], object] | None = None) -> None:
+    """Write every spec's random tensor to `path` in `dtype`, in the order given.
+
+    on_tensor, if given, is called with the bytes of each tensor once it is written (for progress bars).
+    """
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for spec in specs:
-        size = math.prod(spec.shape) * item
+        size = tensor_bytes(spec, dtype)
         header[spec.name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(spec.shape),
                              "data_offsets": [offset, offset + size]}
         offset += size
@@ -59,3 +68,5 @@ def write_safetensors(path: Path, specs: list[TensorSpec], seed: int, dtype: tor
         for spec in specs:
             tensor = random_tensor(spec, seed, dtype)
             file.write(tensor.reshape(-1).view(torch.uint8).numpy())
+            if on_tensor is not None:
+                on_tensor(tensor.numel() * tensor.element_size())

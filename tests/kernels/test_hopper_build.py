@@ -18,7 +18,8 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from qtts.kernels.attention import _decode_attention_kernel
+from qtts.kernels.attention import _decode_attention_int4_kernel, _decode_attention_kernel
+from qtts.kernels.fp8 import _quantize_rows_kernel
 from qtts.kernels.gemv import BLOCK_K, _gemv_kernel, block_n
 from qtts.kernels.residual import _bias_residual_kernel
 from qtts.kernels.rope import _qk_norm_rope_kernel
@@ -35,25 +36,39 @@ def build(fn, signature, constexprs, aligned=(), **options):
     return compiled.asm["ptx"]
 
 
+cache_types = {16: "*bf16", 8: "*i8", 4: "*u8"}  # plain, int8 rows, int4 rows (kernels/kv_quant.py)
 for has_slots in (False, True):
     shape = {"NUM_HEADS": 16, "NUM_KV_HEADS": 8, "HEAD_DIM": 128, "HAS_SLOTS": has_slots}
-    build(_decode_attention_kernel(),
-          {"q_ptr": "*bf16", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16", "positions_ptr": "*i64",
-           "slots_ptr": "*i64", "out_ptr": "*bf16", "scale": "fp32", "cache_slot_stride": "i32",
-           "cache_head_stride": "i32", "cache_pos_stride": "i32"}, {**shape, "BLOCK_N": 16 if has_slots else 64})
-    build(_qk_norm_rope_kernel(),
-          {"qkv_ptr": "*bf16", "q_weight_ptr": "*bf16", "k_weight_ptr": "*bf16", "cos_ptr": "*bf16",
-           "sin_ptr": "*bf16", "positions_ptr": "*i64", "slots_ptr": "*i64", "q_out_ptr": "*bf16",
-           "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16", "eps": "fp32", "cache_slot_stride": "i32",
-           "cache_head_stride": "i32", "cache_pos_stride": "i32"}, shape)
+    strides = {"cache_slot_stride": "i32", "cache_head_stride": "i32", "cache_pos_stride": "i32"}
+    block = {"BLOCK_N": 16 if has_slots else 64}
+    for bits, cache in cache_types.items():
+        attention = {"q_ptr": "*bf16", "k_cache_ptr": cache, "v_cache_ptr": cache, "positions_ptr": "*i64",
+                     "slots_ptr": "*i64", "out_ptr": "*bf16"}
+        if bits == 4:
+            build(_decode_attention_int4_kernel(), {**attention, "rotation_ptr": "*fp32", "codebook_ptr": "*fp32",
+                                                    "scale": "fp32", **strides}, {**shape, "BLOCK_N": 32})
+        else:
+            build(_decode_attention_kernel(), {**attention, "scale": "fp32", **strides},
+                  {**shape, **block, "KV_BITS": bits})
+        build(_qk_norm_rope_kernel(),
+              {"qkv_ptr": "*bf16", "q_weight_ptr": "*bf16", "k_weight_ptr": "*bf16", "cos_ptr": "*bf16",
+               "sin_ptr": "*bf16", "positions_ptr": "*i64", "slots_ptr": "*i64", "q_out_ptr": "*bf16",
+               "k_cache_ptr": cache, "v_cache_ptr": cache, "rotation_ptr": "*fp32", "codebook_ptr": "*fp32",
+               "eps": "fp32", **strides}, {**shape, "KV_BITS": bits})
 
 pointers = {name: "*bf16" for name in ("x_ptr", "residual_ptr", "residual_out_ptr", "norm_weight_ptr", "w_ptr",
-                                       "bias_ptr", "out_ptr")}
+                                       "w_scale_ptr", "bias_ptr", "out_ptr")}
 for n_out, k_dim in ((1024, 2048), (3072, 1024), (6144, 2048)):
     for flags in ({"ROWS": 1, "NORM": True, "HAS_RESIDUAL": True, "HAS_BIAS": False, "SILU_MUL": True},
                   {"ROWS": 2, "NORM": False, "HAS_RESIDUAL": False, "HAS_BIAS": True, "SILU_MUL": False}):
-        build(_gemv_kernel(), {**pointers, "n_out": "i32", "eps": "fp32"},
-              {"K_DIM": k_dim, **flags, "BLOCK_N": block_n(n_out), "BLOCK_K": BLOCK_K}, num_warps=4)
+        for fp8 in (False, True):  # FP8 weights: e4m3 rows and an fp32 scale each
+            weights = {"w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32"} if fp8 else {}
+            build(_gemv_kernel(), {**pointers, **weights, "n_out": "i32", "eps": "fp32"},
+                  {"K_DIM": k_dim, **flags, "W_SCALED": fp8, "BLOCK_N": block_n(n_out), "BLOCK_K": BLOCK_K},
+                  num_warps=4)
+for k_dim in (1024, 2048, 6144):
+    build(_quantize_rows_kernel(), {"x_ptr": "*bf16", "out_ptr": "*fp8e4nv", "scale_ptr": "*fp32"},
+          {"K_DIM": k_dim, "BLOCK": 1024})
 # the codec kernels as the decoder launches them: channels innermost (channel stride 1, which Triton
 # specialises) with 16-divisible strides, whose stores must be vectorised; and time innermost
 aligned = ("x_ptr", "y_ptr", "residual_ptr", "out_ptr", "length",

@@ -154,7 +154,8 @@ def test_load_codec_encoder_from_a_speech_tokenizer_folder(models, tmp_path):
     tensors["decoder.pre_conv.conv.bias"] = torch.zeros(4)  # the codec file also holds the decoder; it is skipped
     save_file(tensors, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(
-        {"encoder_config": TINY, "decoder_config": {}, "encoder_valid_num_quantizers": VALID_QUANTIZERS}))
+        {"encoder_config": TINY, "decoder_config": {"codebook_dim": 512},
+         "encoder_valid_num_quantizers": VALID_QUANTIZERS}))
     loaded = load_codec_encoder(tmp_path, dtype=torch.float32)
     wav = torch.from_numpy(_speechlike(0.9, 7))[None]
     torch.testing.assert_close(loaded.encode(wav)[0], ours.encode(wav)[0], rtol=0, atol=0)

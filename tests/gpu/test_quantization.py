@@ -1,0 +1,79 @@
+"""The quantization options at the real 1.7B shape (random weights) on the GPU: gates against bf16, and
+generation through the fused kernels and CUDA graphs."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtts.api import TTS
+from qtts.engine.planning import plan_request
+from qtts.engine.step import PrefillItem
+from qtts.models.quantize import quantize_weights
+from qtts.testing import quality_gates as gates
+from qtts.testing.fixtures import fixture_dir
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+TEXTS = ["The quick brown fox jumps over the lazy dog while the morning sun rises.",
+         "Quantized weights should not change what the model says, nor how it sounds.",
+         "One, two, three, four, five, six, seven, eight, nine, ten.",
+         "She sells sea shells by the sea shore, and the shells she sells are surely sea shells."]
+OPTIONS = ("fp8_talker", "fp8_predictor", "kv_int8", "kv_int4")
+EXPECTED_TO_PASS = ("fp8_talker", "kv_int8")  # as on the tiny fixture (docs/quantization.md)
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return fixture_dir("custom_voice", "1.7b")
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    return TTS.from_pretrained(folder, device="cuda", dtype="bf16")
+
+
+@pytest.fixture(scope="module")
+def reference_frames(reference):
+    requests = [reference.request(text, speaker="aiden", language="english", seed=i) for i, text in enumerate(TEXTS)]
+    return gates.reference_frames(reference, requests, frames=gates.GATE_FRAMES)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_gates_at_the_real_shape(option, folder, reference, reference_frames):
+    kv_cache = option[3:] if option.startswith("kv_") else None
+    candidate = reference
+    if kv_cache is None:
+        candidate = TTS.from_pretrained(folder, device="cuda", dtype="bf16")
+        quantize_weights(candidate.talker, talker_fp8=option == "fp8_talker", predictor_fp8=option == "fp8_predictor")
+    report = gates.measure_gates(reference, candidate, reference_frames, candidate_kv_cache=kv_cache)
+    failures = report.failures(gates.KV_LAYER_COSINE if kv_cache else gates.WEIGHT_LAYER_COSINE)
+    figures = {"option": option, "size": "1.7b", **report.as_dict(), "failures": failures}
+    print(json.dumps(figures))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"quantization_gates_{option}_1.7b.json").write_text(json.dumps(figures, indent=1))
+    assert report.layer_cosine > 0.99 and max(report.codebook0_kl, report.predictor_kl) < 0.1
+    if option in EXPECTED_TO_PASS:
+        assert failures == [], figures
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_an_option_speaks_through_graphs_like_its_module_path(option, folder):
+    """The first frames of a greedy request: graphed fused path against the module path of the same option."""
+    kv_cache = option[3:] if option.startswith("kv_") else None
+    hidden = []
+    for fast in (True, False):
+        tts = TTS.from_pretrained(folder, device="cuda", dtype="bf16", use_graphs=fast, fused_kernels=fast,
+                                  fp8_talker=option == "fp8_talker", fp8_predictor=option == "fp8_predictor",
+                                  kv_cache=kv_cache)
+        request = tts.request(TEXTS[0], speaker="aiden", language="english", greedy=True, max_frames=16)
+        for _ in range(3):  # eager warm-up, capture, replay
+            speech = tts.generate(request)
+        assert speech.codes.shape == (16, 16) and torch.isfinite(torch.from_numpy(speech.samples)).all()
+        runner = tts.engine().runner
+        plan = plan_request(tts.model, request, tts.max_len)
+        runner.prefill_rows(0, [PrefillItem(plan.prompt, plan.sampling, plan.seed, plan.min_frames)])
+        hidden.append(runner.state.past_hidden[0].float().clone())
+    error = (hidden[0] - hidden[1]).norm() / hidden[1].norm()
+    assert error < 3e-2, f"relative error {error:.3g}"
