@@ -73,16 +73,29 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--body-timeout-s", type=float, default=30,
                    help="a request body that sends nothing for this long is answered 408")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    scale = p.add_argument_group("many replicas on Ray Serve (pip install 'qtts[ray]'; see docs/deploy.md)")
+    scale.add_argument("--replicas", type=int, default=None,
+                       help="serve through Ray Serve with this many engine replicas (default: one server, no Ray)")
+    scale.add_argument("--max-replicas", type=int, default=None,
+                       help="autoscale between --replicas and this many on queue depth")
+    scale.add_argument("--gpus-per-replica", type=float, default=None,
+                       help="GPUs each replica takes; 0.5 puts two on one card (default: 1 with CUDA, else 0)")
+    scale.add_argument("--drain-timeout-s", type=float, default=120,
+                       help="how long a stopping replica lets its in-flight streams finish")
     return p
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    """Load the model, build the app and serve until SIGTERM or Ctrl-C, then drain (see DrainingServer)."""
+    """Load the model, build the app and serve until SIGTERM or Ctrl-C, then drain (see DrainingServer);
+    with --replicas, hand over to Ray Serve (qtts.deploy) instead."""
+    if args.replicas is not None:
+        from ..deploy import run_replicas
+
+        return run_replicas(args)
     started_at = time.perf_counter()
     from ..api import TTS, pick_device
     from .app import create_app
     from .serving import serve
-    from .state import ServerSettings
 
     # The engine thread gives up the GIL in every torch call; each time, a busy event loop (many open
     # streams) may keep it for a whole switch interval (5 ms by default) before handing it back.
@@ -94,7 +107,14 @@ def run_serve(args: argparse.Namespace) -> None:
     tts = TTS.from_pretrained(args.model, device=device, dtype=args.dtype, max_len=args.max_len,
                               prefix_cache_mb=args.prefix_cache_mb, generator=not engine_process,
                               fp8_talker=args.fp8_talker, fp8_predictor=args.fp8_predictor, kv_cache=args.kv_cache)
-    settings = ServerSettings(
+    serve(create_app(tts, server_settings(args, engine_process, started_at)), args.host, args.port, args.log_level)
+
+
+def server_settings(args: argparse.Namespace, engine_process: bool, started_at: float | None = None):
+    """The ServerSettings that the `qtts serve` flags ask for (started_at: when the command started)."""
+    from .state import ServerSettings
+
+    return ServerSettings(
         voices_dir=args.voices_dir or default_voices_dir(),
         model_name=args.model_name or Path(str(args.model)).name,
         api_key=api_key_from(args),
@@ -110,4 +130,3 @@ def run_serve(args: argparse.Namespace) -> None:
         shutdown_grace_s=args.shutdown_grace_s,
         body_timeout_s=args.body_timeout_s,
     )
-    serve(create_app(tts, settings), args.host, args.port, args.log_level)

@@ -50,12 +50,17 @@ class DuplicateVoiceError(ValueError):
     """A voice with this name is already stored."""
 
 
+ORPHAN_AGE_S = 60.0  # a voice file with no row is left alone this long (another process may be adding it)
+
+
 class DamagedVoiceError(RuntimeError):
     """A listed voice whose file is missing or cannot be read."""
 
 
 class VoiceStore:
-    """Thread-safe store of clone voices under one folder; survives restarts."""
+    """Thread-safe store of clone voices under one folder; survives restarts. Several processes (server
+    replicas) may share the folder: SQLite's file locks order their writes, and each reads the database on
+    every lookup, so a voice added or deleted by one is seen by all at once."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -81,10 +86,14 @@ class VoiceStore:
             _fsync(partial)
             partial.replace(path)
             _fsync(self.folder)  # the rename itself
-            with self._db:
-                self._db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
-                                 (record.id, record.name, name.casefold(), record.created_at, record.transcript,
-                                  record.reference_seconds))
+            try:
+                with self._db:
+                    self._db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
+                                     (record.id, record.name, name.casefold(), record.created_at, record.transcript,
+                                      record.reference_seconds))
+            except sqlite3.IntegrityError:  # another process sharing the folder took the name meanwhile
+                path.unlink(missing_ok=True)
+                raise DuplicateVoiceError(f"a voice named {name!r} already exists; delete it or pick another name")
             self._prompts[record.id] = prompt
         return record
 
@@ -141,10 +150,13 @@ class VoiceStore:
 
     def _reconcile(self) -> None:
         """Remove files no row lists (a crash between writing a voice's file and committing its row)
-        and mark rows whose file is missing as damaged."""
+        and mark rows whose file is missing as damaged. Files younger than ORPHAN_AGE_S stay: another
+        process sharing the folder (a replica) may be between writing one and committing its row."""
         with self._lock:
             listed = {voice_id for (voice_id,) in self._db.execute("SELECT id FROM voices")}
             for path in [*self.folder.glob("voice_*.safetensors"), *self.folder.glob("voice_*.partial")]:
+                if time.time() - path.stat().st_mtime < ORPHAN_AGE_S:
+                    continue
                 if path.suffix == ".partial" or path.stem not in listed:
                     log.warning("removing %s: no stored voice lists it (left by an interrupted upload)", path)
                     path.unlink(missing_ok=True)

@@ -56,8 +56,13 @@ def test_files_no_row_lists_are_removed_on_opening(tmp_path):
     orphan.write_bytes((tmp_path / f"{kept.id}.safetensors").read_bytes())
     partial = tmp_path / "voice_fedcba9876543210.partial"  # a kill while writing the file
     partial.write_bytes(b"half a voice")
+    fresh = tmp_path / "voice_00000000000000aa.safetensors"  # another replica may be adding this one now
+    fresh.write_bytes(orphan.read_bytes())
+    old = time.time() - 3600
+    for path in (orphan, partial):
+        os.utime(path, (old, old))
     reopened = VoiceStore(tmp_path)
-    assert not orphan.exists() and not partial.exists()
+    assert not orphan.exists() and not partial.exists() and fresh.exists()
     assert [r.id for r in reopened.list()] == [kept.id] and reopened.prompt(kept.id).reference_text == "hello there"
 
 
@@ -93,3 +98,14 @@ def test_a_voice_file_is_durable_before_its_row_commits(tmp_path, monkeypatch):
     record = store.add("Alice", prompt(), 1.0)
     assert fsynced == [(f"{record.id}.partial", 0), (tmp_path.name, 0)]  # the file, then the folder's rename
     assert [r.id for r in store.list()] == [record.id]
+def test_stores_sharing_a_folder_see_each_others_voices_and_names(tmp_path, monkeypatch):
+    first, second = VoiceStore(tmp_path), VoiceStore(tmp_path)  # e.g. two server replicas
+    record = first.add("Alice", prompt(), 1.0)
+    assert second.find("alice") == record
+    assert torch.equal(second.prompt(record.id).reference_codes, prompt().reference_codes)
+    # both check the name before either writes: the database refuses the second, and its file goes
+    monkeypatch.setattr(second, "_find_locked", lambda name: None)
+    with pytest.raises(DuplicateVoiceError):
+        second.add("ALICE", prompt(), 1.0)
+    assert sorted(p.name for p in tmp_path.glob("voice_*")) == [f"{record.id}.safetensors"]
+    assert first.delete(record.id) and second.find(record.id) is None
