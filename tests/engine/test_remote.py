@@ -71,7 +71,7 @@ def test_a_full_engine_answers_overloaded(tts, remote):
 
 def test_a_model_that_cannot_load_fails_the_start(tmp_path, tiny_custom_voice):
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
-    front.folder = tmp_path  # empty: the engine process finds no checkpoint there
+    front.model.folder = tmp_path  # empty: the engine process finds no checkpoint there
     engine = RemoteEngine(front.model, max_batch=1)
     with pytest.raises(EngineProcessError):
         engine.start()
@@ -132,7 +132,7 @@ def test_streams_in_flight_fail_when_the_engine_process_dies(tiny_custom_voice):
 
 
 def test_a_dead_engine_process_is_replaced(tts, tiny_custom_voice):
-    engine = RemoteEngine(TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False), max_batch=1)
+    engine = RemoteEngine(TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False).model, max_batch=1)
     engine.start()
     try:
         first = engine._process
@@ -179,7 +179,7 @@ def _kill_next_child(known: set[int], after_s: float, timeout_s: float = 60.0) -
 
 def test_restarts_go_on_through_deaths_during_start_up(tts, tiny_custom_voice):
     before = set(_children())
-    engine = RemoteEngine(TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False), max_batch=1,
+    engine = RemoteEngine(TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False).model, max_batch=1,
                           restart_backoff_s=(0.05, 0.2))
     engine.start()
     try:
@@ -202,7 +202,7 @@ def test_restarts_go_on_through_deaths_during_start_up(tts, tiny_custom_voice):
 
 def test_each_failed_stream_gets_its_own_error(tiny_custom_voice):
     front = TTS.from_pretrained(tiny_custom_voice, device="cpu", generator=False)
-    engine = RemoteEngine(front, max_batch=2, restart=False)
+    engine = RemoteEngine(front.model, max_batch=2, restart=False)
     engine.start()
     try:
         streams = [engine.submit(_request(front, text, max_frames=400, min_frames=400)) for text in TEXTS]

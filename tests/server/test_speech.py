@@ -93,7 +93,7 @@ def test_sse_events_carry_the_audio_and_usage(custom_voice_server, speaker):
 def test_models_health_metrics_and_demo_page(custom_voice_server, client, speaker):
     assert [m.id for m in client.models.list().data] == ["tiny-custom-voice"]
     health = httpx.get(custom_voice_server.url + "/health", timeout=60)
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json()["status"] == "ready"
     pcm(custom_voice_server, "Counted.", speaker)
     metrics = httpx.get(custom_voice_server.url + "/metrics", timeout=60).text
     for name in ("qtts_first_audio_seconds_count", "qtts_real_time_factor_count", "qtts_engine_queued",
@@ -253,7 +253,7 @@ def test_an_engine_process_serves_the_same_audio(custom_voice_server, tiny_custo
             streamed = b"".join(response.iter_bytes())
         assert_same_audio(pcm(custom_voice_server, "Hello there.", speaker), streamed)
         health = httpx.get(server.url + "/health").json()
-        assert health["status"] == "ok" and health["max_batch"] == 4
+        assert health["status"] == "ready" and health["max_batch"] == 4
         with captured_logs("qtts", "uvicorn") as records:
             outcomes = _streams_cut_by_an_engine_death(server, speaker)
         assert outcomes == {"audio": "incomplete body", "sse": "engine_unavailable"}
