@@ -39,3 +39,7 @@ class OverloadedError(QttsError):
 
 class CancelledError(QttsError):
     """The request was cancelled before it finished."""
+
+
+class EngineFailedError(QttsError, RuntimeError):
+    """A batched engine step failed: every request it was running fails with one of these (each its own)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import InvalidRequestError, OverloadedError
+from ..errors import EngineFailedError, InvalidRequestError, OverloadedError
 from ..graphs import batch_buckets as graph_batch_buckets
 from ..graphs import bucket_for
 from ..models.codec_streaming import StreamingCodecDecoder
@@ -718,8 +718,10 @@ class Engine:
     def _fail_all(self, error: Exception) -> None:
         self._in_flight = self._speculative = None
         jobs, self._rows, self._draining = self._rows + self._draining, [], []
-        for job in jobs:
-            self._close(job, "error", error)
+        for job in jobs:  # each stream its own error: one object re-raised by many readers grows its traceback
+            failure = EngineFailedError(f"the engine failed: {type(error).__name__}: {error}")
+            failure.__cause__ = error
+            self._close(job, "error", failure)
 
     def _cancel_all(self) -> None:
         with self._wakeup:
