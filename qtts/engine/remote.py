@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import OverloadedError
+from ..errors import InvalidRequestError, OverloadedError
 from .engine import check_chunk_frames
 from .model import ModelBundle
 from .planning import check_request
@@ -130,7 +130,8 @@ class RemoteEngine:
                 raise OverloadedError(f"{waiting} requests are already waiting (max_queue={self.max_queue}); "
                                       "retry later")
             key = next(self._keys)
-            stream = Stream(request, schedule, on_cancel=lambda: self._send(("cancel", key)))
+            stream = _ProxyStream(request, schedule, on_cancel=lambda: self._send(("cancel", key)),
+                                  send_text=lambda message, key=key: self._send((message[0], key, *message[1:])))
             self._streams[key] = stream
         self._send(("submit", key, request, schedule))
         return stream
@@ -260,11 +261,11 @@ class RemoteEngine:
                     stream.frames = frames
                     stream.push(chunk)
             elif kind == "finish":
-                _, key, reason, error, frames = message
+                _, key, reason, error, frames, text_wait_s = message
                 with self._lock:
                     stream = self._streams.pop(key, None)
                 if stream is not None:
-                    stream.frames = frames
+                    stream.frames, stream.text_wait_s = frames, text_wait_s
                     stream.finish(reason, error)
             elif kind == "stats":  # the child's max_queue also counts requests not admitted yet
                 self._stats = {**message[1], "max_queue": self.max_queue}
@@ -289,6 +290,27 @@ def _end(process) -> None:
     process.join()
 
 
+class _ProxyStream(Stream):
+    """The parent's side of a stream: text still being written goes down the pipe to the engine's stream."""
+
+    def __init__(self, request, chunk_frames, on_cancel, send_text):
+        super().__init__(request, chunk_frames, on_cancel)
+        self._send_text = send_text
+        self.text_ended = not request.text_open
+
+    def append_text(self, piece: str) -> None:
+        if not isinstance(piece, str):
+            raise InvalidRequestError("text pieces must be strings")
+        if self.text_ended:
+            raise InvalidRequestError("the text has ended: end_text() was called")
+        self._send_text(("text", piece))
+
+    def end_text(self) -> None:
+        if not self.text_ended:
+            self.text_ended = True
+            self._send_text(("end_text",))
+
+
 class _RelayStream(Stream):
     """The child's side of a stream: chunks and the end go straight down the pipe."""
 
@@ -306,7 +328,7 @@ class _RelayStream(Stream):
         if not super().finish(reason, error):
             return False
         self._forget(self._key)
-        self._send(("finish", self._key, reason, error, self.frames))
+        self._send(("finish", self._key, reason, error, self.frames, self.text_wait_s))
         return True
 
 
@@ -345,8 +367,9 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
             except Exception:  # e.g. an error object that does not pickle: send it as text
                 if message[0] != "finish":
                     raise
-                _, key, reason, error, frames = message
-                _put(conn, ("finish", key, reason, RuntimeError(f"{type(error).__name__}: {error}"), frames))
+                _, key, reason, error, frames, text_wait_s = message
+                _put(conn, ("finish", key, reason, RuntimeError(f"{type(error).__name__}: {error}"), frames,
+                            text_wait_s))
 
     def report_stats() -> None:
         while not stopped.wait(STATS_PERIOD_S):
@@ -374,11 +397,18 @@ def _serve_engine(conn, folder: str, load_options: dict, engine_options: dict, l
                     engine.submit(request, schedule, make_stream=make)
                 except Exception as exc:
                     streams.pop(key, None)
-                    send(("finish", key, "error", exc, 0))
+                    send(("finish", key, "error", exc, 0, 0.0))
             elif kind == "cancel":
                 stream = streams.get(message[1])
                 if stream is not None:
                     stream.cancel()
+            elif kind in ("text", "end_text"):
+                stream = streams.get(message[1])
+                if stream is not None and not stream.done:
+                    try:
+                        stream.append_text(message[2]) if kind == "text" else stream.end_text()
+                    except InvalidRequestError:  # text after its end: the parent refuses it first
+                        pass
             elif kind == "stop":
                 break
     stopped.set()

@@ -42,8 +42,12 @@ class _EngineCollector:
         stats = self.stats()
         for key, help_text in (("queued", "requests waiting for a slot"),
                                ("active", "streams being generated"),
-                               ("frames_per_second", "codec frames generated per second, all streams")):
+                               ("frames_per_second", "codec frames generated per second, all streams"),
+                               ("waiting_for_text", "streams whose next text has not arrived (not an engine "
+                                                    "stall)")):
             yield GaugeMetricFamily(f"qtts_engine_{key}", help_text, value=float(stats.get(key, 0)))
+        yield CounterMetricFamily("qtts_engine_text_wait_seconds", "time rows waited for text still being written",
+                                  value=float(stats.get("text_wait_seconds", 0)))
         yield CounterMetricFamily("qtts_engine_completed", "requests the engine finished",
                                   value=float(stats.get("completed", 0)))
         for key, help_text in (("hits", "voice prompt prefixes found in the K/V cache"),

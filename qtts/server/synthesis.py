@@ -29,9 +29,10 @@ LANGUAGE_CODES = {"en": "english", "zh": "chinese", "ja": "japanese", "ko": "kor
 
 
 def speech_request(state: ServerState, text: str, voice: str | VoiceRef | None, instructions: str | None,
-                   options: SynthesisOptions) -> SpeechRequest:
-    """A validated engine request, or an ApiError naming the field that is wrong."""
-    if not isinstance(text, str) or not text.strip():
+                   options: SynthesisOptions, text_open: bool = False) -> SpeechRequest:
+    """A validated engine request, or an ApiError naming the field that is wrong. text_open: `text` is the
+    start of a text still being written (Stream.append_text brings the rest)."""
+    if not isinstance(text, str) or not (text.strip() or text_open):
         raise ApiError(400, "input is empty: give the text to speak", "input", "empty_input")
     limit = state.settings.max_input_chars
     if len(text) > limit:
@@ -40,7 +41,7 @@ def speech_request(state: ServerState, text: str, voice: str | VoiceRef | None, 
     mode = _voice_mode(state, voice, (instructions or "").strip() or None)
     language = LANGUAGE_CODES.get(options.language.lower(), options.language)
     try:
-        return state.tts.request(text, language=language, **mode, **options.sampling())
+        return state.tts.request(text, language=language, text_open=text_open, **mode, **options.sampling())
     except UnknownSpeakerError as exc:
         raise ApiError(400, str(exc), "voice", "unknown_voice") from exc
     except UnknownLanguageError as exc:

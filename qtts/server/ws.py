@@ -5,7 +5,10 @@ Client -> server, JSON text messages:
    "response_format" (default "pcm"), "binary" (default true), and any extra field of
    POST /v1/audio/speech (seed, temperature, max_frames, greedy ...)}
   {"type": "input.text", "text": "..."}  more text; each sentence it completes starts speaking at once
-  {"type": "input.flush"}                speak what is buffered even without a sentence end
+                                         (text_mode "stream": speaking starts with the first words, and
+                                         each piece joins the utterance as it arrives; no sentence wait)
+  {"type": "input.flush"}                speak what is buffered even without a sentence end (stream mode:
+                                         the utterance's text is complete; the next piece starts another)
   {"type": "input.done"}                 flush; the server finishes every utterance, then closes (1000)
   {"type": "cancel"}                     stop speaking now and drop all queued text
 Server -> client:
@@ -14,7 +17,8 @@ Server -> client:
   the utterance's audio: binary messages whose bytes concatenate to one file in response_format
     ("pcm": 24 kHz 16-bit little-endian mono); with "binary": false, JSON
     {"type": "audio.delta", "utterance": n, "audio": base64} instead
-  {"type": "audio.done", "utterance": n, "text", "finish_reason", "audio_seconds", "usage"}
+  {"type": "audio.done", "utterance": n, "text", "finish_reason", "audio_seconds", "usage",
+   "text_wait_s": time its generation waited for text not yet sent (stream mode; not an engine stall)}
   {"type": "cancelled", "utterances": [n, ...]}
   {"type": "error", "error": {"message", "type", "param", "code"}, "utterance": n or null}; the session stays open
   {"type": "session.done"} after input.done, then the server closes.
@@ -62,6 +66,7 @@ router = APIRouter()
 class SessionConfig(SynthesisOptions):
     voice: Text | VoiceRef | None = None
     instructions: Text | None = None
+    text_mode: Literal["sentence", "stream"] = "sentence"
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "pcm"
     binary: bool = True
 
@@ -101,6 +106,7 @@ class SpeechSession:
         self.pending: deque[tuple[int, str]] = deque()
         self.runs: deque[Utterance] = deque()  # submitted, in speaking order
         self.next_utterance = 0
+        self.open: Utterance | None = None  # text_mode "stream": the utterance whose text is still arriving
         self.input_done = False
         self.wake = asyncio.Event()
         self.send_lock = asyncio.Lock()
@@ -152,11 +158,14 @@ class SpeechSession:
             if not isinstance(piece, str):
                 await self._send_error(ApiError(400, "input.text needs a string `text`", "text", "invalid_value"))
                 return
-            if len(piece) > INLINE_SPLIT_CHARS:
+            if self.config.text_mode == "stream":
+                await self._stream_text(piece)
+            elif len(piece) > INLINE_SPLIT_CHARS:
                 await self._queue(await asyncio.to_thread(self.splitter.feed, piece))
             else:
                 await self._queue(self.splitter.feed(piece))
         elif kind in ("input.flush", "input.done"):
+            self._end_open()
             await self._queue([s for s in [self.splitter.flush()] if s])
             if kind == "input.done":
                 self.input_done = True
@@ -184,8 +193,46 @@ class SpeechSession:
         except ApiError as exc:
             await self._send_error(exc)
             return
+        if config.text_mode != self.config.text_mode:  # text so far is spoken as it was sent
+            self._end_open()
+            await self._queue([s for s in [self.splitter.flush()] if s])
         self.config = config
         await self._send_json({"type": "session.updated", "session": self._describe()})
+
+    async def _stream_text(self, piece: str) -> None:
+        """text_mode "stream": the piece joins the utterance being spoken (or starts one) at once."""
+        utterance = self.open
+        if utterance is not None and len(utterance.text) + len(piece) > self.state.settings.max_input_chars:
+            self._end_open()  # the server's input limit: the rest is another utterance
+            utterance = None
+        if utterance is None:
+            if not piece.strip():
+                return  # nothing to say yet: whitespace before the first word
+            config, number = self.config, self.next_utterance
+            try:
+                request = speech_request(self.state, piece[: self.state.settings.max_input_chars], config.voice,
+                                         config.instructions, config, text_open=True)
+                encoder = stream_encoder(config.response_format, self.state.tts.sample_rate)
+                run = SpeechRun(self.state, request, ENDPOINT, count_outcome=True)
+            except ApiError as exc:
+                await self._send_error(exc, number)
+                return
+            self.next_utterance += 1
+            self.open = Utterance(number, piece, run, encoder, config.response_format, config.binary)
+            self.runs.append(self.open)
+            self.wake.set()
+            return
+        utterance.text = utterance.run.text = utterance.text + piece
+        if len(piece) > INLINE_SPLIT_CHARS:  # tokenizing a long piece: off the event loop
+            await asyncio.to_thread(utterance.run.stream.append_text, piece)
+        else:
+            utterance.run.stream.append_text(piece)
+
+    def _end_open(self) -> None:
+        """The open utterance's text is complete."""
+        if self.open is not None:
+            self.open.run.stream.end_text()
+            self.open = None
 
     async def _queue(self, sentences: list[str]) -> None:
         for sentence in sentences:
@@ -203,6 +250,7 @@ class SpeechSession:
             with suppress(asyncio.CancelledError):
                 await self.speaker
         dropped = [u.number for u in self.runs] + [n for n, _ in self.pending]
+        self.open = None
         self._drop_runs()
         self.pending.clear()
         self.splitter.clear()
@@ -262,7 +310,8 @@ class SpeechSession:
             await self._send_audio(utterance, utterance.encoder.finish())
             await self._send_json({"type": "audio.done", "utterance": utterance.number, "text": utterance.text,
                                    "finish_reason": run.stream.finish_reason,
-                                   "audio_seconds": round(run.audio_seconds, 3), "usage": run.usage()})
+                                   "audio_seconds": round(run.audio_seconds, 3), "usage": run.usage(),
+                                   "text_wait_s": round(run.stream.text_wait_s, 3)})
             status = 200
         except ApiError as exc:
             status = exc.status

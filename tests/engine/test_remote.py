@@ -222,3 +222,15 @@ def test_stats_report_the_configured_queue_bound(remote):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert remote.stats()["max_queue"] == 2 and remote.stats()["max_batch"] == 2
+
+
+def test_text_still_being_written_goes_down_the_pipe(tts, remote):
+    text = "Hello there, how are you today?"
+    whole = tts.generate(_request(tts, text, greedy=True, max_frames=10, non_streaming_mode=False))
+    stream = remote.submit(_request(tts, text[:7], greedy=True, max_frames=10, text_open=True))
+    for piece in (text[7:15], text[15:]):
+        time.sleep(0.05)
+        stream.append_text(piece)
+    stream.end_text()
+    audio = np.concatenate(list(stream))
+    np.testing.assert_allclose(audio, whole.samples, rtol=0, atol=1e-5)

@@ -189,3 +189,33 @@ def test_a_runaway_message_does_not_stall_other_clients(custom_voice_server):
         send(ws, type="cancel")
         assert receive_json(ws)["type"] == "cancelled"  # the message was handled, not dropped
     assert max(waits) < 0.5
+
+
+def test_stream_mode_speaks_from_the_first_words_and_equals_the_whole_text(custom_voice_server, custom_voice_tts,
+                                                                           speaker):
+    """text_mode "stream": no sentence wait, pieces join the utterance as they come, and the audio is the
+    whole text's in streaming text mode; a flush ends an utterance and the next piece starts another."""
+    texts = ["Hello there, how are you today? I am", "Second one, after a flush."]
+    with connect(custom_voice_server.ws_url) as ws:
+        receive_json(ws, "session.created")
+        send(ws, type="session.update", voice=speaker, text_mode="stream", language="english", **FAST)
+        assert receive_json(ws, "session.updated")["session"]["text_mode"] == "stream"
+        pieces = [texts[0][:6], texts[0][6:20], texts[0][20:]]
+        send(ws, type="input.text", text=pieces[0])
+        assert receive_json(ws, "audio.start")["utterance"] == 0  # before any sentence ended
+        for piece in pieces[1:]:
+            send(ws, type="input.text", text=piece)
+            time.sleep(0.05)
+        send(ws, type="input.flush")
+        send(ws, type="input.text", text=texts[1])
+        send(ws, type="input.done")
+        events, audio = collect(ws)
+    audio[0] = audio.pop(None, b"") + audio.get(0, b"")  # bytes that came before collect() saw audio.start
+    done = [e for e in events if e["type"] == "audio.done"]
+    assert [e["text"] for e in done] == texts and events[-1]["type"] == "session.done"
+    assert all(e["text_wait_s"] >= 0 for e in done)
+    for number, text in enumerate(texts):
+        request = custom_voice_tts.request(text, speaker=speaker, language="english", non_streaming_mode=False,
+                                           **FAST)
+        expected = (custom_voice_tts.generate(request).samples * 32767).round().astype("<i2").tobytes()
+        assert_same_audio(expected, audio[number])
