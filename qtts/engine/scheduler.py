@@ -37,7 +37,7 @@ class Scheduler:
     active, and at max_prefills_per_frame otherwise.
     """
 
-    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.2,
+    def __init__(self, max_batch: int, max_prefills_per_frame: int = 2, low_buffer_s: float = 0.0,
                  burst_prefills_per_frame: int | None = None, high_buffer_s: float = 1.0):
         if max_batch < 1 or max_prefills_per_frame < 1:
             raise ValueError("max_batch and max_prefills_per_frame must be >= 1")
