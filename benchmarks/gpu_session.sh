@@ -39,6 +39,9 @@ stages=()
 for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues are judged by
   case $name in
     engine) stages+=(tests-gpu speed-1.7b cold-start) ;;
+    # the one-engine, hardening and quantization code of 2026-12-03: every GPU test, one stream and the batch at
+    # both sizes, and the serving sweep of 1.7B from a cold start (~9 min)
+    check) stages+=(tests speed serve-cold) ;;
     verify) stages+=(tests speed profile serve-check) ;;
     # what the session of 2026-12-02 (afternoon) left unmeasured: the codec's layout rule (one-pass time), serving
     # with it, and whether the closed loop's early underruns are the client's (client_loop_lag; ~8.5 min)
@@ -49,7 +52,8 @@ done
 for name in "${stages[@]}"; do
   case $name in
     tests)
-      stage tests 200 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
+      fixtures custom_voice:1.7b
+      stage tests 260 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
       # the later stages still measure something if the skinny-layer kernel is wrong here
       if ! python3 -m pytest -q tests/kernels -k gemv -p no:cacheprovider >/dev/null 2>&1; then
         echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"
@@ -83,6 +87,10 @@ for name in "${stages[@]}"; do
     speed-1.7b)  # one stream and the offline batch of the one-engine issue, 1.7B only
       fixtures custom_voice:1.7b base:1.7b
       stage speed 240 python3 benchmarks/bench_speed.py --sizes 1.7b --requests 20 --batch 64 --batch-frames 150 ;;
+    serve-cold)  # the serving sweep of 1.7B as a user's server sees it: from the moment /health says ready
+      fixtures custom_voice:1.7b
+      stage serve-cold 280 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 --cold-start \
+        --rates 10,20,40,60 --concurrency 16,64,128 --stop-p95-ms 1000 ;;
     cold-start)  # a user's server: start-up time, then load from the moment /health says ready
       fixtures custom_voice:1.7b
       stage cold-start 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 --cold-start \
