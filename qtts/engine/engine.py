@@ -44,6 +44,9 @@ log = logging.getLogger("qtts.engine")
 
 RATE_WINDOW_S = 2.0
 FINISH_COUNTERS = {"stop": "completed", "length": "completed", "cancelled": "cancelled", "error": "failed"}
+# launching the next frame's codes before this frame's end is read back pays at few rows, where the host's
+# turn is a large share of a frame; at many, an arrival mid-frame would waste a whole code predictor pass
+SPECULATE_MAX_ROWS = 4
 # every combination of sampling work a batch can need (talker or predictor: none, sampling, sampling + top-p)
 SAMPLING_VARIANTS = ((False, False), (True, False), (True, True))
 
@@ -524,7 +527,7 @@ class Engine:
         if self.model.device.type == "cuda":
             call.step_done = torch.cuda.Event()
             call.step_done.record()
-        if not self._queue:
+        if not self._queue and batch <= SPECULATE_MAX_ROWS:
             # nobody waits to join: the next frame's codes go now, so the device keeps working while the host
             # reads this frame's end; rows that end meanwhile only drop out of them (_take_speculative)
             self._speculative = (jobs, self.runner.predict_frame(padded)[:batch].clone())
