@@ -398,7 +398,7 @@ def test_requests_admitted_while_a_frame_runs_equal_their_solo_runs(tts, engine_
     """Requests waiting while a frame runs are admitted before it ends; the rows that end with that frame
     are retired after them (the last row moving into a freed one), and every stream still sounds as it
     does alone."""
-    engine = engine_factory(max_batch=4)
+    engine = engine_factory(max_batch=4, scheduler=Scheduler(4, low_buffer_s=0.2))  # one prefill per frame
     real_launch = engine._launch_step
 
     def launch():
