@@ -87,6 +87,25 @@ for name in "${stages[@]}"; do
     speed-1.7b)  # one stream and the offline batch of the one-engine issue, 1.7B only
       fixtures custom_voice:1.7b base:1.7b
       stage speed 240 python3 benchmarks/bench_speed.py --sizes 1.7b --requests 20 --batch 64 --batch-frames 150 ;;
+    quant-tests)  # the quantization options' GPU tests, first failure in full
+      fixtures custom_voice:1.7b
+      stage quant-tests 120 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
+        tests/kernels/test_kv_quant.py tests/gpu/test_quantization.py -m gpu 2>&1 | tail -40 ;;
+    served)  # one `qtts serve` (1.7B, log kept): cold-start load from the moment /health says ready, then the
+      # text-streaming benchmark against the same server; its /health and /metrics at the end
+      fixtures custom_voice:1.7b
+      folder=$(python3 -c "from qtts.testing.fixtures import fixture_dir; print(fixture_dir('custom_voice', '1.7b'))")
+      started=$SECONDS
+      python3 -m qtts.cli serve --model "$folder" --port 8123 --max-batch 128 --max-len 1024 --voices-dir /tmp/voices \
+        --log-level info > "$OUT/server_log.txt" 2>&1 &
+      server=$!
+      until curl -sf localhost:8123/health > /dev/null; do sleep 0.05; [ $((SECONDS - started)) -gt 200 ] && break; done
+      echo "=== server ready after $((SECONDS - started)) s"
+      stage cold 60 python3 benchmarks/bench_serve.py --url http://127.0.0.1:8123 --cold-start --rates '' \
+        --concurrency '' --out "$OUT/serve_cold_start_1.7b.json"
+      stage text-stream 200 python3 benchmarks/bench_text_stream.py --url http://127.0.0.1:8123 --sessions 1,8,32
+      curl -s localhost:8123/health > "$OUT/health.json"; curl -s localhost:8123/metrics > "$OUT/metrics.txt"
+      kill -INT $server; wait $server ;;
     serve-cold)  # the serving sweep of 1.7B as a user's server sees it: from the moment /health says ready
       fixtures custom_voice:1.7b
       stage serve-cold 280 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 --cold-start \
