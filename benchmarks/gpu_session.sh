@@ -91,8 +91,8 @@ for name in "${stages[@]}"; do
       fixtures custom_voice:1.7b
       stage quant-tests 120 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
         tests/kernels/test_kv_quant.py tests/gpu/test_quantization.py -m gpu 2>&1 | tail -40 ;;
-    served)  # one `qtts serve` (1.7B, log kept): cold-start load from the moment /health says ready, then the
-      # text-streaming benchmark against the same server; its /health and /metrics at the end
+    served|served-cold)  # one `qtts serve` (1.7B, log kept): cold-start load from the moment /health says ready,
+      # then (served) the text-streaming benchmark against the same server; its /health and /metrics at the end
       fixtures custom_voice:1.7b
       folder=$(python3 -c "from qtts.testing.fixtures import fixture_dir; print(fixture_dir('custom_voice', '1.7b'))")
       started=$SECONDS
@@ -103,7 +103,9 @@ for name in "${stages[@]}"; do
       echo "=== server ready after $((SECONDS - started)) s"
       stage cold 60 python3 benchmarks/bench_serve.py --url http://127.0.0.1:8123 --cold-start --rates '' \
         --concurrency '' --out "$OUT/serve_cold_start_1.7b.json"
-      stage text-stream 200 python3 benchmarks/bench_text_stream.py --url http://127.0.0.1:8123 --sessions 1,8,32
+      if [ "$name" = served ]; then
+        stage text-stream 200 python3 benchmarks/bench_text_stream.py --url http://127.0.0.1:8123 --sessions 1,8,32
+      fi
       curl -s localhost:8123/health > "$OUT/health.json"; curl -s localhost:8123/metrics > "$OUT/metrics.txt"
       kill -INT $server; wait $server ;;
     serve-cold)  # the serving sweep of 1.7B as a user's server sees it: from the moment /health says ready

@@ -33,6 +33,7 @@ from .model import ModelBundle
 from .pauses import DurationHistogram, gc_pauses
 from ..text_stream import ROLE_TOKENS, AssistantTextStream
 from .planning import RowPlan, check_request, default_frame_cap, plan_request
+from .prompt import Prompt
 from .request import SpeechRequest
 from .rows import move_row
 from .runner import GraphRunner
@@ -228,12 +229,26 @@ class Engine:
                         self.runner.advance(batch, length)
         if self.runner.step.prompt_runner is not None:
             self.runner.step.prompt_runner.warmup()
+        self._warm_prefill_sampling()
         self.codec.warmup()
         torch.cuda.synchronize(self.model.device)
         self.runner.graphs.mark_ready()
         self._ready = True
         log.info("captured %d CUDA graphs in %.1f s", len(self.runner.graphs.graphs) + len(self.codec.conv_layouts),
                  time.perf_counter() - started)
+
+    def _warm_prefill_sampling(self) -> None:
+        """Run the eager part of a prefill (the first codebook 0's sampling) in every sampling variant, from an
+        even and an odd first row: Triton compiles a kernel per pointer alignment, and a compile in the loop
+        stalls every stream for a second."""
+        hidden = self.model.config.talker.hidden_size
+        rows = torch.zeros(4, hidden, device=self.model.device, dtype=self.model.dtype)
+        prompt = Prompt(prefill=rows, trailing=rows[:0], pad_row=rows[0])
+        for do_sample, top_p in SAMPLING_VARIANTS:
+            sampling = self.model.sampling(do_sample=do_sample, top_p=0.9 if top_p else 1.0)
+            self.runner.flags = SamplingFlags.of([sampling])
+            for first_row in range(min(2, self.max_batch)):
+                self.runner.prefill_rows(first_row, [PrefillItem(prompt, sampling, seed=0)])
 
     @property
     def ready(self) -> bool:

@@ -181,7 +181,7 @@ def reference_frames(reference: TTS, requests: list[SpeechRequest], frames: int 
     """Each request with the first `frames` frames (F, 16) the reference generates for it (one batch): the
     frames every option is then fed."""
     capped = [replace(request, max_frames=frames) for request in requests]
-    return [(request, codes) for request, (codes, _) in zip(capped, reference.generate_codes(capped))
+    return [(request, codes.to(reference.device)) for request, (codes, _) in zip(capped, reference.generate_codes(capped))
             if codes.shape[0] > 0]
 
 
@@ -190,7 +190,8 @@ def measure_gates(reference: TTS, candidate: TTS, frames: list[tuple[SpeechReque
                   candidate_kv_cache: str | None = None) -> GateReport:
     """Gate figures of `candidate` (an option's model) against `reference` over reference_frames;
     candidate_kv_cache: the talker KV quantization the candidate runs with."""
-    figures = [compare_on_frames(reference.talker, candidate.talker, plan_request(reference.model, request, reference.max_len).prompt, codes,
+    figures = [compare_on_frames(reference.talker, candidate.talker,
+                                 plan_request(reference.model, request, reference.max_len).prompt, codes,
                                  candidate_kv_cache) for request, codes in frames]
 
     def mean(key: str) -> torch.Tensor:
