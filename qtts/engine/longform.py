@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..config import ModelConfig
+from ..config import SAMPLE_RATE, ModelConfig
 from ..errors import InvalidRequestError
 from ..text import TextTokenizer, assistant_template, instruct_template, reference_template
 from .model import ModelBundle
@@ -24,6 +24,7 @@ from .prompt import codec_prefix_ids
 from .request import SpeechRequest
 
 PAUSE_S = 0.25  # silence between two parts, about a sentence break
+PAUSE_SAMPLES = round(PAUSE_S * SAMPLE_RATE)
 SPARE_POSITIONS = 2  # prompt_room keeps the last two positions of a row spare
 
 # Where a part may end, most natural first; each pattern matches the end of a piece, spaces included,

@@ -12,16 +12,26 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from ..config import SAMPLE_RATE
-from .longform import PAUSE_S
+from .longform import PAUSE_SAMPLES
 from .request import SpeechRequest
 from .stream import Stream
 
 ENDED = ("stop", "length")  # a part that finished on its own; any other reason ends the whole
 
 
+def joined_finish_reason(reasons: list[str | None]) -> str | None:
+    """A text's finish reason from its parts' (None: not ended yet): the first that did not end on its
+    own (error, cancelled), else None while any goes on, else "length" if any stopped at its frame cap."""
+    for reason in reasons:
+        if reason is not None and reason not in ENDED:
+            return reason
+    if None in reasons:
+        return None
+    return "length" if "length" in reasons else "stop"
+
+
 class LongformStream:
-    """Audio chunks of the parts of one text, in order, PAUSE_S of silence between two parts.
+    """Audio chunks of the parts of one text, in order, PAUSE_SAMPLES of silence between two parts.
 
     `finish_reason`: None until every part has ended; then "length" if any part stopped at its frame cap,
     else "stop"; "error" or "cancelled" as soon as a part ends so (`error` holds the error).
@@ -38,7 +48,6 @@ class LongformStream:
         self._reading = 0  # the part being read
         self._ended: str | None = None  # "cancelled" by cancel(), "error" when a part could not be submitted
         self._error: Exception | None = None
-        self._pause = np.zeros(round(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
 
     def start(self) -> None:
         """Submit the first parts (reading does it too); raises what the engine's submit raises."""
@@ -63,13 +72,8 @@ class LongformStream:
     def finish_reason(self) -> str | None:
         if self._ended is not None:
             return self._ended
-        reasons = [stream.finish_reason for stream in self.streams]
-        for reason in reasons:
-            if reason is not None and reason not in ENDED:
-                return reason
-        if len(reasons) < len(self.parts) or None in reasons:
-            return None
-        return "length" if "length" in reasons else "stop"
+        unsubmitted = [None] * (len(self.parts) - len(self.streams))
+        return joined_finish_reason([stream.finish_reason for stream in self.streams] + unsubmitted)
 
     @property
     def error(self) -> Exception | None:
@@ -100,7 +104,7 @@ class LongformStream:
                 break
             if not self._next_part():
                 break
-            chunks.append(self._pause)
+            chunks.append(_pause())
         return chunks
 
     async def __aiter__(self) -> AsyncIterator[np.ndarray]:
@@ -111,7 +115,7 @@ class LongformStream:
                 yield chunk
             if stream.finish_reason not in ENDED or not self._next_part():
                 return
-            yield self._pause
+            yield _pause()
 
     def _next_part(self) -> bool:
         """Move reading to the next part, submitting the parts now due; whether there is one."""
@@ -120,3 +124,7 @@ class LongformStream:
         self._reading += 1
         self.start()
         return True
+
+
+def _pause() -> np.ndarray:
+    return np.zeros(PAUSE_SAMPLES, dtype=np.float32)
