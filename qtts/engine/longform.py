@@ -75,7 +75,16 @@ def split_request(model: ModelBundle, request: SpeechRequest, max_len: int) -> l
     fits = _fit_test(model, request, max_len)
     if fits(request.text):
         return [request]
-    texts = [text.strip() for text in _pack(request.text, fits, 0, max_len)]
+    try:
+        texts = [text.strip() for text in _pack(request.text, fits, 0)]
+    except _NoRoom as exc:
+        character = exc.args[0]
+        prefill, _ = prompt_rows(model.config, model.tokenizer, replace(request, text=character))
+        raise InvalidRequestError(
+            f"the text does not fit max_len={max_len} even cut into parts: with the voice's prompt (speaker, "
+            f"instruction, reference) one character takes {prefill} positions, then up to "
+            f"{_frames_needed(character, request)} frames; load the model with a larger max_len, or shorten the "
+            "instruction or the reference") from None
     return [replace(request, text=text, sampling=replace(request.sampling, seed=part_seed(request.sampling.seed, i)))
             for i, text in enumerate(t for t in texts if t)]
 
@@ -88,15 +97,23 @@ def _fit_test(model: ModelBundle, request: SpeechRequest, max_len: int) -> Calla
         if not text:
             return True
         prefill, trailing = prompt_rows(model.config, model.tokenizer, replace(request, text=text))
-        frames = default_frame_cap(text)
-        if request.max_frames is not None:
-            frames = min(frames, request.max_frames)
+        frames = _frames_needed(text, request)
         return prefill + SPARE_POSITIONS + frames <= max_len and trailing <= frames
 
     return fits
 
 
-def _pack(text: str, fits: Callable[[str], bool], level: int, max_len: int) -> list[str]:
+def _frames_needed(text: str, request: SpeechRequest) -> int:
+    """The frame cap a text gets: default_frame_cap, or the request's max_frames when lower."""
+    frames = default_frame_cap(text)
+    return frames if request.max_frames is None else min(frames, request.max_frames)
+
+
+class _NoRoom(Exception):
+    """Not even this one character fits."""
+
+
+def _pack(text: str, fits: Callable[[str], bool], level: int) -> list[str]:
     """`text` cut at boundaries of `level` (then finer ones inside a piece too long), into parts that fit;
     the parts join back to `text`."""
     pieces = _cut(text, _BOUNDARIES[level]) if level < len(_BOUNDARIES) else list(text)
@@ -107,13 +124,10 @@ def _pack(text: str, fits: Callable[[str], bool], level: int, max_len: int) -> l
             parts.append("".join(pieces[start:end]))
             start = end
         elif level < len(_BOUNDARIES):
-            parts += _pack(pieces[start], fits, level + 1, max_len)
+            parts += _pack(pieces[start], fits, level + 1)
             start += 1
         else:
-            raise InvalidRequestError(
-                f"the text does not fit max_len={max_len} even cut into parts: the voice's prompt leaves no room "
-                "for one character and its frames; load the model with a larger max_len (or clone from a "
-                "shorter reference recording)")
+            raise _NoRoom(pieces[start])
     return parts
 
 
