@@ -65,6 +65,10 @@ class LongformStream:
         return sum(stream.frames for stream in self.streams)
 
     @property
+    def text_wait_s(self) -> float:
+        return sum(stream.text_wait_s for stream in self.streams)
+
+    @property
     def first_chunk_at(self) -> float | None:
         return self.streams[0].first_chunk_at if self.streams else None
 
