@@ -1,10 +1,10 @@
 """Long texts: cut into parts that each fit one request, to be spoken in order with a short pause between.
 
 A text fits when its prompt plus the frames it may need fit max_len: its frame cap (default_frame_cap, or
-max_frames when lower), and every trailing text row within that cap, so no word is dropped and the cap
-is never lowered to what is left of max_len. A text that fits is one part, the request itself. A longer
-one is cut at sentence ends, a sentence too long at clause marks, a clause at spaces, a word anywhere,
-each cut taking as much as fits. Every part is an ordinary request with the same voice and options (so
+max_frames when lower), so the cap is never lowered to what is left of max_len (in streaming text mode,
+where text rows are read one per frame, default_frame_cap leaves room for every one). A text that fits
+is one part, the request itself. A longer one is cut at sentence ends, a sentence too long at clause
+marks, a clause at spaces, a word anywhere, each cut taking as much as fits. Every part is an ordinary request with the same voice and options (so
 its voice rows' K/V come from the prefix cache, and an ICL reference is the prompt of every part) and a
 seed derived from the request's: part 0 keeps it, so each part gives what it gives alone.
 """
@@ -35,9 +35,9 @@ _WORD_ENDS = re.compile(r"\s+")
 _BOUNDARIES = (_SENTENCE_ENDS, _CLAUSE_ENDS, _WORD_ENDS)
 
 
-def prompt_rows(cfg: ModelConfig, tokenizer: TextTokenizer, request: SpeechRequest) -> tuple[int, int]:
-    """(prefill rows, trailing text rows) build_prompt makes for a resolved request, counted with the
-    tokenizer alone (a planner loaded without its generator has no talker)."""
+def prompt_length(cfg: ModelConfig, tokenizer: TextTokenizer, request: SpeechRequest) -> int:
+    """The prefill rows build_prompt makes for a resolved request, counted with the tokenizer alone (a
+    planner loaded without its generator has no talker). Trailing text rows take no positions of their own."""
     text_ids = len(tokenizer.encode(assistant_template(request.text))) - 8  # 3 role ids, 5 closing ids
     codec_rows = len(codec_prefix_ids(cfg, request.language, request.speaker)) + 2
     codec_rows += int(request.voice is not None or bool(request.speaker))
@@ -46,14 +46,14 @@ def prompt_rows(cfg: ModelConfig, tokenizer: TextTokenizer, request: SpeechReque
         voice_rows += len(tokenizer.encode(instruct_template(request.instruct)))
     voice = request.voice
     if voice is not None and voice.icl:
-        text_rows = len(tokenizer.encode(reference_template(voice.reference_text))) - 5 + text_ids + 1
         codec_len = voice.reference_codes.shape[0] + 1
-        if request.non_streaming_mode:
-            return voice_rows + text_rows + codec_len, 1
-        return voice_rows + codec_len, max(text_rows - codec_len, 1)
+        if not request.non_streaming_mode:  # the text beyond the reference's frames trails
+            return voice_rows + codec_len
+        reference_ids = len(tokenizer.encode(reference_template(voice.reference_text))) - 5
+        return voice_rows + reference_ids + text_ids + 1 + codec_len
     if request.non_streaming_mode:
-        return voice_rows + text_ids + 2, 1  # text rows, end of text, then the pad/bos row
-    return voice_rows + 1, text_ids  # the first text id with the last codec tag; the rest (and the end) trail
+        return voice_rows + text_ids + 2  # text rows, end of text, then the pad/bos row
+    return voice_rows + 1  # the first text id with the last codec tag; the rest (and the end) trail
 
 
 def part_seed(seed: int | None, index: int) -> int | None:
@@ -79,7 +79,7 @@ def split_request(model: ModelBundle, request: SpeechRequest, max_len: int) -> l
         texts = [text.strip() for text in _pack(request.text, fits, 0)]
     except _NoRoom as exc:
         character = exc.args[0]
-        prefill, _ = prompt_rows(model.config, model.tokenizer, replace(request, text=character))
+        prefill = prompt_length(model.config, model.tokenizer, replace(request, text=character))
         raise InvalidRequestError(
             f"the text does not fit max_len={max_len} even cut into parts: with the voice's prompt (speaker, "
             f"instruction, reference) one character takes {prefill} positions, then up to "
@@ -96,9 +96,8 @@ def _fit_test(model: ModelBundle, request: SpeechRequest, max_len: int) -> Calla
         text = text.strip()
         if not text:
             return True
-        prefill, trailing = prompt_rows(model.config, model.tokenizer, replace(request, text=text))
-        frames = _frames_needed(text, request)
-        return prefill + SPARE_POSITIONS + frames <= max_len and trailing <= frames
+        prefill = prompt_length(model.config, model.tokenizer, replace(request, text=text))
+        return prefill + SPARE_POSITIONS + _frames_needed(text, request) <= max_len
 
     return fits
 
