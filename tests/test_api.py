@@ -6,6 +6,7 @@ import torch
 from qtts.api import TTS
 from qtts.engine.longform import part_seed
 from qtts.errors import InvalidRequestError
+from tests.engine.test_longform import long_text
 
 
 def test_a_batch_with_a_long_prompt_and_a_long_cap_stays_inside_its_cache(tiny_custom_voice):
@@ -100,18 +101,6 @@ def test_the_server_speaks_a_seeded_request_as_the_api_does(tiny_custom_voice, t
 
 # --- long texts: spoken in parts (TTS.split) ---------------------------------------------------------------
 
-SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs!",
-             "How vexingly quick daft zebras jump?", "Sphinx of black quartz, judge my vow."]
-
-
-def _long_text(chars: int) -> str:
-    text, index = "", 0
-    while len(text) < chars:
-        text += SENTENCES[index % len(SENTENCES)] + " "
-        index += 1
-    return text[:chars].rsplit(" ", 1)[0] + "."
-
-
 def _assert_joined(speech, parts):
     """samples: each part's, 0.25 s of silence between; codes: each part's in turn."""
     pause = np.zeros(6000, dtype=np.float32)
@@ -135,7 +124,7 @@ def _ending_early(tts: TTS) -> TTS:
 def test_a_20000_character_text_speaks_to_the_end(tiny_custom_voice):
     """Every part is spoken and ends on its own."""
     tts = _ending_early(TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32"))
-    text = _long_text(20_000)
+    text = long_text(20_000)
     request = tts.request(text, speaker="aiden", seed=1)
     parts = tts.split(request)
     speech = tts.generate(request)
@@ -149,7 +138,7 @@ def test_a_20000_character_text_speaks_to_the_end(tiny_custom_voice):
 
 def test_each_part_of_a_long_text_gives_what_it_gives_alone(tiny_custom_voice):
     tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", max_len=512)
-    request = tts.request(_long_text(2500), speaker="aiden", seed=21, max_frames=5, min_frames=5)
+    request = tts.request(long_text(2500), speaker="aiden", seed=21, max_frames=5, min_frames=5)
     speech = tts.generate(request)
     assert len(speech.parts) > 2 and speech.finish_reason == "length"
     for index, (part, spoken) in enumerate(zip(tts.split(request), speech.parts)):
@@ -171,7 +160,7 @@ def test_a_long_clone_with_a_reference_keeps_the_reference_in_every_part(tiny_ba
     seconds = np.arange(24000, dtype=np.float32) / 24000
     voice = tts.create_voice(0.3 * np.sin(2 * np.pi * 220 * seconds), "A short reference sentence.",
                              sample_rate=24000)
-    request = tts.request(_long_text(1500), voice=voice, language="english", seed=4, min_frames=3)
+    request = tts.request(long_text(1500), voice=voice, language="english", seed=4, min_frames=3)
     speech = tts.generate(request)
     assert len(speech.parts) > 2 and speech.finish_reason == "stop"
     for index, (part, spoken) in enumerate(zip(tts.split(request), speech.parts)):

@@ -14,7 +14,8 @@ SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Pack my box with f
              "How vexingly quick daft zebras jump?", "Sphinx of black quartz, judge my vow."]
 
 
-def _long_text(chars: int) -> str:
+def long_text(chars: int) -> str:
+    """About `chars` characters of short sentences (a test text long enough to need parts)."""
     text, index = "", 0
     while len(text) < chars:
         text += SENTENCES[index % len(SENTENCES)] + " "
@@ -53,14 +54,14 @@ def test_prompt_length_counts_what_build_prompt_builds(models, model_type, mode)
 
 def test_a_text_that_fits_is_the_request_itself(models):
     tts = models["custom_voice"]
-    request = tts.request(_long_text(600), speaker="aiden", seed=3)
+    request = tts.request(long_text(600), speaker="aiden", seed=3)
     assert tts.split(request) == [request] and tts.split(request)[0] is request
 
 
 def test_a_long_text_is_cut_at_sentence_ends_into_parts_that_get_their_whole_frame_cap(models):
     """The issue's case: 7,000 characters once left 505 frames of max_len for 40 s of a 9-minute text."""
     tts = models["custom_voice"]
-    text = _long_text(7000)
+    text = long_text(7000)
     request = tts.request(text, speaker="aiden", seed=3)
     parts = tts.split(request)
     assert len(parts) > 5
@@ -100,7 +101,7 @@ def test_part_seeds_are_fixed_by_the_request_seed():
 
 def test_a_max_frames_cap_makes_room_for_larger_parts(models):
     tts = models["custom_voice"]
-    text = _long_text(3000)
+    text = long_text(3000)
     uncapped = split_request(tts.model, tts.request(text, speaker="aiden"), max_len=1024)
     capped = split_request(tts.model, tts.request(text, speaker="aiden", max_frames=10), max_len=1024)
     assert 1 < len(capped) < len(uncapped) and all(part.max_frames == 10 for part in capped)
