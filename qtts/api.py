@@ -43,7 +43,7 @@ class Speech:
     """A finished utterance: float32 mono samples in [-1, 1].
 
     A text too long for one request is spoken in parts (`TTS.split`): `parts` holds each part's Speech,
-    `samples` joins theirs with PAUSE_S of silence between, `codes` are theirs one after another, and
+    `samples` joins theirs with 0.25 s of silence between, `codes` are theirs one after another, and
     finish_reason is "length" if any part stopped at its frame cap. A text spoken whole has no parts.
     """
 
@@ -367,7 +367,7 @@ class TTS:
 
         The codec decoder keeps its causal state between chunks, so the concatenated chunks equal
         the whole-utterance decode of the same codes. A text too long for one request comes part after
-        part (`split`) with PAUSE_S of silence between; up to max_batch parts generate side by side.
+        part (`split`) with 0.25 s of silence between; up to max_batch parts generate side by side.
         Stopping the iteration early (`close()`) cancels the request.
         """
         engine = self.engine()
@@ -450,4 +450,3 @@ def _read_stepping(engine: Engine, source: LongformStream) -> Iterator[np.ndarra
     finally:
         if not source.done:
             source.cancel()
-

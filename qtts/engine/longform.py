@@ -4,9 +4,10 @@ A text fits when its prompt plus the frames it may need fit max_len: its frame c
 max_frames when lower), so the cap is never lowered to what is left of max_len (in streaming text mode,
 where text rows are read one per frame, default_frame_cap leaves room for every one). A text that fits
 is one part, the request itself. A longer one is cut at sentence ends, a sentence too long at clause
-marks, a clause at spaces, a word anywhere, each cut taking as much as fits. Every part is an ordinary request with the same voice and options (so
-its voice rows' K/V come from the prefix cache, and an ICL reference is the prompt of every part) and a
-seed derived from the request's: part 0 keeps it, so each part gives what it gives alone.
+marks, a clause at spaces, a word anywhere, each cut taking as much as fits. Every part is an ordinary
+request with the same voice and options (so its voice rows' K/V come from the prefix cache, and an ICL
+reference is the prompt of every part) and a seed derived from the request's: part 0 keeps it, so each
+part gives what it gives alone.
 """
 from __future__ import annotations
 

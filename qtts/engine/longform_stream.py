@@ -6,7 +6,6 @@ a thread driving the engine (`take_ready`) or from asyncio (`async for`).
 """
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -43,7 +42,6 @@ class LongformStream:
         self.id = uuid.uuid4().hex
         self.parts = parts
         self.streams: list[Stream] = []  # those of the parts submitted so far
-        self.created_at = time.perf_counter()
         self._submit, self._ahead = submit, ahead
         self._reading = 0  # the part being read
         self._ended: str | None = None  # "cancelled" by cancel(), "error" when a part could not be submitted
