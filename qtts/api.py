@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ from . import audio as audio_io
 from .checkpoint import resolve_checkpoint
 from .config import SAMPLE_RATE
 from .engine.engine import Engine
+from .engine.longform import PAUSE_SAMPLES, split_request
+from .engine.longform_stream import LongformStream, joined_finish_reason
 from .engine.model import ModelBundle, load_model, pick_device, pick_dtype
 from .engine.planning import check_request
 from .engine.prefix_cache import DEFAULT_PREFIX_CACHE_MB
@@ -28,7 +30,7 @@ from .engine.stream import Stream
 from .errors import WrongModelTypeError
 from .voices import VoicePrompt
 
-__all__ = ["TTS", "Speech", "pick_device", "pick_dtype"]
+__all__ = ["TTS", "Speech", "SpeechStream", "pick_device", "pick_dtype"]
 
 DEFAULT_CHUNK_FRAMES = (1, 2, 4, 8, 12)
 WHOLE_CLIP = (1 << 30,)  # a chunk schedule that hands a request's audio over once, at its end
@@ -38,16 +40,54 @@ BATCH_PREFILLS_PER_FRAME = 16
 
 @dataclass
 class Speech:
-    """A finished utterance: float32 mono samples in [-1, 1]."""
+    """A finished utterance: float32 mono samples in [-1, 1].
+
+    A text too long for one request is spoken in parts (`TTS.split`): `parts` holds each part's Speech,
+    `samples` joins theirs with 0.25 s of silence between, `codes` are theirs one after another, and
+    finish_reason is "length" if any part stopped at its frame cap. A text spoken whole has no parts.
+    """
 
     samples: np.ndarray
     sample_rate: int
     codes: torch.Tensor  # (frames, 16) generated codec codes
     finish_reason: str  # "stop" (the model ended) or "length" (frame cap reached)
+    parts: list["Speech"] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
         return len(self.samples) / self.sample_rate
+
+
+class SpeechStream:
+    """Audio chunks of one request while they are generated (iterate it; `close()` cancels the rest).
+
+    Once it has ended, `finish_reason` says why: "stop", or "length" if the text or any of its parts
+    stopped at its frame cap; `parts` holds the engine Stream of each part started so far.
+    """
+
+    def __init__(self, chunks: Iterator[np.ndarray], source: LongformStream):
+        self._chunks, self._source = chunks, source
+
+    def __iter__(self) -> "SpeechStream":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._source.finish_reason
+
+    @property
+    def frames(self) -> int:
+        return self._source.frames
+
+    @property
+    def parts(self) -> list[Stream]:
+        return list(self._source.streams)
 
 
 class TTS:
@@ -176,6 +216,13 @@ class TTS:
                             min_frames=min_frames, text_open=text_open)
         return check_request(self.model, req)
 
+    def split(self, request: SpeechRequest) -> list[SpeechRequest]:
+        """The parts a request's text is spoken in: [request] when it fits max_len; a longer text is cut at
+        sentence ends (then clauses, words) into parts that fit, each with the request's voice and options
+        and a seed derived from its seed (part 0 keeps it). Every call here splits this way by itself.
+        Raises InvalidRequestError when not even one character fits after the voice's prompt."""
+        return split_request(self.model, request, self.max_len)
+
     # ----- voices -------------------------------------------------------------------------------
     def create_voice(self, reference, reference_text: str | None = None,
                      sample_rate: int | None = None) -> VoicePrompt:
@@ -244,73 +291,89 @@ class TTS:
         """Speak many requests with continuous batching; yields (index, Speech) as each one finishes.
 
         Up to max_batch (default: this TTS's) generate together, and a finished one's row is taken by
-        the next at once, so a long text does not hold the short ones. A request that fails yields
-        (index, the exception) and the rest go on, unless raise_errors. progress: a bar on stderr with
-        the total and the audio seconds made per second. on_frame: called once per generated frame.
+        the next at once, so a long text does not hold the short ones. A text too long for one request is
+        spoken in parts (`split`) that generate side by side; its Speech comes when its last part is done.
+        A request that fails yields (index, the exception) and the rest go on, unless raise_errors.
+        progress: a bar on stderr with the total and the audio seconds made per second. on_frame: called
+        once per generated frame.
         """
         requests = list(requests)
         engine = self.engine(max_batch)
-        streams: dict[int, Stream] = {}
+        streams: dict[tuple[int, int], Stream] = {}  # (request, part) -> the part's stream
+        audio: dict[tuple[int, int], list[np.ndarray]] = {}
+        finished: dict[int, list[Speech | None]] = {}  # request -> its parts' speech, as they finish
         bar = tqdm(total=len(requests), desc="requests", unit="req", file=sys.stderr) if progress else None
         made_s, started = 0.0, time.perf_counter()
+
+        def drop(index: int) -> None:  # a request that failed: its other parts stop
+            for key in [key for key in streams if key[0] == index]:
+                streams.pop(key).cancel()
+                audio.pop(key)
+            finished.pop(index, None)
+
         try:
             for index, request in enumerate(requests):
                 try:
-                    streams[index] = engine.submit(request, WHOLE_CLIP, make_stream=_code_keeping_stream)
+                    parts = self.split(request)
+                    finished[index] = [None] * len(parts)
+                    for number, part in enumerate(parts):
+                        streams[index, number] = engine.submit(part, WHOLE_CLIP, make_stream=_code_keeping_stream)
+                        audio[index, number] = []
                 except Exception as exc:
+                    drop(index)
                     if raise_errors:
                         raise
                     yield index, exc
-            audio = {index: [] for index in streams}
             while streams:
                 frames_before = sum(stream.frames for stream in streams.values())
                 engine.step()
                 if on_frame is not None:
                     for _ in range(sum(stream.frames for stream in streams.values()) - frames_before):
                         on_frame()
-                for index, stream in list(streams.items()):
+                for key, stream in list(streams.items()):
+                    if key not in streams:  # dropped with a part that failed
+                        continue
+                    index, number = key
                     try:
-                        audio[index] += stream.take_ready()
+                        audio[key] += stream.take_ready()
+                        if stream.finish_reason == "error":
+                            raise stream.error
                     except Exception as exc:
-                        del streams[index]
+                        drop(index)
                         if raise_errors:
                             raise
                         yield index, exc
                         continue
-                    if stream.done:
-                        del streams[index]
-                        speech = _speech(stream, audio.pop(index))
-                        made_s += speech.duration_s
-                        if bar is not None:
-                            bar.set_postfix_str(f"{made_s / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
-                            bar.update()
-                        yield index, speech
+                    if not stream.done:
+                        continue
+                    del streams[key]
+                    finished[index][number] = _speech(stream, audio.pop(key))
+                    if any(part is None for part in finished[index]):
+                        continue
+                    speech = _joined(finished.pop(index))
+                    made_s += speech.duration_s
+                    if bar is not None:
+                        bar.set_postfix_str(f"{made_s / max(time.perf_counter() - started, 1e-9):.1f} audio-s/s")
+                        bar.update()
+                    yield index, speech
         finally:
             for stream in streams.values():
                 stream.cancel()
             if bar is not None:
                 bar.close()
 
-    @torch.no_grad()
-    def stream(self, request: SpeechRequest, chunk_frames: tuple[int, ...] = DEFAULT_CHUNK_FRAMES
-               ) -> Iterator[np.ndarray]:
+    def stream(self, request: SpeechRequest, chunk_frames: tuple[int, ...] = DEFAULT_CHUNK_FRAMES) -> SpeechStream:
         """Audio chunks while frames are generated; chunk k holds chunk_frames[k] frames (the last size repeats).
 
         The codec decoder keeps its causal state between chunks, so the concatenated chunks equal
-        the whole-utterance decode of the same codes. Stopping the iteration early cancels the request.
+        the whole-utterance decode of the same codes. A text too long for one request comes part after
+        part (`split`) with 0.25 s of silence between; up to max_batch parts generate side by side.
+        Stopping the iteration early (`close()`) cancels the request.
         """
         engine = self.engine()
-        stream = engine.submit(request, chunk_frames)
-        try:
-            while True:
-                yield from stream.take_ready()
-                if stream.done:
-                    yield from stream.take_ready()
-                    return
-                engine.step()
-        finally:
-            if not stream.done:
-                stream.cancel()
+        source = LongformStream(lambda part: engine.submit(part, chunk_frames), self.split(request),
+                                ahead=engine.max_batch - 1)
+        return SpeechStream(_read_stepping(engine, source), source)
 
     @torch.no_grad()
     def stream_text(self, pieces: Iterable[str], chunk_frames: tuple[int, ...] = DEFAULT_CHUNK_FRAMES,
@@ -364,3 +427,26 @@ def _speech(stream: Stream, chunks: list[np.ndarray]) -> Speech:
     codes = torch.stack(stream.codes).cpu() if stream.codes else torch.zeros(0, 16, dtype=torch.long)
     return Speech(samples=samples, sample_rate=SAMPLE_RATE, codes=codes, finish_reason=stream.finish_reason)
 
+
+def _joined(parts: list[Speech]) -> Speech:
+    """A request's Speech from its parts' (a text spoken whole is its one part)."""
+    if len(parts) == 1:
+        return parts[0]
+    pause = np.zeros(PAUSE_SAMPLES, dtype=np.float32)
+    samples = np.concatenate([piece for part in parts for piece in (pause, part.samples)][1:])
+    return Speech(samples=samples, sample_rate=SAMPLE_RATE, codes=torch.cat([part.codes for part in parts]),
+                  finish_reason=joined_finish_reason([part.finish_reason for part in parts]), parts=parts)
+
+
+@torch.no_grad()
+def _read_stepping(engine: Engine, source: LongformStream) -> Iterator[np.ndarray]:
+    """source's audio, stepping the engine on this thread until it has ended (cancelled if left early)."""
+    try:
+        while True:
+            yield from source.take_ready()
+            if source.done:
+                return
+            engine.step()
+    finally:
+        if not source.done:
+            source.cancel()

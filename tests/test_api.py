@@ -1,9 +1,12 @@
 """The Python API: whole clips, streams and batch calls, all on the one engine."""
 import numpy as np
+import pytest
 import torch
 
 from qtts.api import TTS
+from qtts.engine.longform import part_seed
 from qtts.errors import InvalidRequestError
+from tests.engine.test_longform import long_text
 
 
 def test_a_batch_with_a_long_prompt_and_a_long_cap_stays_inside_its_cache(tiny_custom_voice):
@@ -94,3 +97,76 @@ def test_the_server_speaks_a_seeded_request_as_the_api_does(tiny_custom_voice, t
     served = np.frombuffer(reply.content, "<i2").astype(np.float32) / 32767
     assert served.shape == expected.samples.shape
     np.testing.assert_allclose(served, expected.samples, rtol=0, atol=2e-4)
+
+
+# --- long texts: spoken in parts (TTS.split) ---------------------------------------------------------------
+
+def _assert_joined(speech, parts):
+    """samples: each part's, 0.25 s of silence between; codes: each part's in turn."""
+    pause = np.zeros(6000, dtype=np.float32)
+    expected = np.concatenate([x for part in parts for x in (pause, part.samples)][1:])
+    np.testing.assert_array_equal(speech.samples, expected)
+    assert torch.equal(speech.codes, torch.cat([part.codes for part in parts]))
+
+
+def _ending_early(tts: TTS) -> TTS:
+    """The model made to end the speech as soon as it may (after min_frames): EOS outranks every code."""
+    eos = tts.config.talker.codec_eos_id
+
+    def eos_first(module, inputs, logits):
+        logits[..., eos] += 1e4
+        return logits
+
+    tts.talker.codec_head.register_forward_hook(eos_first)
+    return tts
+
+
+def test_a_20000_character_text_speaks_to_the_end(tiny_custom_voice):
+    """Every part is spoken and ends on its own."""
+    tts = _ending_early(TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32"))
+    text = long_text(20_000)
+    request = tts.request(text, speaker="aiden", seed=1)
+    parts = tts.split(request)
+    speech = tts.generate(request)
+    assert len(parts) > 20 and len(speech.parts) == len(parts)
+    assert [part.finish_reason for part in speech.parts] == ["stop"] * len(parts) and speech.finish_reason == "stop"
+    assert all(part.codes.shape[0] == 2 for part in speech.parts)  # min_frames, then the end
+    assert parts[-1].text.endswith(text[-40:])
+    _assert_joined(speech, speech.parts)
+    assert speech.duration_s == pytest.approx(len(parts) * 2 * 0.08 + (len(parts) - 1) * 0.25)
+
+
+def test_each_part_of_a_long_text_gives_what_it_gives_alone(tiny_custom_voice):
+    tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", max_len=512)
+    request = tts.request(long_text(2500), speaker="aiden", seed=21, max_frames=5, min_frames=5)
+    speech = tts.generate(request)
+    assert len(speech.parts) > 2 and speech.finish_reason == "length"
+    for index, (part, spoken) in enumerate(zip(tts.split(request), speech.parts)):
+        alone = tts.generate(tts.request(part.text, speaker="aiden", seed=part_seed(21, index), max_frames=5,
+                                         min_frames=5))
+        assert torch.equal(spoken.codes, alone.codes)
+        np.testing.assert_allclose(spoken.samples, alone.samples, rtol=0, atol=1e-5)
+    assert not torch.equal(speech.parts[0].codes, speech.parts[1].codes)
+    _assert_joined(speech, speech.parts)
+    stream = tts.stream(request, chunk_frames=(2,))
+    np.testing.assert_allclose(np.concatenate(list(stream)), speech.samples, rtol=0, atol=1e-5)
+    assert stream.finish_reason == "length" and len(stream.parts) == len(speech.parts)
+    results = dict(tts.generate_many([tts.request(TEXTS[0], speaker="aiden", seed=2, max_frames=3), request]))
+    assert torch.equal(results[1].codes, speech.codes) and results[0].parts == []
+
+
+def test_a_long_clone_with_a_reference_keeps_the_reference_in_every_part(tiny_base):
+    tts = _ending_early(TTS.from_pretrained(tiny_base, device="cpu", dtype="fp32", max_len=1024))
+    seconds = np.arange(24000, dtype=np.float32) / 24000
+    voice = tts.create_voice(0.3 * np.sin(2 * np.pi * 220 * seconds), "A short reference sentence.",
+                             sample_rate=24000)
+    request = tts.request(long_text(1500), voice=voice, language="english", seed=4, min_frames=3)
+    speech = tts.generate(request)
+    assert len(speech.parts) > 2 and speech.finish_reason == "stop"
+    for index, (part, spoken) in enumerate(zip(tts.split(request), speech.parts)):
+        alone = tts.clone(part.text, voice, language="english", seed=part_seed(4, index), min_frames=3)
+        assert torch.equal(spoken.codes, alone.codes)
+        np.testing.assert_allclose(spoken.samples, alone.samples, rtol=0, atol=1e-5)
+        # decoded after the reference, as a clone with a reference is
+        one_pass = tts.decode_codes(spoken.codes, voice.reference_codes)
+        np.testing.assert_allclose(spoken.samples, one_pass, rtol=0, atol=1e-4)

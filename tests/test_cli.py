@@ -67,11 +67,14 @@ def test_a_growing_wav_can_be_read_before_it_is_finished(tmp_path):
 
 
 def test_ctrl_c_exits_130_and_leaves_no_partial_file(tiny_custom_voice, tmp_path, capsys, monkeypatch):
-    def interrupted_stream(self, request, chunk_frames=None):
-        yield np.zeros(1920, dtype=np.float32)
-        raise KeyboardInterrupt
+    class InterruptedStream:
+        frames = 1
 
-    monkeypatch.setattr(TTS, "stream", interrupted_stream)
+        def __iter__(self):
+            yield np.zeros(1920, dtype=np.float32)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TTS, "stream", lambda self, request, chunk_frames=None: InterruptedStream())
     code, err = run(capsys, *speak(tiny_custom_voice, tmp_path / "a.wav", "--stream"))
     assert code == 130 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -171,6 +174,7 @@ not JSON {{, a plain text
 {{"text": "{LONG_TEXT}"}}
 
 {{"text": "Written before.", "out": "exists.wav"}}
+{{"text": "Hi.", "instruct": "{LONG_TEXT}"}}
 """
 
 
@@ -192,17 +196,23 @@ def test_batch_writes_every_good_line_reports_bad_ones_by_number_and_resumes(tin
             "--speaker", "aiden", "--device", "cpu", "--max-frames", 3, "--max-len", 200]
     code, err = run(capsys, *argv)
     assert code == 2
-    assert sorted(p.name for p in out.iterdir()) == ["00001.wav", "00004.wav", "exists.wav", "second.flac"]
+    assert sorted(p.name for p in out.iterdir()) == ["00001.wav", "00004.wav", "00006.wav", "exists.wav",
+                                                     "second.flac"]
     assert sf.read(out / "second.flac")[0].shape == (3 * 1920,) and (out / "exists.wav").read_bytes() == b"kept"
-    for line, message in ((3, "unknown speaker"), (5, "not valid JSON"), (6, "the prompt (")):
-        assert f"error: line {line}: {message}" in err  # line 6 fails in the engine (max_len), the others before
+    # the long line does not fit max_len=200: it is spoken in parts of 3 frames each, 0.25 s apart
+    parts, rest = divmod(len(sf.read(out / "00006.wav")[0]) + 6000, 3 * 1920 + 6000)
+    assert parts > 1 and rest == 0
+    assert f"line 6: parts {', '.join(str(n) for n in range(1, parts + 1))} of {parts} stopped" in err
+    for line, message in ((3, "unknown speaker"), (5, "not valid JSON"), (9, "the text does not fit max_len=200")):
+        assert f"error: line {line}: {message}" in err  # each found before the model loads
     assert "4/4" in err and "audio-s/s" in err
-    assert "3 written, 1 already there, 3 failed (of 7 lines)" in err
+    assert "4 written, 1 already there, 3 failed (of 8 lines)" in err
     assert (submitted[1].speaker, submitted[1].sampling.seed, submitted[0].speaker) == ("ryan", 5, "aiden")
 
-    code, err = run(capsys, *argv)  # again: only the line that failed in the engine is tried
-    assert code == 2 and [r.text for r in submitted] == [LONG_TEXT]
-    assert "0 written, 4 already there, 3 failed" in err
+    submitted.clear()
+    code, err = run(capsys, *argv)  # again: what was written is skipped, the bad lines fail again
+    assert code == 2 and submitted == []
+    assert "0 written, 5 already there, 3 failed" in err
 
 
 def test_batch_options_are_checked_before_anything_loads(tiny_custom_voice, tmp_path, capsys, no_model_load):

@@ -21,7 +21,8 @@ from ..errors import QttsError
 from . import checks
 from .output import write_whole
 from .parser import MAX_SEED
-from .speak import check_voice_files, clone_voice, load_generator, load_planner, request_options, warn_if_capped
+from .speak import (check_voice_files, clone_voice, load_generator, load_planner, request_options, speech_parts,
+                    warn_if_capped)
 
 LINE_FIELDS = ("text", "speaker", "instruct", "language", "seed", "out")
 
@@ -110,7 +111,9 @@ def _job(planner, shared: dict, number: int, fields, out_dir: Path, fmt: str, ta
     if seed is not None and (type(seed) is not int or not 0 <= seed <= MAX_SEED):
         raise LineError(f"seed {seed!r} must be an integer from 0 to {MAX_SEED}")
     options = {**shared, **{key: fields[key] for key in ("speaker", "instruct", "language") if key in fields}}
-    return Job(line=number, out=out, request=planner.request(fields["text"], **{**options, "seed": seed}))
+    request = planner.request(fields["text"], **{**options, "seed": seed})
+    planner.split(request)  # a text that cannot fit max_len even in parts fails here, before the model loads
+    return Job(line=number, out=out, request=request)
 
 
 def _report(line: int, error: Exception) -> None:
@@ -134,7 +137,7 @@ def _speak(tts, jobs: list[Job]) -> int:
             else:
                 write_whole(job.out, result.samples, result.sample_rate)
                 audio_s += result.duration_s
-                warn_if_capped(result.finish_reason, len(result.codes), f"line {job.line}: ")
+                warn_if_capped(speech_parts(result), f"line {job.line}: ")
             bar.set_postfix_str(f"{audio_s / max(time.perf_counter() - started, 1e-9):.2f} audio-s/s")
             bar.update()
     return failed

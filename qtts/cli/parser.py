@@ -70,10 +70,10 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subtalker-top-k", type=int)
     p.add_argument("--subtalker-top-p", type=float)
     p.add_argument("--max-frames", type=positive_int, help="cap on generated frames (12.5 per second; default: "
-                   "5 s plus 0.4 s per character)")
+                   "5 s plus 0.4 s per character); each part of a long text gets this cap")
     p.add_argument("--max-len", type=positive_int, default=4096,
-                   help="positions one request may use, prompt plus generated frames (default: 4096); "
-                        "raise it for long texts")
+                   help="positions one request may use, prompt plus generated frames (default: 4096); a longer "
+                        "text is spoken in parts that fit, cut at sentence ends, with a 0.25 s pause between")
     p.add_argument("--text-mode", choices=("streaming", "non-streaming"), default=None,
                    help="how text is fed to the model (default: the mode's upstream default)")
     p.add_argument("--stream", action="store_true",

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from ..config import FRAME_MS, SAMPLES_PER_FRAME
+from ..config import FRAME_MS
 from ..errors import QttsError, WrongModelTypeError
 from . import checks
 from .output import GrowingAudioFile, write_whole
@@ -19,10 +19,12 @@ SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "repetition_penalty", "subt
 
 
 def load_planner(args: argparse.Namespace):
-    """The model's config, tokenizer and voice encoders, not its generator: enough to check requests."""
+    """The model's config, tokenizer and voice encoders, not its generator: enough to check requests and
+    split long texts as the generator will (same max_len)."""
     from ..api import TTS
 
-    planner = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, generator=False)
+    planner = TTS.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_len=args.max_len,
+                                  generator=False)
     needed = MODEL_TYPE_OF_COMMAND[args.command]
     if planner.model_type != needed:
         raise WrongModelTypeError(
@@ -75,21 +77,34 @@ def clone_voice(args: argparse.Namespace, planner):
     return voice
 
 
-def frame_cap(request) -> int:
-    """The most frames `request` can generate (the bar's total)."""
+def frame_cap(parts) -> int:
+    """The most frames the parts of a text can generate (the bar's total)."""
     from ..engine.planning import default_frame_cap
 
-    return request.max_frames if request.max_frames is not None else default_frame_cap(request.text)
+    return sum(part.max_frames if part.max_frames is not None else default_frame_cap(part.text) for part in parts)
 
 
-def warn_if_capped(finish_reason: str, frames: int, what: str = "") -> None:
-    """Say so on stderr (above any progress bar) when generation ended at the frame cap."""
+def warn_if_capped(parts: list[tuple[str, int]], what: str = "") -> None:
+    """Say so on stderr (above any progress bar) when generation ended at a frame cap; parts: (finish reason,
+    frames) of each part the text was spoken in (one for a text that fit)."""
     from tqdm import tqdm
 
-    if finish_reason == "length":
-        seconds = frames * FRAME_MS / 1000
-        tqdm.write(f"qtts: warning: {what}stopped at the frame cap ({frames} frames, {seconds:.1f} s) before the "
-                   "model ended the speech; raise --max-frames or --max-len, or split the text", file=sys.stderr)
+    capped = [(number, frames) for number, (reason, frames) in enumerate(parts, start=1) if reason == "length"]
+    if not capped:
+        return
+    if len(parts) == 1:
+        frames = capped[0][1]
+        where = f"stopped at the frame cap ({frames} frames, {frames * FRAME_MS / 1000:.1f} s)"
+    else:
+        numbers = ", ".join(str(number) for number, _ in capped)
+        where = f"part{'s' if len(capped) > 1 else ''} {numbers} of {len(parts)} stopped at the frame cap"
+    tqdm.write(f"qtts: warning: {what}{where} before the model ended the speech; raise --max-frames (it caps "
+               "each part of a long text) or try another --seed", file=sys.stderr)
+
+
+def speech_parts(speech) -> list[tuple[str, int]]:
+    """(finish reason, frames) of each part of a Speech (itself when the text was spoken whole)."""
+    return [(part.finish_reason, len(part.codes)) for part in speech.parts or [speech]]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -101,39 +116,41 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "clone":
         options["voice"] = clone_voice(args, planner)
     request = planner.request(args.text, **options)
+    parts = planner.split(request)
     tts = load_generator(args, planner)
     started = time.perf_counter()
-    samples_written, finish_reason = (_stream(tts, request, out) if args.stream else _whole(tts, request, out))
+    samples_written, finished = (_stream(tts, request, parts, out) if args.stream else _whole(tts, request, parts, out))
     elapsed = time.perf_counter() - started
     seconds = samples_written / tts.sample_rate
-    warn_if_capped(finish_reason, samples_written // SAMPLES_PER_FRAME)
+    warn_if_capped(finished)
     print(f"wrote {out}: {seconds:.2f} s of audio in {elapsed:.2f} s (RTF {seconds / max(elapsed, 1e-9):.2f}x)",
           file=sys.stderr)
 
 
-def _progress(request):
+def _progress(parts):
     from tqdm import tqdm
 
-    return tqdm(total=frame_cap(request), desc="generating", unit="frame", file=sys.stderr)
+    return tqdm(total=frame_cap(parts), desc="generating", unit="frame", file=sys.stderr)
 
 
-def _whole(tts, request, out) -> tuple[int, str]:
-    with _progress(request) as bar:
+def _whole(tts, request, parts, out) -> tuple[int, list[tuple[str, int]]]:
+    with _progress(parts) as bar:
         speech = tts.generate(request, on_frame=bar.update)  # each frame decodes as it is made: no stall after
         bar.total = bar.n = len(speech.codes)
     write_whole(out, speech.samples, speech.sample_rate)
-    return len(speech.samples), speech.finish_reason
+    return len(speech.samples), speech_parts(speech)
 
 
-def _stream(tts, request, out) -> tuple[int, str]:
+def _stream(tts, request, parts, out) -> tuple[int, list[tuple[str, int]]]:
     samples, started, first = 0, time.perf_counter(), None
-    with GrowingAudioFile(out, tts.sample_rate) as sink, _progress(request) as bar:
-        for chunk in tts.stream(request):
+    with GrowingAudioFile(out, tts.sample_rate) as sink, _progress(parts) as bar:
+        stream = tts.stream(request)
+        for chunk in stream:
             first = first if first is not None else time.perf_counter() - started
             sink.write(chunk)
             samples += len(chunk)
-            bar.update(samples // SAMPLES_PER_FRAME - bar.n)
+            bar.update(stream.frames - bar.n)
+        bar.total = bar.n
     if first is not None:
         print(f"first audio after {first * 1000:.0f} ms", file=sys.stderr)
-    # the stream does not report why it ended; a stream that used every frame it could was cut
-    return samples, "length" if samples // SAMPLES_PER_FRAME >= frame_cap(request) else "stop"
+    return samples, [(part.finish_reason, part.frames) for part in stream.parts]

@@ -2,7 +2,10 @@
 
 stream_format "audio": the body is one audio file in `response_format`, sent chunk by chunk (a wav
 header says "unknown length"). stream_format "sse": `data: {"type": "speech.audio.delta", "audio":
-base64}` events whose decoded bytes concatenate to that same file, then `speech.audio.done` with usage.
+base64}` events whose decoded bytes concatenate to that same file, then `speech.audio.done` with usage and
+finish_reason ("length" when the frame cap of the input, or of any of its parts, cut it short; an audio
+body cannot say so, its headers are sent with the first audio). An input too long for one request is
+spoken in parts, cut at sentence ends, with a 0.25 s pause between (synthesis.SpeechRun).
 The response starts only once the first audio exists, so errors before it get a proper status; a
 client that goes away, before or after that, cancels its engine stream at once. An error after the
 first audio (the engine died, the server is shutting down) ends an SSE stream with an `error` event
@@ -139,7 +142,7 @@ async def _sse_body(request: Request, run: SpeechRun, chunks, first, encoder: St
     try:
         async for data in _encoded(chunks, first, encoder):
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-        yield _event({"type": "speech.audio.done", "usage": run.usage()})
+        yield _event({"type": "speech.audio.done", "usage": run.usage(), "finish_reason": run.stream.finish_reason})
         status = 200
     except ApiError as exc:
         status = exc.status

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from ..engine.longform import split_request
+from ..engine.longform_stream import LongformStream
 from ..engine.remote import EngineProcessError
 from ..engine.request import SpeechRequest
 from ..errors import InvalidRequestError, OverloadedError, UnknownLanguageError, UnknownSpeakerError
@@ -24,6 +26,9 @@ from .voices_store import DamagedVoiceError
 log = logging.getLogger("qtts.server")
 
 CLIENT_GONE = 499  # nginx's status for "the client closed the request"
+# a long input's parts: the one being heard and the next generate, so a part is ready when the last ends
+# and one request holds at most two of the engine's rows
+PARTS_AHEAD = 1
 LANGUAGE_CODES = {"en": "english", "zh": "chinese", "ja": "japanese", "ko": "korean", "de": "german",
                   "fr": "french", "es": "spanish", "it": "italian", "pt": "portuguese", "ru": "russian"}
 
@@ -95,6 +100,9 @@ def api_error(exc: BaseException) -> ApiError:
 class SpeechRun:
     """One request submitted to the engine: its audio chunks, timing, and the metrics it reports once.
 
+    An input too long for one request (longform.split_request) is spoken in parts, one after another
+    with a short pause between; `stream` is then a LongformStream, which reads like the engine's Stream.
+
     Every run logs one line when it finishes, with its status and, if it failed, why; the state
     keeps the runs in flight so a shutdown can end them with a proper error (`interrupt`).
     """
@@ -110,7 +118,7 @@ class SpeechRun:
             if state.draining:
                 raise ApiError(503, "the server is shutting down; retry on another instance", code="shutting_down",
                                headers={"Retry-After": "1"})
-            self.stream = state.engine.submit(request, chunk_frames=state.settings.chunk_frames)
+            self.stream = _submit(state, split_request(state.tts.model, request, state.engine.max_len))
         except Exception as exc:
             error = api_error(exc)
             if count_outcome:
@@ -185,3 +193,16 @@ class SpeechRun:
         error = f" error={self.error.message!r}" if self.error is not None else ""
         log.log(level, "%s %s status=%d audio=%.2fs first_audio=%s elapsed=%.2fs finish=%s%s", self.endpoint, self.id,
                 status, self.audio_seconds, first, elapsed, self.stream.finish_reason, error)
+
+
+def _submit(state: ServerState, parts: list[SpeechRequest]):
+    """The engine's Stream of a request spoken whole, or a LongformStream of its parts (the first ones
+    submitted now, so an engine that refuses them refuses before the response starts)."""
+    def submit(part: SpeechRequest):
+        return state.engine.submit(part, chunk_frames=state.settings.chunk_frames)
+
+    if len(parts) == 1:
+        return submit(parts[0])
+    stream = LongformStream(submit, parts, ahead=PARTS_AHEAD)
+    stream.start()
+    return stream

@@ -85,9 +85,35 @@ def test_sse_events_carry_the_audio_and_usage(custom_voice_server, speaker):
     assert done["type"] == "speech.audio.done"
     audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
     assert_same_audio(pcm(custom_voice_server, "Events.", speaker), audio)
+    assert done["finish_reason"] == "length"  # FAST's max_frames, before the random weights ever stop
     usage = done["usage"]
     assert usage["output_tokens"] == len(audio) // (2 * SAMPLES_PER_FRAME)
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] and usage["input_tokens"] > 0
+
+
+def test_an_input_too_long_for_one_request_is_spoken_in_parts(tiny_custom_voice, tmp_path, speaker):
+    from qtts.api import TTS
+
+    tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", max_len=256)
+    text = " ".join(f"Sentence number {n} of a long input, read in parts." for n in range(70))
+    request = tts.request(text, speaker=speaker, max_frames=8, greedy=True)
+    expected = tts.generate(request)
+    assert len(expected.parts) > 3 and len(text) <= 4096
+    server = LiveServer(tts, tmp_path)
+    try:
+        url = server.url + "/v1/audio/speech"
+        body = {"input": text, "voice": speaker, "response_format": "pcm", **FAST}
+        audio = httpx.post(url, json=body, timeout=60)
+        sse = httpx.post(url, json={**body, "stream_format": "sse"}, timeout=60)
+        refused = httpx.post(url, json={"input": "Hi.", "voice": speaker, "instructions": "Slowly. " * 200}, timeout=60)
+    finally:
+        server.close()
+    assert audio.status_code == 200
+    assert_same_audio((expected.samples * 32767).round().astype("<i2").tobytes(), audio.content)
+    events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+    assert_same_audio(audio.content, b"".join(base64.b64decode(e["audio"]) for e in events[:-1]))
+    assert events[-1]["finish_reason"] == "length" and events[-1]["usage"]["output_tokens"] == len(expected.codes)
+    assert refused.status_code == 400 and "does not fit max_len=256" in refused.json()["error"]["message"]
 
 
 def test_models_health_metrics_and_demo_page(custom_voice_server, client, speaker):
