@@ -221,3 +221,31 @@ def test_batch_options_are_checked_before_anything_loads(tiny_custom_voice, tmp_
     assert code == 2 and "--out-dir" in err
     code, err = run(capsys, "speak", "Hello.", "--input-file", tmp_path / "lines.txt", "--out-dir", tmp_path)
     assert code == 2 and "either a text or --input-file" in err
+
+
+def test_text_from_stdin_is_spoken_as_it_arrives(tiny_custom_voice, tmp_path, monkeypatch):
+    """--text-stdin --stream: the text piped in, in pieces as a pipe delivers them, speaks as the whole text does
+    in streaming text mode."""
+    import io
+
+    import numpy as np
+    import soundfile
+
+    from qtts.api import TTS
+    from qtts.cli import main
+
+    text = "Hello there, how are you today? Fine, thanks."
+
+    class Pipe(io.BytesIO):
+        def read1(self, size=-1):  # a pipe hands over what has arrived: a few bytes at a time here
+            return super().read1(min(size, 7))
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(Pipe(text.encode())))
+    out = tmp_path / "stdin.wav"
+    assert main(["speak", "--text-stdin", "--stream", "--model", str(tiny_custom_voice), "--speaker", "aiden",
+                 "--seed", "3", "--max-frames", "12", "--dtype", "fp32", "--device", "cpu", "--out", str(out)]) == 0
+    tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32")
+    expected = tts.generate(tts.request(text, speaker="aiden", seed=3, max_frames=12, non_streaming_mode=False))
+    written, _ = soundfile.read(out, dtype="float32")
+    assert written.shape == expected.samples.shape
+    np.testing.assert_allclose(written, expected.samples, rtol=0, atol=1e-4)

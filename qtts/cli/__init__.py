@@ -40,13 +40,15 @@ def _run(args: argparse.Namespace) -> int | None:
 
             if args.out_dir is not None:
                 raise QttsError("--out-dir is for --input-file; give --out for one text")
-            if args.text is None:
+            if args.text is not None and args.text_stdin:
+                raise QttsError("give either a text or --text-stdin, not both")
+            if args.text is None and not args.text_stdin:
                 raise QttsError(f"give the text to speak: qtts {args.command} \"Hello.\" (or --input-file FILE)")
             return speak.run(args)
         from . import batch
 
-        if args.text is not None:
-            raise QttsError("give either a text or --input-file, not both")
+        if args.text is not None or args.text_stdin:
+            raise QttsError("give either a text (or --text-stdin) or --input-file, not both")
         return batch.run(args)
     if args.command == "serve":
         from ..server.cli import run_serve

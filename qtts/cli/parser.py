@@ -79,6 +79,9 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true",
                    help="decode while generating and grow --out on disk chunk by chunk (a player can open it "
                         "early; a wav's header gets its final sizes at the end)")
+    p.add_argument("--text-stdin", action="store_true",
+                   help="read the text from standard input as it arrives (e.g. an LLM's output piped in): speech "
+                        "starts with the first words, in streaming text mode; with --stream the file grows meanwhile")
     batch = p.add_argument_group("batch", "many texts in one run, resumable: outputs that exist are skipped")
     batch.add_argument("--input-file", help="one text per line, or JSON lines with text and optionally speaker, "
                        "instruct, language, seed and out (a file name in --out-dir)")

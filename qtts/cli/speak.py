@@ -5,6 +5,8 @@ import argparse
 import sys
 import time
 
+import numpy as np
+
 from ..config import FRAME_MS
 from ..errors import QttsError, WrongModelTypeError
 from . import checks
@@ -115,6 +117,12 @@ def run(args: argparse.Namespace) -> None:
     options = request_options(args)
     if args.command == "clone":
         options["voice"] = clone_voice(args, planner)
+    if args.text_stdin:
+        if options.get("non_streaming_mode"):
+            raise QttsError("--text-stdin speaks text as it arrives, in streaming text mode: drop --text-mode")
+        planner.request("", text_open=True, **options)  # checks the options before the model loads
+        _speak_stdin(load_generator(args, planner), options, out, args.stream)
+        return
     request = planner.request(args.text, **options)
     parts = planner.split(request)
     tts = load_generator(args, planner)
@@ -125,6 +133,47 @@ def run(args: argparse.Namespace) -> None:
     warn_if_capped(finished)
     print(f"wrote {out}: {seconds:.2f} s of audio in {elapsed:.2f} s (RTF {seconds / max(elapsed, 1e-9):.2f}x)",
           file=sys.stderr)
+
+
+def stdin_pieces(stream=None, size: int = 4096):
+    """Text from standard input as it arrives (UTF-8, a piece per read; a character split between reads waits)."""
+    import codecs
+
+    source = (stream or sys.stdin).buffer
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        data = source.read1(size) if hasattr(source, "read1") else source.read(size)
+        if not data:
+            break
+        piece = decoder.decode(data)
+        if piece:
+            yield piece
+    rest = decoder.decode(b"", final=True)
+    if rest:
+        yield rest
+
+
+def _speak_stdin(tts, options: dict, out, grow: bool) -> None:
+    """Speak standard input as it arrives; write the audio as it comes (--stream) or at the end."""
+    started, samples, chunks = time.perf_counter(), 0, []
+    sink = GrowingAudioFile(out, tts.sample_rate) if grow else None
+    try:
+        for chunk in tts.stream_text(stdin_pieces(), **options):
+            samples += len(chunk)
+            if sink is not None:
+                sink.write(chunk)
+            else:
+                chunks.append(chunk)
+    except BaseException:
+        if sink is not None:
+            sink.discard()
+        raise
+    if sink is not None:
+        sink.close()
+    else:
+        write_whole(out, np.concatenate(chunks) if chunks else np.zeros(0, np.float32), tts.sample_rate)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {out}: {samples / tts.sample_rate:.2f} s of audio in {elapsed:.2f} s", file=sys.stderr)
 
 
 def _progress(parts):
