@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int | None:
         from . import batch
 
         if args.text is not None or args.text_stdin:
-            raise QttsError("give either a text (or --text-stdin) or --input-file, not both")
+            raise QttsError("give either a text or --input-file, not both (nor --text-stdin)")
         return batch.run(args)
     if args.command == "serve":
         from ..server.cli import run_serve
