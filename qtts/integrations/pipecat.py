@@ -10,8 +10,8 @@ into that reply's audio context until `session.done`. A session per reply is wha
 a reply's audio is complete, and lets the next reply start generating while the previous one still plays.
 An interruption sends `cancel`, which stops the server's generation at once, and closes the session.
 
-`text_mode` is sent as the session field of the same name when set; a server that does not know the field
-refuses it, so it is off by default. `options` are sent with every session.update too: any extra field of
+`text_mode="stream"` makes the server speak from the reply's first words, each token joining the utterance as
+it arrives (the server's default, "sentence", waits for each sentence's end). `options` are sent with every session.update too: any extra field of
 POST /v1/audio/speech (seed, temperature, max_frames, greedy ...).
 """
 from __future__ import annotations

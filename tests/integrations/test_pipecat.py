@@ -92,6 +92,19 @@ def test_llm_tokens_stream_to_qtts_and_its_audio_comes_back(custom_voice_server,
     custom_voice_server.wait_idle()
 
 
+def test_in_stream_text_mode_the_reply_speaks_as_one_text_written_token_by_token(custom_voice_server, speaker):
+    """text_mode "stream": no sentence wait; the reply's audio is the whole reply in streaming text mode."""
+    service = QttsTTSService(url=custom_voice_server.ws_url, options=FAST, text_mode="stream",
+                             settings=QttsTTSService.Settings(voice=speaker, language="en"))
+    tokens = ("Hello", " there", ".", " How", " are", " you", "?")
+    frames = run(service, reply(*tokens))
+    tts = custom_voice_server.app.state.qtts.tts
+    whole = tts.generate(tts.request("".join(tokens), speaker=speaker, language="english", non_streaming_mode=False,
+                                     **FAST))
+    assert_same_audio((whole.samples * 32767).round().astype("<i2").tobytes(), audio_of(frames))
+    custom_voice_server.wait_idle()
+
+
 def test_each_reply_and_speak_frame_gets_its_own_audio(custom_voice_server, speaker):
     service = QttsTTSService(url=custom_voice_server.ws_url, options=FAST,
                              settings=QttsTTSService.Settings(voice=speaker))
