@@ -28,11 +28,12 @@ import torch
 from ..errors import EngineFailedError, InvalidRequestError, OverloadedError
 from ..graphs import batch_buckets as graph_batch_buckets
 from ..graphs import bucket_for
+from ..kernels.compile_watch import compiles, watch_compiles
 from ..models.codec_streaming import StreamingCodecDecoder
 from .model import ModelBundle
 from .pauses import DurationHistogram, gc_pauses
 from ..text_stream import ROLE_TOKENS, AssistantTextStream
-from .planning import RowPlan, check_request, default_frame_cap, plan_request
+from .planning import RowPlan, check_request, default_frame_cap, plan_request, warm_requests
 from .prompt import Prompt
 from .request import SpeechRequest
 from .rows import move_row
@@ -48,6 +49,7 @@ FINISH_COUNTERS = {"stop": "completed", "length": "completed", "cancelled": "can
 # launching the next frame's codes before this frame's end is read back pays at few rows, where the host's
 # turn is a large share of a frame; at many, an arrival mid-frame would waste a whole code predictor pass
 SPECULATE_MAX_ROWS = 4
+SLOW_ITERATION_S = 0.1  # an iteration this long after warm-up is logged: streams felt it
 # every combination of sampling work a batch can need (talker or predictor: none, sampling, sampling + top-p)
 SAMPLING_VARIANTS = ((False, False), (True, False), (True, True))
 
@@ -158,6 +160,9 @@ class Engine:
         self.scheduler = scheduler or Scheduler(max_batch)
         on_cuda = model.device.type == "cuda"
         self._late_captures = 0
+        self._late_compiles = 0
+        if on_cuda:
+            watch_compiles()
         step = FrameStep(model.talker, model.config, rows=max_batch, max_len=self.max_len, max_text=self.max_len,
                          prefix_cache=model.prefix_cache, kv_cache=model.kv_cache)
         self.runner = GraphRunner(step, model.use_graphs, on_late_capture=self._count_late_capture)
@@ -233,6 +238,7 @@ class Engine:
         self.codec.warmup()
         torch.cuda.synchronize(self.model.device)
         self.runner.graphs.mark_ready()
+        self._warm_requests()
         self._ready = True
         log.info("captured %d CUDA graphs in %.1f s", len(self.runner.graphs.graphs) + len(self.codec.conv_layouts),
                  time.perf_counter() - started)
@@ -249,6 +255,28 @@ class Engine:
             self.runner.flags = SamplingFlags.of([sampling])
             for first_row in range(min(2, self.max_batch)):
                 self.runner.prefill_rows(first_row, [PrefillItem(prompt, sampling, seed=0)])
+
+    def _warm_requests(self) -> None:
+        """Serve a few short requests of every kind this model takes, in every sampling variant, two at a time
+        (even and odd rows) and one with its text still coming: the eager work around the graphs (prompt
+        building, prefills, prefix caching, the codec's first call) then compiles its Triton kernels here,
+        not under a user's first requests. Their counts and cache entries are dropped afterwards."""
+        for index, request in enumerate(warm_requests(self.model)):
+            stream = self.submit(request)
+            if request.text_open:  # the rest in pieces settling one token and several at a time
+                for piece in (" there", ",", " my good", " friend."):
+                    self.step()
+                    stream.append_text(piece)
+                stream.end_text()
+            if index % 2:
+                while self.step():
+                    pass
+        while self.step():
+            pass
+        if self.model.prefix_cache is not None:
+            self.model.prefix_cache.clear(counters=True)
+        self._counts = dict.fromkeys(self._counts, 0)
+        self._iteration_time, self._rate, self._text_wait_s = DurationHistogram(), _RateMeter(), 0.0
 
     @property
     def ready(self) -> bool:
@@ -317,7 +345,7 @@ class Engine:
         return {"active": len(self._rows) + len(self._draining), "queued": len(self._queue),
                 "generating": len(self._rows), "frames_per_second": self._rate.rate(time.perf_counter()),
                 "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
-                "late_graph_captures": self._late_captures,
+                "late_graph_captures": self._late_captures, "late_kernel_compiles": self._late_compiles,
                 "waiting_for_text": sum(not job.runnable for job in self._rows), "text_wait_seconds": self._text_wait_s,
                 **{f"prefix_cache_{key}": value for key, value in cache.items()},
                 "iteration_seconds": self._iteration_time.snapshot(),
@@ -369,12 +397,27 @@ class Engine:
 
     def _guarded_iteration(self) -> None:
         started = time.perf_counter()
+        watching = self._ready and self.model.device.type == "cuda"
+        compiled_before = len(compiles()) if watching else 0
         try:
             self._iteration()
         except Exception as exc:  # a failure of batched work cannot be pinned on one request
             log.exception("engine iteration failed; failing the requests in flight")
             self._fail_all(exc)
-        self._iteration_time.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._iteration_time.observe(seconds)
+        if watching:
+            self._report_late_compiles(compiled_before)
+            if seconds > SLOW_ITERATION_S:
+                log.warning("an engine iteration took %.0f ms (%d rows, %d queued, %d admitted)",
+                            1000 * seconds, len(self._rows), len(self._queue), self._admitted)
+
+    def _report_late_compiles(self, seen: int) -> None:
+        late = compiles()[seen:]
+        self._late_compiles += len(late)
+        for compiled in late:
+            log.warning("compiled a Triton kernel after warm-up (%.0f ms; every stream waited): %s",
+                        1000 * compiled.seconds, compiled.kernel)
 
     def _iteration(self) -> None:
         self._admitted = 0

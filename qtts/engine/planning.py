@@ -4,10 +4,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 
+import torch
+
 from ..errors import InvalidRequestError
 from .model import ModelBundle
 from .prefix_cache import prefix_key
 from .prompt import Prompt, build_prompt, resolve_mode
+from ..voices import VoicePrompt
 from .request import SamplingParams, SpeechRequest
 
 FRAMES_PER_SECOND = 12.5
@@ -76,3 +79,34 @@ def plan_request(model: ModelBundle, request: SpeechRequest, max_len: int,
     seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)
     return RowPlan(prompt=prompt, sampling=request.sampling, seed=seed, max_frames=cap,
                    min_frames=request.min_frames, text_open=request.text_open)
+
+
+def warm_requests(model: ModelBundle) -> list[SpeechRequest]:
+    """Short requests covering what this model takes (each voice kind and prompt mode, every sampling variant,
+    a one-word and a longer text) and one with its text still coming; invalid combinations left out."""
+    config = model.config
+    if config.model_type == "custom_voice":
+        speaker = config.speakers[0] if config.speakers else None
+        voices = [dict(speaker=speaker), dict(speaker=speaker, instruct="Say it calmly.")]
+    elif config.model_type == "voice_design":
+        voices = [dict(instruct="A calm, clear voice.")]
+    else:
+        embedding = torch.zeros(config.speaker_encoder.enc_dim)
+        codes = torch.zeros(20, config.talker.num_code_groups, dtype=torch.long)
+        voices = [dict(voice=VoicePrompt(embedding)),
+                  dict(voice=VoicePrompt(embedding, reference_codes=codes, reference_text="Hello there."))]
+    variants = [SamplingParams.greedy(), model.sampling(seed=0),
+                model.sampling(seed=0, top_p=0.9, subtalker_top_p=0.9)]
+    candidates = [SpeechRequest(text=text, sampling=sampling, max_frames=3, min_frames=3, non_streaming_mode=mode,
+                                **voice)
+                  for voice in voices for sampling in variants
+                  for text, mode in (("Hi.", None), ("Hello there, how are you today?", not voices.index(voice)))]
+    candidates.append(SpeechRequest(text="Hello", sampling=variants[1], max_frames=4, min_frames=3, text_open=True,
+                                    **voices[0]))
+    requests = []
+    for request in candidates:
+        try:
+            requests.append(check_request(model, request))
+        except InvalidRequestError:
+            continue
+    return requests

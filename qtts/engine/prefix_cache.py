@@ -95,11 +95,13 @@ class PrefixCache:
                 self._bytes -= evicted.nbytes
                 self._counts["evictions"] += 1
 
-    def clear(self) -> None:
-        """Drop every entry (frees their device memory); the counters keep counting."""
+    def clear(self, counters: bool = False) -> None:
+        """Drop every entry (frees their device memory); the counters keep counting unless `counters`."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+            if counters:
+                self._counts = dict.fromkeys(self._counts, 0)
 
     def stats(self) -> dict:
         """hits, misses, evictions, entries, bytes and max_bytes."""

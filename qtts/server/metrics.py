@@ -48,6 +48,9 @@ class _EngineCollector:
             yield GaugeMetricFamily(f"qtts_engine_{key}", help_text, value=float(stats.get(key, 0)))
         yield CounterMetricFamily("qtts_engine_text_wait_seconds", "time rows waited for text still being written",
                                   value=float(stats.get("text_wait_seconds", 0)))
+        for key, help_text in (("late_graph_captures", "CUDA graphs captured after warm-up (every stream waited)"),
+                               ("late_kernel_compiles", "Triton kernels compiled after warm-up (every stream waited)")):
+            yield CounterMetricFamily(f"qtts_engine_{key}", help_text, value=float(stats.get(key, 0)))
         yield CounterMetricFamily("qtts_engine_completed", "requests the engine finished",
                                   value=float(stats.get("completed", 0)))
         for key, help_text in (("hits", "voice prompt prefixes found in the K/V cache"),

@@ -67,3 +67,49 @@ def test_requests_arriving_mid_frame_match_solo_runs(tiny_custom_voice, exact_fp
         solo = tts.generate(request).samples
         assert samples.shape == solo.shape
         assert np.abs(samples - solo).max() < 1e-3
+
+
+SERVE_AFTER_WARMUP = r"""
+import json, sys, threading, time
+import numpy as np
+from qtts.api import TTS
+from qtts.engine.engine import Engine
+
+tts = TTS.from_pretrained(sys.argv[1], device="cuda", max_len=512)
+engine = Engine(tts.model, max_batch=16)
+engine.warmup()
+engine.start()
+texts = ["Hi.", "Hello there, how are you today?", "Numbers: 1, 22, 333.", "A longer sentence, with commas, to speak."]
+speakers = sorted(tts.speakers)
+streams = []
+for index in range(24):  # arrivals alone, in bursts and mid-frame; every sampling variant; lengths 1..40 frames
+    sampling = ({"greedy": True}, {"seed": index}, {"seed": index, "top_p": 0.8, "subtalker_top_p": 0.9})[index % 3]
+    frames = 1 + (index * 7) % 40
+    request = tts.request(texts[index % 4], speaker=speakers[index % len(speakers)], max_frames=frames,
+                          min_frames=min(frames, 2), **sampling)
+    streams.append(engine.submit(request))
+    time.sleep((0.0, 0.003, 0.02)[index % 3])
+for stream in streams:
+    list(stream)
+stats = engine.stats()
+engine.stop()
+print(json.dumps({key: stats[key] for key in ("late_graph_captures", "late_kernel_compiles", "completed")}))
+"""
+
+
+def test_a_fresh_process_compiles_and_captures_nothing_after_warmup(tiny_custom_voice, tmp_path):
+    """A cold server's first requests must not wait for a Triton compile or a graph capture: in a new process
+    (nothing compiled in memory yet), warm up, then serve varied requests, and count what was built late."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", SERVE_AFTER_WARMUP, str(tiny_custom_voice)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["completed"] == 24
+    late = [line for line in done.stderr.splitlines() if "after warm-up" in line]
+    assert stats["late_graph_captures"] == 0 and stats["late_kernel_compiles"] == 0, "\n".join(late)
