@@ -244,16 +244,16 @@ class Engine:
                  time.perf_counter() - started)
 
     def _warm_prefill_sampling(self) -> None:
-        """Run the eager part of a prefill (the first codebook 0's sampling) in every sampling variant, from an
-        even and an odd first row: Triton compiles a kernel per pointer alignment, and a compile in the loop
-        stalls every stream for a second."""
+        """Run the eager part of a prefill (the first codebook 0's sampling) in every sampling variant, from first
+        rows of each alignment class: Triton compiles a kernel per pointer alignment where it is not told
+        otherwise, and a compile in the loop stalls every stream for half a second."""
         hidden = self.model.config.talker.hidden_size
         rows = torch.zeros(4, hidden, device=self.model.device, dtype=self.model.dtype)
         prompt = Prompt(prefill=rows, trailing=rows[:0], pad_row=rows[0])
         for do_sample, top_p in SAMPLING_VARIANTS:
             sampling = self.model.sampling(do_sample=do_sample, top_p=0.9 if top_p else 1.0)
             self.runner.flags = SamplingFlags.of([sampling])
-            for first_row in range(min(2, self.max_batch)):
+            for first_row in (row for row in (0, 1, 2, 4, 8) if row < self.max_batch):
                 self.runner.prefill_rows(first_row, [PrefillItem(prompt, sampling, seed=0)])
 
     def _warm_requests(self) -> None:

@@ -29,12 +29,22 @@ class _Watch:
         self.started[threading.get_ident()] = time.perf_counter()
         return None  # anything true would tell Triton to skip the compile
 
-    def after(self, *, repr: str = "", **kwargs):  # noqa: A002 (Triton's keyword)
+    def after(self, *, fn=None, compile: dict | None = None, **kwargs):  # noqa: A002 (Triton's keywords)
         began = self.started.pop(threading.get_ident(), None)
         seconds = time.perf_counter() - began if began is not None else 0.0
         with self.lock:
-            self.log.append(Compile(repr, seconds))
+            self.log.append(Compile(_describe(fn, compile or {}), seconds))
         return None
+
+
+def _describe(fn, compile: dict) -> str:
+    """The kernel's name, argument types and the specializations that keyed this compile (alignment, constants)."""
+    name = getattr(fn, "name", None) or "kernel"
+    signature = compile.get("signature") or {}
+    types = ", ".join(f"{arg}: {kind}" for arg, kind in signature.items())
+    configs = compile.get("configs") or [{}]
+    special = "; ".join(f"{list(args)}: {attrs}" for args, attrs in (configs[0] or {}).items())
+    return f"{name}({types}) [{special}]"
 
 
 _watch: _Watch | None = None

@@ -17,7 +17,10 @@ def _sample_kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # the per-row parameters are often slices starting at a prefill's first row: specialized on their
+    # alignment, each row offset modulo 16 would compile a kernel of its own under live traffic
+    @triton.jit(do_not_specialize_on_alignment=["out_ptr", "do_sample_ptr", "temperature_ptr", "top_k_ptr",
+                                                 "seeds_ptr", "steps_ptr"])
     def sample_kernel(scores_ptr, out_ptr, do_sample_ptr, temperature_ptr, top_k_ptr, seeds_ptr, steps_ptr,
                stride, vocab, stream_key, golden, step_mul, mix1, mix2, BLOCK: tl.constexpr):
         row = tl.program_id(0)

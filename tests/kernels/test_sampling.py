@@ -61,3 +61,24 @@ def test_greedy_rows_take_the_first_maximum():
     token = sample_fused(scores, params, torch.zeros(2, dtype=torch.int64, device=DEVICE),
                          torch.zeros(2, dtype=torch.int64, device=DEVICE), stream=1)
     assert token.tolist() == [7, 7]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the interpreter compiles nothing")
+def test_rows_starting_anywhere_share_one_compiled_kernel():
+    """A prefill samples rows from its first row on: every offset must reuse one kernel, since a compile under
+    live traffic stalls every stream for half a second."""
+    from qtts.kernels.compile_watch import compiles, watch_compiles
+
+    assert watch_compiles()
+    rows, vocab = 32, 3000  # a vocabulary no other test uses: its first call compiles
+    scores, params = _scores(rows, vocab), _params(rows)
+    seeds = torch.arange(rows, dtype=torch.int64, device=DEVICE)
+    steps = torch.zeros(rows, dtype=torch.int64, device=DEVICE)
+    sliced = lambda first: SamplingTensors(*(t[first:] for t in (params.do_sample, params.temperature,  # noqa: E731
+                                                                  params.top_k, params.top_p)))
+    sample_fused(scores[:1], sliced(0), seeds, steps, stream=1)
+    seen = len(compiles())
+    for first in range(1, 16):
+        sample_fused(scores[first:first + 1], sliced(first), seeds[first:], steps[first:], stream=1)
+    assert compiles()[seen:] == []
