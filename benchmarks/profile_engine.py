@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ RANGES = (("runner", "advance", "qtts.talker", "talker"), ("runner", "predict_fr
                                                           "code_predictor"),
           ("codec", "decode", "qtts.codec", "codec"), ("runner", "prefill_rows", "qtts.prefill", "other"))
 RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
+DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's activity types of device work
 # the loop's host phases, as ranges of their own in the trace
 PHASES = ("_drop_cancelled", "_feed_text", "_launch_step", "_prepare_prompts", "_collect_audio", "_finish_step",
           "_wait_for_step", "_send_first_audio", "_admit")
@@ -95,40 +97,72 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def device_work(prof, on_cuda: bool):
-    """(event, the host call that launched it) for every device event; without CUDA (the smoke run), every leaf
+def is_device_work(event) -> bool:
+    """A kernel, memcpy or memset (not a range drawn on the device's timeline, nor a wait between streams)."""
+    if event.device_type != DeviceType.CUDA:
+        return False
+    if event.activity_type:
+        return event.activity_type in DEVICE_ACTIVITIES
+    return not event.is_user_annotation and event.name not in RANGE_CATEGORY
+
+
+def device_work(prof, on_cuda: bool) -> list[tuple[object, list[str]]]:
+    """(event, the names of the host calls it was launched within, innermost first) for every device event.
+
+    The launching op comes from the event's link to it; where that link is missing, the qtts ranges around the
+    launch call (the runtime event of the same correlation id) stand in. Without CUDA (the smoke run), every leaf
     aten op on the host stands in for a kernel, so the attribution runs the same way."""
-    from torch.autograd import DeviceType
+    def names(event) -> list[str]:
+        chain = []
+        while event is not None:
+            chain.append(event.name)
+            event = event.cpu_parent
+        return chain
 
     events = prof.events()
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
     if not on_cuda:
-        return [(e, e.cpu_parent) for e in events
-                if e.device_type == DeviceType.CPU and e.name.startswith("aten::") and not e.cpu_children]
-    launchers = {e.id: e for e in events if e.device_type == DeviceType.CPU and e.linked_correlation_id == 0}
-    return [(e, launchers.get(e.linked_correlation_id)) for e in events if e.device_type == DeviceType.CUDA]
+        return [(e, names(e.cpu_parent)) for e in host if e.name.startswith("aten::") and not e.cpu_children]
+    launchers = {e.id: e for e in host if e.linked_correlation_id == 0}
+    launches = {e.id: e for e in host if e.linked_correlation_id > 0}  # the runtime calls (cudaGraphLaunch, ...)
+    spans = sorted(((e.time_range.end - e.time_range.start, e.time_range.start, e.time_range.end, e.name)
+                    for e in host if e.name in RANGE_CATEGORY))  # innermost (shortest) first
+
+    def around(event) -> list[str]:
+        launch = launches.get(event.id)
+        at = launch.time_range.start if launch is not None else event.time_range.start
+        return [name for _, start, end, name in spans if start <= at <= end]
+
+    work = []
+    for event in events:
+        if is_device_work(event):
+            chain = names(launchers.get(event.linked_correlation_id) if event.linked_correlation_id else None)
+            work.append((event, chain if any(name in RANGE_CATEGORY for name in chain) else chain + around(event)))
+    return work
 
 
 def attribute(prof, on_cuda: bool) -> dict:
     """GPU time (us) per category, the device's busy time (union of all device events), and the top kernels."""
     totals, kernels, intervals = defaultdict(float), defaultdict(float), []
-    for event, parent in device_work(prof, on_cuda):
+    for event, ranges in device_work(prof, on_cuda):
         start, end = event.time_range.start, event.time_range.end
-        ranges = []
-        while parent is not None:
-            ranges.append(parent.name)
-            parent = parent.cpu_parent
         totals[category(event.name, ranges)] += end - start
         kernels[event.name] += end - start
         intervals.append((start, end))
     top = sorted(kernels.items(), key=lambda item: -item[1])[:15]
-    return {"category_us": dict(totals), "busy_us": busy_us(intervals), "top_kernels_us": top}
+    kinds = defaultdict(int)  # what the device timeline held, counted or not (a check of the filter above)
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kinds[str(event.activity_type)] += 1
+    return {"category_us": dict(totals), "busy_us": busy_us(intervals), "top_kernels_us": top,
+            "device_events": dict(kinds)}
 
 
 def host_phases(prof) -> dict:
     """Host ms of each loop phase range over the profiled iterations (inclusive of what it calls)."""
     totals = defaultdict(float)
     for event in prof.events():
-        if event.name.startswith("engine."):
+        if event.device_type == DeviceType.CPU and event.name.startswith("engine."):
             totals[event.name[len("engine."):]] += event.time_range.end - event.time_range.start
     return totals
 
@@ -199,6 +233,7 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
             "gpu_ms": {name: per_iteration(device["category_us"].get(name, 0.0)) for name in CATEGORIES},
             "gpu_busy_ms": busy_ms, "host_gap_ms": round(profiled_ms - busy_ms, 3),
             "host_phase_ms": {name: per_iteration(us) for name, us in phases.items()},
+            "device_events": device["device_events"],
             "top_kernels_ms": [(name, per_iteration(us)) for name, us in device["top_kernels_us"]]}
 
 
