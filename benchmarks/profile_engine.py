@@ -6,10 +6,10 @@ For each N: N requests of a forced length go to one Engine (no HTTP) with the se
 drain their streams on threads of their own, and the caller's thread steps the loop. Once all N generate (and
 their chunk schedules have reached full-size chunks), `--iterations` iterations are timed as they run (wall ms per
 iteration, audio seconds per second), then `--profile-iterations` more run under torch.profiler: every device
-event (kernel, memcpy, memset) is put in one category, its GPU time summed per iteration, and the time the device
-was busy at all (the union over streams) is taken from the wall time: the rest is host gaps. The Chrome trace of
-a few iterations at the largest N goes to $OUT (else a temporary folder), gzipped. Writes JSON (default
-benchmarks/results/engine_profile_<device>.json; under --smoke only with --out).
+event (kernel, memcpy, memset) is put in one category and its GPU time summed per iteration; the time the device
+was busy at all (the union over streams) taken from the unprofiled iteration's wall time is the host gap. The
+Chrome trace of a few iterations at the largest N goes to $OUT (else a temporary folder), gzipped. Writes JSON
+(default benchmarks/results/engine_profile_<device>.json; under --smoke only with --out).
 """
 import argparse
 import gzip
@@ -201,10 +201,11 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
         late_before = engine.stats()["late_graph_captures"]
         wall_s = run_iterations(engine, count, args.iterations)
         frame_s = tts.model.codec_config.decoder.samples_per_frame / tts.sample_rate
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        on_cuda = tts.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
         with profile(activities=activities) as prof:
             profiled_s = run_iterations(engine, count, args.profile_iterations)
-        device, phases = attribute(prof, torch.cuda.is_available()), host_phases(prof)
+        device, phases = attribute(prof, on_cuda), host_phases(prof)
         if trace_dir is not None:
             with profile(activities=activities) as traced:
                 run_iterations(engine, count, args.trace_iterations)
@@ -231,7 +232,9 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
             "late_graph_captures": late, "profiled_iterations": args.profile_iterations,
             "profiled_iteration_ms": round(profiled_ms, 3),
             "gpu_ms": {name: per_iteration(device["category_us"].get(name, 0.0)) for name in CATEGORIES},
-            "gpu_busy_ms": busy_ms, "host_gap_ms": round(profiled_ms - busy_ms, 3),
+            # the device's busy time as profiled, against the iteration as it runs unprofiled
+            "gpu_busy_ms": busy_ms, "host_gap_ms": round(iteration_ms - busy_ms, 3),
+            "profiled_host_gap_ms": round(profiled_ms - busy_ms, 3),
             "host_phase_ms": {name: per_iteration(us) for name, us in phases.items()},
             "device_events": device["device_events"],
             "top_kernels_ms": [(name, per_iteration(us)) for name, us in device["top_kernels_us"]]}
@@ -244,7 +247,7 @@ def print_table(rows: list[dict]) -> None:
         values = [row["streams"], row["iteration_ms"], row["audio_s_per_s"], *(row["gpu_ms"][c] for c in CATEGORIES),
                   row["gpu_busy_ms"], row["host_gap_ms"]]
         print(" ".join(f"{value:>14}" for value in values))
-    print("(ms per iteration; categories and gaps from the profiled iterations)")
+    print("(ms per iteration; categories and GPU busy time from the profiled iterations, host gap = iteration - busy)")
 
 
 def main() -> None:
@@ -286,13 +289,14 @@ def main() -> None:
                "warmup_s": round(warmup_s, 1), "attribution": ATTRIBUTION_NOTE, "runs": []}
     with torch.no_grad():
         for count in counts:
-            row = profile_streams(tts, engine, count, args, out if count == counts[-1] and args.trace_iterations
-                                  else None)
+            traced = count == counts[-1] and args.trace_iterations > 0
+            row = profile_streams(tts, engine, count, args, out if traced else None)
             results["runs"].append(row)
             print({key: value for key, value in row.items() if key != "top_kernels_ms"}, flush=True)
     print_table(results["runs"])
     if args.out or not args.smoke:
-        save_results(results, args.out or ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json")
+        default = ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json"
+        save_results(results, args.out or default)
 
 
 if __name__ == "__main__":
