@@ -287,16 +287,16 @@ def main() -> None:
     results = {"device": device, "torch": torch.__version__, "size": args.size, "max_batch": max_batch,
                "max_len": args.max_len, "frames": args.frames, "chunk_frames": list(engine.chunk_frames),
                "warmup_s": round(warmup_s, 1), "attribution": ATTRIBUTION_NOTE, "runs": []}
+    path = args.out or ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json"
     with torch.no_grad():
         for count in counts:
             traced = count == counts[-1] and args.trace_iterations > 0
             row = profile_streams(tts, engine, count, args, out if traced else None)
             results["runs"].append(row)
             print({key: value for key, value in row.items() if key != "top_kernels_ms"}, flush=True)
+            if args.out or not args.smoke:  # after each N: a timeout still leaves the ones done
+                save_results(results, path)
     print_table(results["runs"])
-    if args.out or not args.smoke:
-        default = ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json"
-        save_results(results, args.out or default)
 
 
 if __name__ == "__main__":
