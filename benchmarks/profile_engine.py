@@ -37,9 +37,10 @@ from qtts.testing.fixtures import fixture_dir  # noqa: E402
 
 CATEGORIES = ("talker", "code_predictor", "codec", "sampling", "copies", "other")
 # the ranges the profile puts around the engine's device work (object, method, range name, category)
-RANGES = (("runner", "advance", "qtts.talker", "talker"), ("runner", "predict_frame", "qtts.code_predictor",
-                                                          "code_predictor"),
-          ("codec", "decode", "qtts.codec", "codec"), ("runner", "prefill_rows", "qtts.prefill", "other"))
+RANGES = (("runner", "advance", "qtts.talker", "talker"),
+          ("runner", "predict_frame", "qtts.code_predictor", "code_predictor"),
+          ("codec", "decode", "qtts.codec", "codec"),
+          ("runner", "prefill_rows", "qtts.prefill", "other"))
 RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
 DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's activity types of device work
 # the loop's host phases, as ranges of their own in the trace
