@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile options serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -131,9 +131,12 @@ for name in "${stages[@]}"; do
     codec-cudnn)
       stage codec-cudnn 200 python3 benchmarks/bench_codec.py --cudnn-benchmark --batches 1,16,64,128 --chunks 1,4,8 \
         --out "$OUT/codec_cudnn_benchmark.json" ;;
-    profile)
+    profile)  # where an iteration's time goes at 32, 64 and 128 streams (categories, host gaps; trace of 128 in $OUT)
       fixtures custom_voice:1.7b
-      stage profile 300 python3 benchmarks/profile_engine.py --size 1.7b --streams 16,64,128 --profile-streams 16 ;;
+      stage profile 150 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128 ;;
+    options)  # bf16 and each quantization option: one stream, the batch of 128, the quality gates (~4 min)
+      fixtures custom_voice:1.7b
+      stage options 270 python3 benchmarks/bench_options.py --size 1.7b ;;
     serve-check)  # the targets' region, open and closed loop, for a short device budget
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

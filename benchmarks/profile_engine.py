@@ -1,31 +1,58 @@
-"""Where the serving engine's time goes at N concurrent streams (GPU): the frame step alone, and the loop by phase.
+"""Where the serving engine's time goes at N concurrent streams: talker, code predictor, codec, sampling, copies and
+the host's gaps between them, per loop iteration (one frame of every stream).
 
-usage: python benchmarks/profile_engine.py [--size 1.7b] [--streams 1,16,64,128] [--frames 160] [--out FILE]
-Part 1 replays the captured halves of the frame step at each batch size (synchronised, ms per call). Part 2 submits N
-requests of a forced length straight to an Engine (no HTTP), drains them from reader threads, and times each
-loop phase over the iterations when all N streams generate: once as they run (wall time per iteration), once
-with a device sync after each phase (attribution). Part 3 profiles a few loop iterations at the largest N
-(CPU-side op counts). Writes JSON (default benchmarks/results/engine_profile_<device>.json).
+usage: python benchmarks/profile_engine.py [--size 1.7b] [--streams 32,64,128] [--out FILE] [--smoke]
+For each N: N requests of a forced length go to one Engine (no HTTP) with the server's chunk schedule, readers
+drain their streams on threads of their own, and the caller's thread steps the loop. Once all N generate (and
+their chunk schedules have reached full-size chunks), `--iterations` iterations are timed as they run (wall ms per
+iteration, audio seconds per second), then `--profile-iterations` more run under torch.profiler: every device
+event (kernel, memcpy, memset) is put in one category and its GPU time summed per iteration; the time the device
+was busy at all (the union over streams) taken from the unprofiled iteration's wall time is the host gap. The
+Chrome trace of a few iterations at the largest N goes to $OUT (else a temporary folder), gzipped. Writes JSON
+(default benchmarks/results/engine_profile_<device>.json; under --smoke only with --out).
 """
 import argparse
+import gzip
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qtts.api import TTS  # noqa: E402
+from qtts.api import BATCH_PREFILLS_PER_FRAME, TTS  # noqa: E402
 from qtts.bench import save_results  # noqa: E402
 from qtts.engine.engine import Engine  # noqa: E402
+from qtts.engine.scheduler import Scheduler  # noqa: E402
 from qtts.testing.fixtures import fixture_dir  # noqa: E402
 
-PHASES = ("_drop_cancelled", "_launch_step", "_prepare_prompts", "_collect_audio", "_finish_step", "_admit")
+CATEGORIES = ("talker", "code_predictor", "codec", "sampling", "copies", "other")
+# the ranges the profile puts around the engine's device work (object, method, range name, category)
+RANGES = (("runner", "advance", "qtts.talker", "talker"),
+          ("runner", "predict_frame", "qtts.code_predictor", "code_predictor"),
+          ("codec", "decode", "qtts.codec", "codec"),
+          ("runner", "prefill_rows", "qtts.prefill", "other"))
+RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
+DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's activity types of device work
+# the loop's host phases, as ranges of their own in the trace
+PHASES = ("_drop_cancelled", "_feed_text", "_launch_step", "_prepare_prompts", "_collect_audio", "_finish_step",
+          "_wait_for_step", "_send_first_audio", "_admit")
+# the samplers' kernels and ops, by name (penalty and masking are elementwise kernels: they stay with their half)
+SAMPLING_KERNELS = ("sample_kernel", "noise", "sort", "topk", "argmax", "softmax", "scan", "cumsum", "multinomial")
+ATTRIBUTION_NOTE = ("Kernels are attributed by name first (memcpy/memset: copies; sampler kernels: sampling), then to "
+                    "the innermost qtts.* range of the host call that launched them. A CUDA graph replay launches "
+                    "its kernels from the range it was replayed in, so the graphed halves' kernels count to talker "
+                    "and code_predictor. Category times are sums of kernel durations; the codec runs on a stream of "
+                    "its own, overlapping the talker, so they can add up to more than gpu_busy_ms (the union).")
 
 
 def sync() -> None:
@@ -33,213 +60,244 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_frame_steps(engine: Engine, batches: list[int], attend: int, calls: int = 30) -> dict:
-    """ms per call of the two graphed halves of a frame (code predictor, talker), alone and together."""
-    runner, results = engine.runner, {}
-
-    def timed(fn) -> float:
-        for _ in range(2):  # warm-up and capture, if the engine's warm-up did not
-            fn()
-        sync()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        sync()
-        return round((time.perf_counter() - start) / calls * 1e3, 3)
-
-    def advance(batch):
-        runner.state.positions[:batch] = 0
-        runner.advance(batch, attend)
-
-    for batch in batches:
-        results[batch] = {"predict_ms": timed(lambda: runner.predict_frame(batch)),
-                          "advance_ms": timed(lambda: advance(batch)),
-                          "frame_ms": timed(lambda: (runner.predict_frame(batch), advance(batch)))}
-    return results
-
-
-def gemv_comparison(tts: TTS, attend: int) -> dict:
-    """Frame halves at batch 1 with the code predictor's one-row projections as fused GEMVs (default) and as
-    cuBLAS GEMMs (QTTS_DISABLE_GEMV=1), each in a one-row engine of its own (the switch is read at capture)."""
-    import os
-
-    results, before = {}, os.environ.get("QTTS_DISABLE_GEMV")
-    if before == "1":  # switched off for this session (gpu_session.sh does it when the kernel fails its tests)
-        return {"skipped": "QTTS_DISABLE_GEMV=1"}
-    for name, disabled in (("gemv", None), ("cublas", "1")):
-        if disabled:
-            os.environ["QTTS_DISABLE_GEMV"] = disabled
-        try:
-            engine = Engine(tts, max_batch=1, max_len=1024)
-            engine.warmup(max_attend=attend)
-            results[name] = time_frame_steps(engine, [1], attend, calls=100)[1]
-        finally:
-            if before is None:
-                os.environ.pop("QTTS_DISABLE_GEMV", None)
-            else:
-                os.environ["QTTS_DISABLE_GEMV"] = before
-        del engine
-    return results
-
-
-def profile_frame_kernels(engine: Engine, batch: int, attend: int, frames: int = 20) -> dict:
-    """The kernels of `frames` graphed frame steps at `batch`: per-frame count and the top ones by GPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    runner = engine.runner
-
-    def frame():
-        runner.predict_frame(batch)
-        runner.state.positions[:batch] = 0
-        runner.advance(batch, attend)
-
-    frame()
-    sync()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(frames):
-            frame()
-        sync()
-    launches = sum(e.count for e in prof.key_averages()
-                   if getattr(e, "self_device_time_total", 0) > 0 and not e.key.startswith(("Memcpy", "Memset")))
-    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
-    return {"batch": batch, "kernels_per_frame": round(launches / frames, 1), "table": table}
-
-
-class PhaseTimer:
-    """Wraps the engine's loop phases; records the seconds of each while `streams` rows generate."""
-
-    def __init__(self, engine: Engine, streams: int, sync: bool):
-        self.engine, self.streams, self.sync = engine, streams, sync
-        self.times: dict[str, list[float]] = defaultdict(list)
-        self.iterations: list[float] = []
-        for name in PHASES:
-            setattr(engine, name, self._wrap(name, getattr(engine, name)))
-        iteration = engine._iteration
-
-        def timed_iteration():
-            start = time.perf_counter()
-            iteration()
-            if len(engine._rows) == self.streams:
-                self.iterations.append(time.perf_counter() - start)
-        engine._iteration = timed_iteration
-
-    def _wrap(self, name, fn):
-        def timed(*args, **kw):
-            start = time.perf_counter()
-            result = fn(*args, **kw)
-            if self.sync and torch.cuda.is_available():
-                # the loop's stream only: the codec's stream is waited for by the phase that reads it
-                torch.cuda.current_stream().synchronize()
-            if len(self.engine._rows) == self.streams:
-                self.times[name].append(time.perf_counter() - start)
-            return result
-        return timed
-
-    def summary(self) -> dict:
-        ms = lambda xs: round(float(np.mean(xs)) * 1e3, 3) if xs else None  # noqa: E731
-        return {"iterations": len(self.iterations), "iteration_ms": ms(self.iterations),
-                "iteration_p90_ms": round(float(np.percentile(self.iterations, 90)) * 1e3, 3) if self.iterations
-                else None, **{f"{name.strip('_')}_ms": ms(self.times[name]) for name in PHASES}}
-
-
-def run_streams(tts: TTS, engine: Engine, count: int, frames: int) -> None:
-    requests = [tts.request(f"Stream number {i} says a sentence of ordinary length.", speaker=tts.speakers[0],
-                            language="english", seed=i, max_frames=frames, min_frames=frames) for i in range(count)]
-    streams = [engine.submit(r) for r in requests]
-    readers = [threading.Thread(target=lambda s=s: sum(len(c) for c in s)) for s in streams]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
-
-
-def profile_loop(tts: TTS, engine: Engine, count: int, frames: int, out: Path | None) -> dict:
-    """torch.profiler over the loop while `count` streams run; CPU op totals (and a trace under out)."""
-    import gzip
-    import shutil
-
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    def labelled(name, fn):  # the loop's phases show up as ranges in the trace
+def label(engine: Engine) -> None:
+    """Put a profiler range around each call of the engine's device work and of its loop phases (instance
+    attributes over the methods: the engine itself runs without them)."""
+    def labelled(name, fn):
         def run(*args, **kw):
             with record_function(name):
                 return fn(*args, **kw)
         return run
 
-    names = PHASES + ("_wait_for_step", "_send_first_audio", "_start")
-    for name in names:
-        setattr(engine, name, labelled(name, getattr(engine, name)))
+    for owner, method, name, _ in RANGES:
+        target = getattr(engine, owner)
+        setattr(target, method, labelled(name, getattr(target, method)))
+    for phase in PHASES:
+        setattr(engine, phase, labelled(f"engine.{phase.strip('_')}", getattr(engine, phase)))
+
+
+def category(kernel: str, ranges: list[str]) -> str:
+    """The category of a device event: by its kernel name (or, launched eagerly, its aten ops' names), then by the
+    innermost qtts range among `ranges`, the names of its launching host call and that call's parents."""
+    lowered = kernel.lower()
+    if lowered.startswith(("memcpy", "memset")):
+        return "copies"
+    ops = [lowered] + [name.lower() for name in ranges if name.startswith("aten::")]  # an eager kernel's ops
+    if any(pattern in op for op in ops for pattern in SAMPLING_KERNELS):
+        return "sampling"
+    return next((RANGE_CATEGORY[name] for name in ranges if name in RANGE_CATEGORY), "other")
+
+
+def busy_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def is_device_work(event) -> bool:
+    """A kernel, memcpy or memset (not a range drawn on the device's timeline, nor a wait between streams)."""
+    if event.device_type != DeviceType.CUDA:
+        return False
+    if event.activity_type:
+        return event.activity_type in DEVICE_ACTIVITIES
+    return not event.is_user_annotation and event.name not in RANGE_CATEGORY
+
+
+def device_work(prof, on_cuda: bool) -> list[tuple[object, list[str]]]:
+    """(event, the names of the host calls it was launched within, innermost first) for every device event.
+
+    The launching op comes from the event's link to it; where that link is missing, the qtts ranges around the
+    launch call (the runtime event of the same correlation id) stand in. Without CUDA (the smoke run), every leaf
+    aten op on the host stands in for a kernel, so the attribution runs the same way."""
+    def names(event) -> list[str]:
+        chain = []
+        while event is not None:
+            chain.append(event.name)
+            event = event.cpu_parent
+        return chain
+
+    events = prof.events()
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    if not on_cuda:
+        return [(e, names(e.cpu_parent)) for e in host if e.name.startswith("aten::") and not e.cpu_children]
+    launchers = {e.id: e for e in host if e.linked_correlation_id == 0}
+    launches = {e.id: e for e in host if e.linked_correlation_id > 0}  # the runtime calls (cudaGraphLaunch, ...)
+    spans = sorted(((e.time_range.end - e.time_range.start, e.time_range.start, e.time_range.end, e.name)
+                    for e in host if e.name in RANGE_CATEGORY))  # innermost (shortest) first
+
+    def around(event) -> list[str]:
+        launch = launches.get(event.id)
+        at = launch.time_range.start if launch is not None else event.time_range.start
+        return [name for _, start, end, name in spans if start <= at <= end]
+
+    work = []
+    for event in events:
+        if is_device_work(event):
+            chain = names(launchers.get(event.linked_correlation_id) if event.linked_correlation_id else None)
+            work.append((event, chain if any(name in RANGE_CATEGORY for name in chain) else chain + around(event)))
+    return work
+
+
+def attribute(prof, on_cuda: bool) -> dict:
+    """GPU time (us) per category, the device's busy time (union of all device events), and the top kernels."""
+    totals, kernels, intervals = defaultdict(float), defaultdict(float), []
+    for event, ranges in device_work(prof, on_cuda):
+        start, end = event.time_range.start, event.time_range.end
+        totals[category(event.name, ranges)] += end - start
+        kernels[event.name] += end - start
+        intervals.append((start, end))
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:15]
+    kinds = defaultdict(int)  # what the device timeline held, counted or not (a check of the filter above)
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kinds[str(event.activity_type)] += 1
+    return {"category_us": dict(totals), "busy_us": busy_us(intervals), "top_kernels_us": top,
+            "device_events": dict(kinds)}
+
+
+def host_phases(prof) -> dict:
+    """Host ms of each loop phase range over the profiled iterations (inclusive of what it calls)."""
+    totals = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == DeviceType.CPU and event.name.startswith("engine."):
+            totals[event.name[len("engine."):]] += event.time_range.end - event.time_range.start
+    return totals
+
+
+def requests_for(tts: TTS, count: int, frames: int) -> list:
+    return [tts.request(f"Stream number {i} says a sentence of ordinary length.", speaker=tts.speakers[0],
+                        language="english", seed=i, max_frames=frames, min_frames=frames) for i in range(count)]
+
+
+def run_iterations(engine: Engine, count: int, iterations: int) -> float:
+    """Step the loop `iterations` times (all `count` streams generating throughout); wall seconds."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        engine.step()
+        if len(engine._rows) != count:
+            raise RuntimeError(f"a stream ended while {count} were measured: raise --frames")
+    sync()
+    return time.perf_counter() - start
+
+
+def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path | None) -> dict:
+    """One N: fill the engine, settle, time, profile (and trace), then cancel the streams."""
+    streams = [engine.submit(request) for request in requests_for(tts, count, args.frames)]
+    readers = [threading.Thread(target=lambda s=s: sum(len(chunk) for chunk in s), daemon=True) for s in streams]
+    for reader in readers:
+        reader.start()
     try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            run_streams(tts, engine, count, frames)
+        ramp = 0
+        while len(engine._rows) < count:
+            if not engine.step():
+                raise RuntimeError("the engine went idle before every stream started")
+            ramp += 1
+        for _ in range(args.settle):  # the chunk schedules reach their full-size chunks
+            engine.step()
+        late_before = engine.stats()["late_graph_captures"]
+        wall_s = run_iterations(engine, count, args.iterations)
+        frame_s = tts.model.codec_config.decoder.samples_per_frame / tts.sample_rate
+        on_cuda = tts.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+        with profile(activities=activities) as prof:
+            profiled_s = run_iterations(engine, count, args.profile_iterations)
+        device, phases = attribute(prof, on_cuda), host_phases(prof)
+        if trace_dir is not None:
+            with profile(activities=activities) as traced:
+                run_iterations(engine, count, args.trace_iterations)
+            trace = trace_dir / f"engine_trace_{count}.json"
+            traced.export_chrome_trace(str(trace))
+            with trace.open("rb") as source, gzip.open(f"{trace}.gz", "wb") as target:
+                shutil.copyfileobj(source, target)
+            trace.unlink()
+            print(f"trace: {trace}.gz", flush=True)
+        late = engine.stats()["late_graph_captures"] - late_before
     finally:
-        for name in names:
-            vars(engine).pop(name, None)
-    table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
-    if out is not None:
-        (out / f"engine_profile_{count}.txt").write_text(table)
-        trace = out / f"engine_trace_{count}.json"
-        prof.export_chrome_trace(str(trace))
-        with trace.open("rb") as source, gzip.open(f"{trace}.gz", "wb") as target:
-            shutil.copyfileobj(source, target)
-        trace.unlink()
-    return {"top_cpu_ops": table}
+        for stream in streams:
+            stream.cancel()
+        while engine.step():
+            pass
+        for reader in readers:
+            reader.join()
+    per_iteration = lambda us: round(us / 1e3 / args.profile_iterations, 3)  # noqa: E731
+    iteration_ms = wall_s / args.iterations * 1e3
+    profiled_ms = profiled_s / args.profile_iterations * 1e3
+    busy_ms = per_iteration(device["busy_us"])
+    return {"streams": count, "ramp_iterations": ramp, "iterations": args.iterations,
+            "iteration_ms": round(iteration_ms, 3), "audio_s_per_s": round(count * frame_s / (iteration_ms / 1e3), 1),
+            "late_graph_captures": late, "profiled_iterations": args.profile_iterations,
+            "profiled_iteration_ms": round(profiled_ms, 3),
+            "gpu_ms": {name: per_iteration(device["category_us"].get(name, 0.0)) for name in CATEGORIES},
+            # the device's busy time as profiled, against the iteration as it runs unprofiled
+            "gpu_busy_ms": busy_ms, "host_gap_ms": round(iteration_ms - busy_ms, 3),
+            "profiled_host_gap_ms": round(profiled_ms - busy_ms, 3),
+            "host_phase_ms": {name: per_iteration(us) for name, us in phases.items()},
+            "device_events": device["device_events"],
+            "top_kernels_ms": [(name, per_iteration(us)) for name, us in device["top_kernels_us"]]}
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = ("streams", "iteration_ms", "audio_s_per_s") + CATEGORIES + ("gpu_busy", "host_gap")
+    print(" ".join(f"{name:>14}" for name in columns))
+    for row in rows:
+        values = [row["streams"], row["iteration_ms"], row["audio_s_per_s"], *(row["gpu_ms"][c] for c in CATEGORIES),
+                  row["gpu_busy_ms"], row["host_gap_ms"]]
+        print(" ".join(f"{value:>14}" for value in values))
+    print("(ms per iteration; categories and GPU busy time from the profiled iterations, host gap = iteration - busy)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1.7b")
-    parser.add_argument("--streams", default="1,16,64,128")
-    parser.add_argument("--frames", type=int, default=160)
-    parser.add_argument("--max-batch", type=int, default=128)
-    parser.add_argument("--attend", type=int, default=256)
-    parser.add_argument("--profile-streams", type=int, default=64)
+    parser.add_argument("--streams", default="32,64,128")
+    parser.add_argument("--frames", type=int, default=300, help="forced length of every request (a cap only: the "
+                        "streams are cancelled once measured)")
+    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--settle", type=int, default=30, help="iterations between the last admission and timing")
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--profile-iterations", type=int, default=20)
+    parser.add_argument("--trace-iterations", type=int, default=4, help="in the trace of the largest N (0: none)")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--smoke", action="store_true", help="tiny fixture on CPU: checks the script runs")
+    parser.add_argument("--smoke", action="store_true", help="tiny fixture on CPU, a few iterations: checks the script")
     args = parser.parse_args()
-    counts = [int(n) for n in args.streams.split(",")]
-
     if args.smoke:
-        tts = TTS.from_pretrained(fixture_dir("custom_voice", "tiny"), device="cpu", dtype="fp32", max_len=512)
-    else:
-        tts = TTS.from_pretrained(fixture_dir("custom_voice", args.size), device="cuda", dtype="bf16")
-    engine = Engine(tts, max_batch=args.max_batch, max_len=tts.max_len)
+        args.size, args.max_len = "tiny", 256
+        args.streams, args.frames, args.settle = "2,3", 60, 2
+        args.iterations, args.profile_iterations, args.trace_iterations = 3, 2, 2
+    counts = sorted(int(n) for n in args.streams.split(","))
+    on_cuda = torch.cuda.is_available() and not args.smoke
+    tts = TTS.from_pretrained(fixture_dir("custom_voice", args.size), device="cuda" if on_cuda else "cpu",
+                              dtype="bf16" if on_cuda else "fp32", max_len=args.max_len)
+    # the server's engine, but graphs for the measured batch sizes only (fewer to capture) and the offline API's
+    # admission cap, so the rows fill in a few iterations; the measured iterations admit nothing
+    max_batch = counts[-1]
+    engine = Engine(tts.model, max_batch=max_batch, max_len=args.max_len, batch_buckets=tuple(counts),
+                    scheduler=Scheduler(max_batch, max_prefills_per_frame=BATCH_PREFILLS_PER_FRAME, low_buffer_s=0))
     started = time.perf_counter()
-    engine.warmup(max_attend=512)
+    engine.warmup()
     warmup_s = time.perf_counter() - started
-    buckets = [b for b in engine.batch_buckets if b in set(counts) | {1, 8, 16, 32, 64, 128}]
-    device = torch.cuda.get_device_name() if tts.device.type == "cuda" else "cpu"
-    results = {"device": device, "torch": torch.__version__, "size": args.size,
-               "max_batch": args.max_batch, "warmup_s": round(warmup_s, 1),
-               "frame_step_ms": time_frame_steps(engine, buckets, args.attend), "loop": {}}
-    print(results, flush=True)
-    if tts.device.type == "cuda":
-        results["batch_1_gemv_vs_cublas"] = gemv_comparison(tts, args.attend)
-        print("batch 1, fused GEMV vs cuBLAS:", results["batch_1_gemv_vs_cublas"], flush=True)
-        kernels = profile_frame_kernels(engine, 1, args.attend)
-        results["frame_kernels_batch_1"] = kernels
-        print("kernels per frame at batch 1:", kernels["kernels_per_frame"], flush=True)
-        print(kernels["table"], flush=True)
-    engine.start()
-    try:
-        for sync in (False, True):
-            for count in counts:
-                timer = PhaseTimer(engine, count, sync)
-                begin = time.perf_counter()
-                run_streams(tts, engine, count, args.frames)
-                for name in PHASES + ("_iteration",):  # unwrap
-                    vars(engine).pop(name, None)
-                row = {**timer.summary(), "wall_s": round(time.perf_counter() - begin, 2)}
-                results["loop"][f"{count}{'_sync' if sync else ''}"] = row
-                print(count, "sync" if sync else "", row, flush=True)
-        import os
-        out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-        results["profile"] = profile_loop(tts, engine, args.profile_streams, 60, out)
-        print(results["profile"]["top_cpu_ops"], flush=True)
-    finally:
-        engine.stop()
-    if args.out or not args.smoke:
-        save_results(results, args.out or ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json")
+    label(engine)
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(tempfile.mkdtemp(prefix="qtts-profile-"))
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if on_cuda else "cpu"
+    results = {"device": device, "torch": torch.__version__, "size": args.size, "max_batch": max_batch,
+               "max_len": args.max_len, "frames": args.frames, "chunk_frames": list(engine.chunk_frames),
+               "warmup_s": round(warmup_s, 1), "attribution": ATTRIBUTION_NOTE, "runs": []}
+    path = args.out or ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json"
+    with torch.no_grad():
+        for count in counts:
+            traced = count == counts[-1] and args.trace_iterations > 0
+            row = profile_streams(tts, engine, count, args, out if traced else None)
+            results["runs"].append(row)
+            print({key: value for key, value in row.items() if key != "top_kernels_ms"}, flush=True)
+            if args.out or not args.smoke:  # after each N: a timeout still leaves the ones done
+                save_results(results, path)
+    print_table(results["runs"])
 
 
 if __name__ == "__main__":

@@ -448,6 +448,8 @@ class Engine:
             self._close(job, "cancelled")
 
     def _admit(self) -> None:
+        if not self._queue:  # nothing to admit: skip the per-row buffer scan below
+            return
         now = time.perf_counter()
         # a row that has sent nothing yet counts as the least buffered (NOT_STARTED): no burst then.
         # Rows admitted since the last launch are left out: the per-frame cap already counts them
@@ -681,12 +683,14 @@ class Engine:
         self._wait_for_step(call)
         next_c0 = self._next_c0[: max(call.rows) + 1].tolist()
         self._rate.add(len(jobs), time.perf_counter())
+        frames = None  # the rows' codes as views made in one call, for streams that keep them
         for index, job in enumerate(jobs):
             job.position += 1
             job.emitted += 1
             job.stream.frames = job.emitted
             if job.stream.codes is not None:
-                job.stream.codes.append(call.frames[index])
+                frames = call.frames.unbind(0) if frames is None else frames
+                job.stream.codes.append(frames[index])
         for row, job in sorted(zip(call.rows, jobs), key=lambda pair: pair[0], reverse=True):
             if next_c0[row] == self.runner.eos_id:
                 job.end_reason = "stop"

@@ -122,7 +122,8 @@ class StreamingCodecDecoder:
     def _check_allocated(self, slots: list[int]) -> None:
         if len(set(slots)) != len(slots):
             raise ValueError(f"slots must be distinct, got {slots}")
-        unknown = [s for s in slots if not 0 <= s < self.max_streams or s in self._free]
+        free = set(self._free)  # one set per call: the engine checks every row's slot every frame
+        unknown = [s for s in slots if not 0 <= s < self.max_streams or s in free]
         if unknown:
             raise ValueError(f"slots {unknown} are not allocated; call allocate() first")
 

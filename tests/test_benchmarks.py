@@ -1,0 +1,50 @@
+"""The GPU session's benchmark scripts run end to end (their --smoke modes: the tiny fixture on CPU), so a change
+that breaks one shows here, not in a scarce GPU call."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_smoke(script: str, tmp_path: Path) -> dict:
+    out = tmp_path / "result.json"
+    (tmp_path / "out").mkdir(exist_ok=True)  # $OUT, as the GPU session makes it
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_profile_engine_attributes_each_iteration_and_writes_a_trace(tmp_path):
+    result = run_smoke("profile_engine.py", tmp_path)
+    assert [run["streams"] for run in result["runs"]] == [2, 3]
+    for run in result["runs"]:
+        assert run["iteration_ms"] > 0 and run["audio_s_per_s"] > 0
+        # on CPU the host's aten ops stand in for kernels: each half of the frame and the codec get time
+        assert all(run["gpu_ms"][name] > 0 for name in ("talker", "code_predictor", "codec", "sampling"))
+        assert run["host_gap_ms"] == pytest.approx(run["iteration_ms"] - run["gpu_busy_ms"], abs=1e-2)
+        assert run["host_phase_ms"]["launch_step"] > 0
+    assert result["commit"] and result["command"].startswith("profile_engine.py")
+    with gzip.open(tmp_path / "out" / "engine_trace_3.json.gz") as trace:
+        names = {event.get("name") for event in json.load(trace)["traceEvents"]}
+    assert {"qtts.talker", "qtts.code_predictor", "qtts.codec", "engine.collect_audio"} <= names
+
+
+def test_bench_options_measures_every_option_against_bf16(tmp_path):
+    result = run_smoke("bench_options.py", tmp_path)
+    rows = {row["option"]: row for row in result["rows"]}
+    assert list(rows) == ["bf16", "fp8_talker", "fp8_predictor", "kv_int8", "kv_int4"]
+    for option, row in rows.items():
+        assert "error" not in row and "skipped" not in row, row
+        assert row["ms_per_frame"] > 0 and row["batch_audio_s_per_s"] > 0
+        if option != "bf16":
+            assert 0.99 < row["layer_cosine"] <= 1 and row["codebook0_kl"] >= 0 and isinstance(row["failures"], list)
+    assert rows["kv_int8"]["passes"] and not rows["fp8_predictor"]["passes"]  # as on the tiny fixture in the docs
