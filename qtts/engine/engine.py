@@ -1,7 +1,8 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
 Every path runs this loop: the server on a thread of its own (`start`), the Python API and the CLI
-on the caller's thread (`step`). Each iteration: drop cancelled requests; launch one frame for every
+on the caller's thread (`step`). Each iteration: drop cancelled requests; confirm or start again the rows
+started on text not settled yet, and give rows the text settled since; launch one frame for every
 active row (the code predictor's half, then the codec on the new frames, then the talker's half);
 while that runs, build the next prompts (on a stream of their own), prefill them into the rows after
 the active ones (queued behind the step), and hand out the audio of the previous frame; then retire

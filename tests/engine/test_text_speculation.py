@@ -25,6 +25,16 @@ def _open(engine, tts, mode: dict, **options):
     return engine.submit(request, make_stream=_code_keeping_stream)
 
 
+def _started_on(tts, first: str, **engine_options):
+    """A new engine, and a stream (custom voice, greedy) given `first`, stepped until it waits for more text."""
+    engine = Engine(tts.model, max_batch=2, **engine_options)
+    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
+    stream.append_text(first)
+    while engine.step():
+        pass
+    return engine, stream
+
+
 def _pieces_inside_words(text: str, seed: int) -> list[str]:
     """The first word a character or two at a time, then random cuts."""
     rng = random.Random(seed)
@@ -78,11 +88,7 @@ def test_the_first_word_is_ready_to_play_when_the_next_one_arrives(models):
     """A first word without the space after it cannot settle: the engine prefills and decodes it anyway,
     holds its audio, and sends it as soon as the next word settles it."""
     tts = models["custom_voice"]
-    engine = Engine(tts.model, max_batch=2, chunk_frames=(1,))
-    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
-    stream.append_text("The")
-    while engine.step():
-        pass
+    engine, stream = _started_on(tts, "The", chunk_frames=(1,))
     assert engine.stats()["generating"] == 1 and stream.frames == 1  # its first frame is decoded
     assert stream.take_ready() == [] and stream.first_chunk_at is None  # and held back
     stream.append_text(" birds")
@@ -97,22 +103,15 @@ def test_the_first_word_is_ready_to_play_when_the_next_one_arrives(models):
 
 def test_without_speculation_the_first_word_waits_to_settle(models):
     tts = models["custom_voice"]
-    engine = Engine(tts.model, max_batch=2, speculate_text=False)
-    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
-    stream.append_text("thanks")
-    assert not engine.step()
-    assert engine.stats()["generating"] == 0 and stream.frames == 0
+    engine, stream = _started_on(tts, "thanks", speculate_text=False)
+    assert engine.stats()["generating"] == 0 and engine.stats()["queued"] == 1 and stream.frames == 0
 
 
 def test_a_settled_first_word_is_heard_before_the_next_one(models):
     """The first frame's codes do not depend on the text row its talker half reads: a row waiting for that
     row decodes its frame at once."""
     tts = models["custom_voice"]
-    engine = Engine(tts.model, max_batch=2, chunk_frames=(1,), speculate_text=False)
-    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
-    stream.append_text("The ")  # a one-token word, settled by the space
-    while engine.step():
-        pass
+    engine, stream = _started_on(tts, "The ", chunk_frames=(1,), speculate_text=False)  # settled by the space
     assert len(stream.take_ready()) == 1 and engine.stats()["waiting_for_text"] == 1
 
 
@@ -134,11 +133,7 @@ def test_a_first_word_that_grows_into_other_tokens_starts_again(models):
 @pytest.mark.parametrize("first", ["The", "to"])
 def test_the_text_ending_while_held(models, first):
     tts = models["custom_voice"]
-    engine = Engine(tts.model, max_batch=2)
-    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
-    stream.append_text(first)
-    while engine.step():
-        pass
+    engine, stream = _started_on(tts, first)
     audio = _speak(engine, stream, [], seed=0)
     np.testing.assert_allclose(np.concatenate(audio), _whole(tts, first, {"speaker": "aiden"}, greedy=True).samples,
                                rtol=0, atol=1e-5)
@@ -147,11 +142,7 @@ def test_the_text_ending_while_held(models, first):
 
 def test_a_held_stream_cancelled(models):
     tts = models["custom_voice"]
-    engine = Engine(tts.model, max_batch=2)
-    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
-    stream.append_text("thanks")
-    while engine.step():
-        pass
+    engine, stream = _started_on(tts, "thanks")
     stream.cancel()
     while engine.step():
         pass
@@ -165,11 +156,7 @@ def test_a_held_stream_cancelled(models):
 
 def test_a_held_stream_fails_with_the_engine(models):
     tts = models["custom_voice"]
-    engine = Engine(tts.model, max_batch=2)
-    stream = _open(engine, tts, {"speaker": "aiden"}, greedy=True)
-    stream.append_text("thanks")
-    while engine.step():
-        pass
+    engine, stream = _started_on(tts, "thanks")
 
     def broken(*args):
         raise RuntimeError("device lost")
