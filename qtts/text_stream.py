@@ -65,9 +65,13 @@ class IncrementalTokenizer:
 
     def end(self) -> list[int]:
         """The text is complete: the ids of everything not committed yet."""
-        ids = self._tokenizer.encode(self._pending) if self._pending else []
+        ids = self.tentative()
         self._pending = ""
         return ids
+
+    def tentative(self) -> list[int]:
+        """The ids `end()` would return now: those of the text not committed yet, were it complete."""
+        return self._tokenizer.encode(self._pending) if self._pending else []
 
     def _possible_special_start(self) -> int:
         """Where the longest tail of the pending text that could still grow into a special token begins."""
@@ -93,18 +97,30 @@ class AssistantTextStream:
     def __init__(self, tokenizer: TextTokenizer):
         self._tokens = IncrementalTokenizer(tokenizer)
         self.ids: list[int] = self._tokens.append(ASSISTANT_OPENING)
+        self._has_word = False  # a non-whitespace character has arrived
+        self._tentative: list[int] | None = None  # tentative_ids, until the text changes
 
     def append(self, text: str) -> list[int]:
         """Add a piece of the text; return the ids it settled."""
         new = self._tokens.append(text)
         self.ids += new
+        self._has_word = self._has_word or bool(text.strip())
+        self._tentative = None
         return new
 
     def end(self) -> list[int]:
         """The text is complete; return the last ids."""
         new = self._tokens.end()
         self.ids += new
+        self._tentative = None
         return new
+
+    def tentative_ids(self) -> list[int]:
+        """What `ids` would be if the text ended here (without the closing ids): the settled ids, then the
+        tentative ids of the rest, which more text may still change. Before the first word, just `ids`."""
+        if self._tentative is None:
+            self._tentative = self.ids + (self._tokens.tentative() if self._has_word else [])
+        return self._tentative
 
     @property
     def prefill_ready(self) -> bool:

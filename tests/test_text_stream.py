@@ -136,3 +136,29 @@ def test_prefill_is_ready_after_the_first_word(tokenizer):
     stream.end()
     prompt_ids = tokenizer.encode(assistant_template("Hello world."))
     assert stream.trailing_ids == prompt_ids[4:len(prompt_ids) - len(tokenizer.encode(CLOSING))]
+
+
+def test_tentative_ids_are_the_ids_if_the_text_ended_here(tokenizer):
+    rng = random.Random(5)
+    for _ in range(300):
+        text = random_text(rng)
+        stream = AssistantTextStream(tokenizer)
+        so_far = ""
+        for piece in random_split(rng, text):
+            stream.append(piece)
+            so_far += piece
+            tentative = stream.tentative_ids()
+            assert tentative[:len(stream.ids)] == stream.ids
+            if so_far.strip():
+                assert tentative + tokenizer.encode(CLOSING) == tokenizer.encode(assistant_template(so_far)), so_far
+            else:  # no word yet: nothing to start on
+                assert tentative == stream.ids
+
+
+def test_tentative_ids_of_a_word_not_settled(tokenizer):
+    stream = AssistantTextStream(tokenizer)
+    stream.append("\n")
+    assert stream.tentative_ids() == stream.ids and not stream.prefill_ready
+    stream.append("Hello")
+    assert not stream.prefill_ready
+    assert stream.tentative_ids()[3:] == tokenizer.encode("Hello")

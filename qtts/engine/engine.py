@@ -1,7 +1,8 @@
 """Continuous batching: many requests share one frame step; each streams its audio as it decodes.
 
 Every path runs this loop: the server on a thread of its own (`start`), the Python API and the CLI
-on the caller's thread (`step`). Each iteration: drop cancelled requests; launch one frame for every
+on the caller's thread (`step`). Each iteration: drop cancelled requests; confirm or start again the rows
+started on text not settled yet, and give rows the text settled since; launch one frame for every
 active row (the code predictor's half, then the codec on the new frames, then the talker's half);
 while that runs, build the next prompts (on a stream of their own), prefill them into the rows after
 the active ones (queued behind the step), and hand out the audio of the previous frame; then retire
@@ -54,7 +55,7 @@ SLOW_ITERATION_S = 0.1  # an iteration this long after warm-up is logged: stream
 SAMPLING_VARIANTS = ((False, False), (True, False), (True, True))
 
 
-@dataclass
+@dataclass(eq=False)  # one job is one row's run: a stream started again has another
 class _Job:
     """An admitted request: its row while it generates, its codec slot until its last chunk is out."""
 
@@ -71,6 +72,12 @@ class _Job:
     text_tokens: int = 0  # trailing text tokens in its row of the step
     text_complete: bool = True  # its text has ended and its last text row (end of text) is in
     held_since: float | None = None  # when its row began waiting for text
+    # the current frame's codes (16,), decoded while its row waited for the text row its talker half reads
+    codes_ahead: torch.Tensor | None = None
+    # started on text not settled yet: the ids its prefill read, until the settled ids confirm them (its
+    # audio is held back until then); and the stream's text_version they were last checked at
+    tentative_ids: list[int] | None = None
+    text_checked: int = 0  # a stream with tentative text has had a piece: it is checked at least once
 
     @property
     def runnable(self) -> bool:
@@ -78,7 +85,10 @@ class _Job:
         return self.text_complete or self.emitted < self.text_tokens
 
     def has_new_text(self) -> bool:
-        """Whether its stream holds text its row has not been given yet."""
+        """Whether its stream holds text its row has not been given (or, started on tentative text, not
+        checked) yet."""
+        if self.tentative_ids is not None:
+            return self.stream.text_version != self.text_checked
         if self.text_complete:
             return False
         ids, ended = self.stream.text_state()
@@ -86,7 +96,10 @@ class _Job:
 
     def chunk_due(self) -> bool:
         """Enough decoded frames for the next chunk, or the last ones (frames decode in order, so once
-        generation has ended the codec call that returns its audio holds its last frame)."""
+        generation has ended the codec call that returns its audio holds its last frame); never while its
+        audio is held back."""
+        if self.tentative_ids is not None:
+            return False
         schedule = self.stream.chunk_frames
         target = schedule[min(self.chunks_sent, len(schedule) - 1)]
         return bool(self.decoded) and (len(self.decoded) >= target or self.end_reason is not None)
@@ -94,13 +107,15 @@ class _Job:
 
 @dataclass
 class _CodecCall:
-    """A frame in flight: the jobs it advanced, their codes, and the codec call decoding them."""
+    """A frame in flight: the jobs whose frame it decodes, their codes, the codec call decoding them, and the
+    jobs whose talker half ran (a row waiting for text decodes its frame ahead of its talker half)."""
 
-    jobs: list[_Job]  # the rows that ran this frame (a row waiting for text does not)
+    jobs: list[_Job]  # the rows whose frame the codec decodes
     rows: list[int]  # their rows in the step
     frames: torch.Tensor  # (B, 16) the frame's codes
     samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
     done: torch.cuda.Event | None
+    advanced: list[tuple[int, _Job]] = field(default_factory=list)  # (row, job) whose talker half ran
     taken: set[int] = field(default_factory=set)  # rows whose audio was collected early (first frames)
     step_done: torch.cuda.Event | None = None  # recorded after the frame step that made these frames
 
@@ -140,7 +155,9 @@ class Engine:
     the model's). chunk_frames is the default chunk schedule: chunk k holds chunk_frames[k] frames,
     the last size repeats. batch_buckets: the frame step runs on the smallest bucket that holds the
     active rows (the rest are idle padding), so CUDA graphs are captured per bucket; default:
-    graphs.batch_buckets with graphs, exact batch sizes without.
+    graphs.batch_buckets with graphs, exact batch sizes without. speculate_text: a request whose text is
+    still being written starts on its first word before that word's tokens settle, its audio held back
+    until they settle as they were (if not, it starts again from the settled text; the output is the same).
 
     Run it either on a loop thread of its own (start/stop) or from the caller's thread, one
     iteration per `step()` call, never both.
@@ -148,7 +165,7 @@ class Engine:
 
     def __init__(self, model: ModelBundle, max_batch: int = 32, max_queue: int | None = 256,
                  chunk_frames=(1, 2, 4, 8, 12), max_len: int | None = None, scheduler: Scheduler | None = None,
-                 batch_buckets: tuple[int, ...] | None = None):
+                 batch_buckets: tuple[int, ...] | None = None, speculate_text: bool = True):
         if not model.has_generator:
             raise ValueError("the engine needs a model loaded with its generator")
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
@@ -157,6 +174,7 @@ class Engine:
             batch_buckets = graph_batch_buckets(max_batch) if model.use_graphs else range(1, max_batch + 1)
         self.batch_buckets = sorted(set(min(b, max_batch) for b in batch_buckets) | {max_batch})
         self.chunk_frames = check_chunk_frames(chunk_frames)
+        self.speculate_text = speculate_text
         self.scheduler = scheduler or Scheduler(max_batch)
         on_cuda = model.device.type == "cuda"
         self._late_captures = 0
@@ -198,6 +216,7 @@ class Engine:
         self._iteration_time = DurationHistogram()
         self._gc_pauses = gc_pauses()
         self._counts = {"completed": 0, "cancelled": 0, "failed": 0}
+        self._speculations = {"confirmations": 0, "rollbacks": 0}
 
     # ----- public interface ---------------------------------------------------------------------
     def start(self) -> None:
@@ -308,8 +327,9 @@ class Engine:
         queueing, where it costs no model work) and OverloadedError when max_queue requests wait.
         make_stream(request, chunk_frames, on_cancel, **options) builds the stream (a Stream subclass).
         A request with text_open takes the rest of its text through the stream's append_text and end_text;
-        it starts once its first words have settled, and its row waits (keeping its state, while the
-        others go on) whenever its next text token has not arrived.
+        it starts once its first words have settled (with speculate_text: once its first word has arrived),
+        and its row waits (keeping its state, while the others go on) whenever its next text token has not
+        arrived.
         """
         request = check_request(self.model, request)
         schedule = self.chunk_frames if chunk_frames is None else check_chunk_frames(chunk_frames)
@@ -347,6 +367,7 @@ class Engine:
                 "max_batch": self.max_batch, "max_queue": self.max_queue, **self._counts,
                 "late_graph_captures": self._late_captures, "late_kernel_compiles": self._late_compiles,
                 "waiting_for_text": sum(not job.runnable for job in self._rows), "text_wait_seconds": self._text_wait_s,
+                **{f"text_speculation_{key}": value for key, value in self._speculations.items()},
                 **{f"prefix_cache_{key}": value for key, value in cache.items()},
                 "iteration_seconds": self._iteration_time.snapshot(),
                 "gc_pause_seconds": self._gc_pauses.histogram.snapshot()}
@@ -365,23 +386,27 @@ class Engine:
 
     def _can_progress(self) -> bool:
         """Whether an iteration would do anything: not when every request waits for text."""
-        if self._draining or self._in_flight or any(job.stream.cancel_requested for job in self._rows):
+        if self._in_flight or any(job.stream.cancel_requested for job in self._rows + self._draining):
             return True
-        if any(job.runnable or job.has_new_text() for job in self._rows):
+        # a draining row started on tentative text waits for it to settle
+        if any(job.tentative_ids is None or job.has_new_text() for job in self._draining):
+            return True
+        if any(job.runnable or job.codes_ahead is None or job.has_new_text() for job in self._rows):
             return True
         with self._wakeup:
             return any(stream.cancel_requested or self._text_ready(stream) for stream in self._queue)
 
-    @staticmethod
-    def _text_ready(stream: Stream) -> bool:
+    def _text_ready(self, stream: Stream) -> bool:
         """Whether a stream has text the engine has not taken yet: all of it, or (open text) enough to start."""
         if not stream.request.text_open:
             return True
         ids, ended = stream.text_state()
+        if ended:
+            return True
         voice = stream.request.voice
         if voice is not None and voice.icl:  # its text rows lie over the reference in the prefill: all of them
-            return ended
-        return ended or ids > ROLE_TOKENS
+            return False
+        return ids > ROLE_TOKENS or (self.speculate_text and len(stream.tentative_ids()) > ROLE_TOKENS)
 
     def _run(self) -> None:
         if self.model.device.type == "cuda" and self.model.device.index is not None:
@@ -422,6 +447,7 @@ class Engine:
     def _iteration(self) -> None:
         self._admitted = 0
         self._drop_cancelled()
+        self._settle_tentative_starts()
         self._feed_text()
         call = self._launch_step() if self._rows else None
         self._prepare_prompts()  # host work for the next prefills, while this frame runs
@@ -446,6 +472,54 @@ class Engine:
         for job in [j for j in self._draining if j.stream.cancel_requested]:
             self._draining.remove(job)
             self._close(job, "cancelled")
+
+    def _settle_tentative_starts(self) -> None:
+        """Check the rows started on tentative text against the text that arrived since: confirm those whose
+        prefill read what has settled (their held audio goes out now), start the others again."""
+        for job in [j for j in self._rows + self._draining if j.tentative_ids is not None and j.has_new_text()]:
+            job.text_checked = job.stream.text_version  # read first: a piece arriving meanwhile is checked next
+            ids, ended, _ = job.stream.text_so_far()
+            if len(ids) > ROLE_TOKENS:
+                if ids[: ROLE_TOKENS + 1] == job.tentative_ids:
+                    self._confirm_start(job)
+                else:
+                    self._start_again(job)
+            elif ended or job.stream.tentative_ids()[: ROLE_TOKENS + 1] != job.tentative_ids:
+                self._start_again(job)  # its first word grew into other tokens: start on those
+
+    def _confirm_start(self, job: _Job) -> None:
+        """The tentative ids a job's prefill read have settled as they were: send what it holds back."""
+        job.tentative_ids = None
+        self._speculations["confirmations"] += 1
+        if job.chunk_due():
+            self._push(job)
+        if job in self._draining and not self._in_flight_holds(job):  # it ended, its last audio is in
+            self._draining.remove(job)
+            self._close(job, job.end_reason)
+
+    def _start_again(self, job: _Job) -> None:
+        """Drop a job whose prefill read tentative ids that settled (or are about to settle) otherwise: its row,
+        codec slot and held audio go, and its stream returns to the head of the queue, to start on the text
+        as it is now. None of its audio was sent, so the output is that of a start on the settled text."""
+        if job in self._rows:
+            self._release_row(self._rows.index(job))
+        else:
+            self._draining.remove(job)
+        self.codec.free(job.slot)
+        stream = job.stream
+        if job.held_since is not None:
+            self._count_text_wait(job, time.perf_counter())
+        stream.frames = 0
+        if stream.codes is not None:
+            stream.codes.clear()
+        self._speculations["rollbacks"] += 1
+        with self._wakeup:
+            self._queue.appendleft(stream)
+
+    def _in_flight_holds(self, job: _Job) -> bool:
+        """Whether the frame in flight decodes or advances `job` (its audio is collected with that call)."""
+        call = self._in_flight
+        return call is not None and (job in call.jobs or any(other is job for _, other in call.advanced))
 
     def _admit(self) -> None:
         if not self._queue:  # nothing to admit: skip the per-row buffer scan below
@@ -492,14 +566,14 @@ class Engine:
         self._build_plans(head)
         return True
 
-    def _build_plans(self, streams: list[Stream]) -> None:
+    def _build_plans(self, streams: list[Stream], open_text: tuple[list[int], bool, str] | None = None) -> None:
         """Each stream's plan (or the error building it raised) into self._plans, built on the prompt
-        stream and finished before this returns: prefills read them on another stream."""
+        stream and finished before this returns: prefills read them on another stream. open_text: the text
+        so far of a (single) request whose text is still being written."""
         with _on(self._prompt_stream):
             for stream in streams:
                 try:
-                    text = stream.text_so_far() if stream.request.text_open else None
-                    self._plans[stream] = plan_request(self.model, stream.request, self.max_len, text)
+                    self._plans[stream] = plan_request(self.model, stream.request, self.max_len, open_text)
                 except Exception as exc:  # raised again when the request is started
                     self._plans[stream] = exc
         if self._prompt_stream is not None:
@@ -507,7 +581,11 @@ class Engine:
 
     def _job_for(self, stream: Stream) -> _Job:
         """A request's plan and a codec slot: a job ready to prefill."""
-        if stream not in self._plans:  # arrived after the last _prepare_prompts
+        tentative = None
+        if stream.request.text_open:  # planned as it starts: the text may have grown since it was queued
+            text, tentative = self._text_to_start_on(stream)
+            self._build_plans([stream], text)
+        elif stream not in self._plans:  # arrived after the last _prepare_prompts
             self._build_plans([stream])
         plan = self._plans.pop(stream)
         if isinstance(plan, Exception):
@@ -528,7 +606,18 @@ class Engine:
         job = _Job(stream, plan, slot, position=plan.prompt.prefill.shape[0])
         if plan.text_open:  # its trailing rows hold the text tokens settled so far, no end-of-text row yet
             job.text_tokens, job.text_complete = plan.prompt.trailing.shape[0], False
+            job.tentative_ids = tentative  # checked against the text at the next iteration (text_checked 0)
         return job
+
+    def _text_to_start_on(self, stream: Stream) -> tuple[tuple[list[int], bool, str], list[int] | None]:
+        """The text so far (Stream.text_so_far) to plan an open-text request on, and, when it starts before
+        its first text token settled (speculate_text), the tentative ids its prefill reads."""
+        ids, ended, text = stream.text_so_far()
+        if ended or len(ids) > ROLE_TOKENS:
+            return (ids, ended, text), None
+        # the prefill reads the role ids and the first text id; later text rows are fed once settled
+        tentative = stream.tentative_ids()[: ROLE_TOKENS + 1]
+        return (tentative, False, text), tentative
 
     def _start(self, jobs: list[_Job]) -> None:
         """Prefill jobs, their prompts through the talker together, into the rows after the active ones;
@@ -557,16 +646,24 @@ class Engine:
         for row in reversed(range(first, len(self._rows))):
             job = self._rows[row]
             if job.plan.min_frames == 0 and int(self.runner.state.c0[row]) == self.runner.eos_id:
-                self._close(self._release_row(row), "stop")
+                self._release_row(row)
+                if job.tentative_ids is None:
+                    self._close(job, "stop")
+                else:  # it ends with no audio if its tentative text settles as it was
+                    job.end_reason = "stop"
+                    self._draining.append(job)
 
     def _launch_step(self) -> _CodecCall | None:
         """Launch one frame for every row that can run (None if every row waits for text): the code
         predictor's half, the codec on its new frame (on the codec stream), then the talker's half, which
-        the codec overlaps. A row waiting for text runs along in the step but keeps its state."""
+        the codec overlaps. A row waiting for text runs along in the step but keeps its state; its frame's
+        codes do not depend on the text row it waits for, so the codec decodes them at once (codes_ahead),
+        and its talker half runs on those codes once the text row is in."""
         jobs = list(self._rows)
         batch = len(jobs)
         runnable = self._mark_waiting_for_text(jobs)
-        if not any(runnable):
+        decode = [job.codes_ahead is None for job in jobs]
+        if not any(runnable) and not any(decode):
             return None
         self._frames_launched += 1
         padded = bucket_for(batch, self.batch_buckets)
@@ -577,10 +674,16 @@ class Engine:
         if frames is None:
             # a copy: the codec reads it on its own stream while the next frame overwrites the step's codes
             frames = self.runner.predict_frame(padded)[:batch].clone()
-        rows = [row for row, ok in enumerate(runnable) if ok]
-        if len(rows) < batch:
-            frames = frames[torch.tensor(rows, device=frames.device)]
-        call = self._launch_codec([jobs[row] for row in rows], rows, frames)
+        self._use_codes_ahead(jobs, runnable, frames)
+        rows = [row for row, ok in enumerate(decode) if ok]
+        decoded = frames if len(rows) == batch else frames[torch.tensor(rows, dtype=torch.long, device=frames.device)]
+        call = self._launch_codec([jobs[row] for row in rows], rows, decoded)
+        for row in rows:
+            if not runnable[row]:
+                jobs[row].codes_ahead = frames[row].clone()
+        if not any(runnable):
+            return call
+        call.advanced = [(row, job) for row, job in enumerate(jobs) if runnable[row]]
         self.runner.advance(padded, max(j.position for j in jobs) + 1)
         # read after the step without waiting for what is queued behind it (prefills admitted meanwhile)
         self._next_c0[:batch].copy_(self.runner.state.c0[:batch], non_blocking=self._codec_stream is not None)
@@ -592,6 +695,19 @@ class Engine:
             # reads this frame's end; rows that end meanwhile only drop out of them (_take_speculative)
             self._speculative = (jobs, self.runner.predict_frame(padded)[:batch].clone())
         return call
+
+    def _use_codes_ahead(self, jobs: list[_Job], runnable: list[bool], frames: torch.Tensor) -> None:
+        """Rows that run now on a frame decoded while they waited: that frame's codes, not the ones predicted
+        again, go to the talker's half (frames (B, 16) and the step's codes)."""
+        rows = [row for row, job in enumerate(jobs) if runnable[row] and job.codes_ahead is not None]
+        if not rows:
+            return
+        index = torch.tensor(rows, device=frames.device)
+        codes = torch.stack([jobs[row].codes_ahead for row in rows])
+        frames[index] = codes
+        self.runner.step.codes[index] = codes
+        for row in rows:
+            jobs[row].codes_ahead = None
 
     def _feed_text(self) -> None:
         """Give the rows of text still being written the tokens settled since (and the end-of-text row once
@@ -633,10 +749,7 @@ class Engine:
             if not ok and job.held_since is None:
                 job.held_since = now
             elif ok and job.held_since is not None:
-                waited = now - job.held_since
-                job.stream.text_wait_s += waited
-                self._text_wait_s += waited
-                job.held_since = None
+                self._count_text_wait(job, now)
         active = self.runner.state.active
         if not all(runnable):
             active[: len(jobs)] = torch.tensor(runnable, device=active.device)
@@ -645,6 +758,13 @@ class Engine:
             active.fill_(True)
             self._rows_held = False
         return runnable
+
+    def _count_text_wait(self, job: _Job, now: float) -> None:
+        """Its row stops waiting for text: count the time it waited."""
+        waited = now - job.held_since
+        job.stream.text_wait_s += waited
+        self._text_wait_s += waited
+        job.held_since = None
 
     def _take_speculative(self, jobs: list[_Job]) -> torch.Tensor | None:
         """The codes launched ahead for `jobs`, if they were launched for the same requests (some of which may
@@ -677,21 +797,23 @@ class Engine:
                 return
 
     def _finish_step(self, call: _CodecCall) -> None:
-        """Count the frame of the call's jobs (the rows in step order), retire the rows that ended (EOS
-        next, or cap reached)."""
-        jobs = call.jobs
+        """Count the frames the call decodes and the rows it advanced, retire the rows that ended (EOS next,
+        or cap reached)."""
         self._wait_for_step(call)
-        next_c0 = self._next_c0[: max(call.rows) + 1].tolist()
-        self._rate.add(len(jobs), time.perf_counter())
+        self._rate.add(len(call.jobs), time.perf_counter())
         frames = None  # the rows' codes as views made in one call, for streams that keep them
-        for index, job in enumerate(jobs):
-            job.position += 1
-            job.emitted += 1
-            job.stream.frames = job.emitted
+        for index, job in enumerate(call.jobs):
+            job.stream.frames += 1
             if job.stream.codes is not None:
                 frames = call.frames.unbind(0) if frames is None else frames
                 job.stream.codes.append(frames[index])
-        for row, job in sorted(zip(call.rows, jobs), key=lambda pair: pair[0], reverse=True):
+        if not call.advanced:
+            return
+        next_c0 = self._next_c0[: max(row for row, _ in call.advanced) + 1].tolist()
+        for _, job in call.advanced:
+            job.position += 1
+            job.emitted += 1
+        for row, job in sorted(call.advanced, key=lambda pair: pair[0], reverse=True):
             if next_c0[row] == self.runner.eos_id:
                 job.end_reason = "stop"
             elif job.emitted >= job.plan.max_frames:
@@ -711,6 +833,8 @@ class Engine:
     def _launch_codec(self, jobs: list[_Job], rows: list[int], frames: torch.Tensor) -> _CodecCall:
         """Decode one frame (B, 16) of each job in one call, on the codec stream; collected next iteration."""
         samples = self._samples[self._turn][: len(jobs)]
+        if not jobs:  # every row runs on a frame decoded while it waited for text
+            return _CodecCall(jobs, rows, frames, samples, None)
         self._turn ^= 1
         done = None
         if self._codec_stream is not None:
@@ -751,13 +875,16 @@ class Engine:
             if row not in call.taken:
                 job.decoded.append(samples.copy())
         now = time.perf_counter()
+        # a row advanced on a frame decoded earlier may have ended with it: its last chunk is due now
+        jobs = list({id(job): job for job in call.jobs + [job for _, job in call.advanced]}.values())
         candidates = [ChunkCandidate(job, playback_buffer_s(job.samples_sent / self.model.sample_rate,
                                                             job.stream.first_chunk_at, now), job.chunk_due())
-                      for job in call.jobs]
+                      for job in jobs]
         for candidate in self.scheduler.pick_chunks(candidates):
             self._push(candidate.stream)
-        for job in call.jobs:
-            if job.end_reason is not None and job in self._draining:  # its last frame is out
+        for job in jobs:
+            # its last frame is out (one started on tentative text ends once that text is confirmed)
+            if job.end_reason is not None and job in self._draining and job.tentative_ids is None:
                 self._draining.remove(job)
                 self._close(job, job.end_reason)
 

@@ -56,8 +56,9 @@ class RemoteEngine:
 
     def __init__(self, model: ModelBundle, max_batch: int = 32, max_queue: int = 256, chunk_frames=(1, 2, 4, 8, 12),
                  max_len: int | None = None, start_timeout_s: float = 1800.0, restart: bool = True, scheduler=None,
-                 restart_backoff_s: tuple[float, float] = (0.5, 30.0)):
+                 restart_backoff_s: tuple[float, float] = (0.5, 30.0), speculate_text: bool = True):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.speculate_text = speculate_text
         self.max_len = model.max_len if max_len is None else max_len
         self.scheduler = scheduler
         self.chunk_frames = check_chunk_frames(chunk_frames)
@@ -148,7 +149,8 @@ class RemoteEngine:
         # the bound on waiting requests is kept here; the child's queue also holds those not admitted yet,
         # and cancelled ones until its next iteration drops them
         engine_options = {"max_batch": self.max_batch, "max_queue": 2 * (self.max_batch + self.max_queue),
-                          "chunk_frames": self.chunk_frames, "max_len": self.max_len, "scheduler": self.scheduler}
+                          "chunk_frames": self.chunk_frames, "max_len": self.max_len, "scheduler": self.scheduler,
+                          "speculate_text": self.speculate_text}
         process = context.Process(target=_serve_engine, name="qtts-engine", daemon=True,
                                   args=(child_conn, str(self.model.folder), self.model.load_options, engine_options,
                                         logging.getLogger().level, sys.getswitchinterval()))

@@ -48,6 +48,7 @@ class Stream:
         self._text = text
         self._text_pieces: list[str] = []
         self.text_ended = text is None
+        self.text_version = 0  # counts the pieces and the end given so far: whether the text changed
         self.text_wait_s = 0.0  # time its row waited for text (not an engine stall)
         self.finish_reason: str | None = None
         self.error: Exception | None = None
@@ -77,6 +78,7 @@ class Stream:
                 raise InvalidRequestError("the text has ended: end_text() was called")
             self._text.append(piece)
             self._text_pieces.append(piece)
+            self.text_version += 1
         self._on_cancel()  # wakes the engine
 
     def end_text(self) -> None:
@@ -86,6 +88,7 @@ class Stream:
                 return
             self._text.end()
             self.text_ended = True
+            self.text_version += 1
         self._on_cancel()
 
     def text_state(self) -> tuple[int, bool]:
@@ -98,6 +101,12 @@ class Stream:
         whether the text has ended, and the text itself."""
         with self._changed:
             return list(self._text.ids), self.text_ended, "".join(self._text_pieces)
+
+    def tentative_ids(self) -> list[int]:
+        """The ids of the assistant template up to the text as if it ended here (AssistantTextStream.tentative_ids):
+        the settled ids, then those of the text after them, which more text may still change."""
+        with self._changed:
+            return list(self._text.tentative_ids())
 
     # ----- engine side --------------------------------------------------------------------------
     def push(self, chunk: np.ndarray) -> None:

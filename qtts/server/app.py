@@ -45,7 +45,8 @@ def create_app(tts, settings: ServerSettings, engine=None) -> FastAPI:
         scheduler = Scheduler(settings.max_batch, max_prefills_per_frame=settings.max_prefills_per_frame,
                               low_buffer_s=settings.low_buffer_s)
         engine = engine_type(tts.model, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                             chunk_frames=settings.chunk_frames, scheduler=scheduler)
+                             chunk_frames=settings.chunk_frames, scheduler=scheduler,
+                             speculate_text=settings.speculate_text)
     voices = VoiceStore(settings.voices_dir)
     started = int(time.time())
     state = ServerState(settings=settings, tts=tts, engine=engine, voices=voices,

@@ -53,6 +53,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--low-buffer-ms", type=float, default=0,
                    help="one prefill per frame while a stream holds less audio than this, or has none yet "
                         "(default 0: no such limit; it cost more first-audio latency than it saved)")
+    p.add_argument("--speculate-text", choices=("on", "off"), default="on",
+                   help="text written as it is spoken: start on the first word before its tokens settle, "
+                        "holding its audio until they do (on), or wait for them (off)")
     p.add_argument("--fp8-talker", action="store_true", help="FP8 weights in the talker's decoder layers (off: "
                    "see docs/quantization.md for its quality gates)")
     p.add_argument("--fp8-predictor", action="store_true", help="FP8 weights in the code predictor's decoder layers")
@@ -126,6 +129,7 @@ def server_settings(args: argparse.Namespace, engine_process: bool, started_at: 
         engine_process=engine_process,
         max_prefills_per_frame=args.max_prefills_per_frame,
         low_buffer_s=args.low_buffer_ms / 1000,
+        speculate_text=args.speculate_text == "on",
         started_at=started_at,
         shutdown_grace_s=args.shutdown_grace_s,
         body_timeout_s=args.body_timeout_s,

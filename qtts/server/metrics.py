@@ -53,6 +53,11 @@ class _EngineCollector:
             yield CounterMetricFamily(f"qtts_engine_{key}", help_text, value=float(stats.get(key, 0)))
         yield CounterMetricFamily("qtts_engine_completed", "requests the engine finished",
                                   value=float(stats.get("completed", 0)))
+        for key, help_text in (("confirmations", "starts on a first word not settled yet that it settled as"),
+                               ("rollbacks", "starts on a first word not settled yet, started again when it settled "
+                                             "otherwise")):
+            yield CounterMetricFamily(f"qtts_engine_text_speculation_{key}", help_text,
+                                      value=float(stats.get(f"text_speculation_{key}", 0)))
         for key, help_text in (("hits", "voice prompt prefixes found in the K/V cache"),
                                ("misses", "voice prompt prefixes prefilled and stored")):
             yield CounterMetricFamily(f"qtts_prefix_cache_{key}", help_text,

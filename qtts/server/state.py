@@ -35,6 +35,7 @@ class ServerSettings:
     engine_process: bool = False  # run the engine in a child process (RemoteEngine)
     max_prefills_per_frame: int = 2  # Scheduler(...)
     low_buffer_s: float = 0.0  # Scheduler(...)
+    speculate_text: bool = True  # Engine(...): text_mode "stream" starts on a first word not settled yet
     started_at: float | None = None  # time.perf_counter() when the command started (start-up time counts from it)
     shutdown_grace_s: float = 30.0  # how long streams may go on after a shutdown begins
     body_timeout_s: float = 30.0  # a request body that sends nothing for this long gets 408

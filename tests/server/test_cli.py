@@ -1,9 +1,9 @@
-"""`qtts serve` options: where the API key comes from."""
+"""`qtts serve` options: where the API key comes from, the engine switches."""
 import argparse
 
 import pytest
 
-from qtts.server.cli import API_KEY_ENV, add_serve_parser, api_key_from
+from qtts.server.cli import API_KEY_ENV, add_serve_parser, api_key_from, server_settings
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
@@ -30,3 +30,9 @@ def test_an_unusable_key_file_stops_the_server(tmp_path):
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(SystemExit, match="empty"):
         api_key_from(serve_args("--api-key-file", str(tmp_path / "empty")))
+
+
+def test_text_speculation_can_be_turned_off(monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert server_settings(serve_args(), engine_process=False).speculate_text
+    assert not server_settings(serve_args("--speculate-text", "off"), engine_process=False).speculate_text

@@ -126,7 +126,7 @@ def test_models_health_metrics_and_demo_page(custom_voice_server, client, speake
                  "qtts_engine_active", "qtts_engine_frames_per_second", "qtts_prefix_cache_misses_total",
                  "qtts_prefix_cache_bytes", "qtts_engine_iteration_seconds_count",
                  'qtts_engine_gc_pause_seconds_bucket{le="0.05"}', "qtts_server_gc_pause_seconds_sum",
-                 "qtts_server_loop_lag_seconds_count"):
+                 "qtts_server_loop_lag_seconds_count", "qtts_engine_text_speculation_rollbacks_total"):
         assert name in metrics
     assert 'qtts_requests_total{endpoint="/v1/audio/speech",status="200"}' in metrics
     page = httpx.get(custom_voice_server.url + "/", timeout=60)
