@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile options serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile options serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,8 @@ for name in "${stages[@]}"; do
         echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"
         export QTTS_DISABLE_GEMV=1
       fi ;;
+    kernel-tests)  # every kernel against its reference on CUDA (the Hopper build is not needed on a GPU)
+      stage kernel-tests 120 python3 -m pytest -q tests/kernels -k "not hopper" -p no:cacheprovider ;;
     tests-gpu)  # only the CUDA tests of the engine and fast path
       stage tests-gpu 150 python3 -m pytest -q tests/gpu -p no:cacheprovider ;;
     codec-profile)

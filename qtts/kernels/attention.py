@@ -2,8 +2,10 @@
 
 Row b attends to cache positions 0..positions[b] of slot b (or of slots[b]: a prompt's tokens are rows
 of one slot, each seeing the keys up to its own position, which is causal attention). Grouped-query
-heads share one pass over their KV head; the softmax runs online in fp32 (flash-decoding without the
-split), over only the blocks the row's length covers. Quantized caches (kernels/kv_quant.py) are read
+heads share one pass over their KV head; the softmax runs online in fp32, over only the blocks the row's
+length covers. When rows x KV heads leave most of the GPU idle (one stream: 8 programs on 132 SMs, each
+walking the whole row serially), the blocks are split among programs (flash-decoding): split s takes blocks
+s, s + S, ... and a second kernel merges the splits' partial softmaxes. Quantized caches (kernels/kv_quant.py) are read
 as stored: int8 rows scale the scores and probabilities by each vector's scale; int4 rows are looked
 up in the codebook and attended in the rotated space (q arrives rotated), the output rotated back.
 """
@@ -24,12 +26,14 @@ def _decode_attention_kernel():
     import triton.language as tl
 
     @triton.jit
-    def decode_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, out_ptr, scale,
+    def decode_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, out_ptr,
+               partial_acc_ptr, partial_max_ptr, partial_sum_ptr, scale,
                cache_slot_stride, cache_head_stride, cache_pos_stride,
                NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr, KV_BITS: tl.constexpr):
+               BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr, KV_BITS: tl.constexpr, SPLITS: tl.constexpr):
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
+        split = tl.program_id(2)
         GROUP: tl.constexpr = NUM_HEADS // NUM_KV_HEADS
         dims = tl.arange(0, HEAD_DIM)
         group = tl.arange(0, GROUP)
@@ -44,7 +48,7 @@ def _decode_attention_kernel():
         m = tl.full((GROUP,), float("-inf"), tl.float32)
         denom = tl.zeros((GROUP,), tl.float32)
         acc = tl.zeros((GROUP, HEAD_DIM), tl.float32)
-        block_start = 0
+        block_start = split * BLOCK_N
         while block_start < length:
             keys = block_start + tl.arange(0, BLOCK_N)
             valid = keys < length
@@ -66,11 +70,59 @@ def _decode_attention_kernel():
                 p = p * v_scale[None, :]
             acc = acc * correction[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
             m = m_new
-            block_start += BLOCK_N
-        out = acc / denom[:, None]
-        tl.store(out_ptr + q_rows, out.to(out_ptr.dtype.element_ty))
+            block_start += BLOCK_N * SPLITS
+        if SPLITS == 1:
+            out = acc / denom[:, None]
+            tl.store(out_ptr + q_rows, out.to(out_ptr.dtype.element_ty))
+        else:  # a split past the row's length leaves max -inf and sum 0: it weighs nothing in the merge
+            parts = (row * NUM_HEADS + kv_head * GROUP + group) * SPLITS + split
+            tl.store(partial_max_ptr + parts, m)
+            tl.store(partial_sum_ptr + parts, denom)
+            tl.store(partial_acc_ptr + parts[:, None] * HEAD_DIM + dims[None, :], acc)
 
     return decode_attention_kernel
+
+
+@functools.cache
+def _merge_splits_kernel():
+    """One program per (row, head): the splits' partial softmaxes rescaled to their common maximum and summed."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def merge_splits_kernel(partial_acc_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
+                            HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+        head_row = tl.program_id(0)  # row * NUM_HEADS + head, as out (B, H, D) is laid out
+        parts = head_row * SPLITS + tl.arange(0, SPLITS)
+        dims = tl.arange(0, HEAD_DIM)
+        maxima = tl.load(partial_max_ptr + parts)
+        weights = tl.exp(maxima - tl.max(maxima, axis=0))  # split 0 always holds the row's first key
+        total = tl.sum(weights * tl.load(partial_sum_ptr + parts), axis=0)
+        acc = tl.load(partial_acc_ptr + parts[:, None] * HEAD_DIM + dims[None, :])
+        out = tl.sum(weights[:, None] * acc, axis=0) / total
+        tl.store(out_ptr + head_row * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+
+    return merge_splits_kernel
+
+
+@functools.cache
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+MAX_SPLITS = 16
+
+
+def attention_splits(batch: int, num_kv_heads: int, max_len: int, block_n: int, device: torch.device) -> int:
+    """How many programs share a row's blocks: enough for about two programs per multiprocessor, a power of
+    two, at most MAX_SPLITS and no more than the cache has blocks. 1 off CUDA and for short caches."""
+    blocks = -(-max_len // block_n)
+    if device.type != "cuda" or blocks < 2:
+        return 1
+    wanted = -(-2 * _multiprocessors(device.index or 0) // (batch * num_kv_heads))
+    if wanted <= 1:
+        return 1
+    return min(1 << (wanted - 1).bit_length(), MAX_SPLITS, 1 << (blocks - 1).bit_length())
 
 
 @functools.cache
@@ -162,9 +214,10 @@ def decode_attention_reference(q, k_cache, v_cache, positions, slots=None, rotat
 
 
 def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: int = 64, rotation=None,
-                           codebook=None):
+                           codebook=None, splits: int | None = None):
     """q (B, H, D); slots: (B,) cache slot of each row, or None for slot b = row b. Over int4 rows q is
-    in the rotated space (as qk_norm_rope_fused returns it), and rotation and codebook are the cache's."""
+    in the rotated space (as qk_norm_rope_fused returns it), and rotation and codebook are the cache's.
+    splits: programs per row and KV head (a power of two; by default attention_splits; int4 rows take 1)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     out = torch.empty_like(q)
@@ -179,8 +232,20 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
         _decode_attention_int4_kernel()[(batch, num_kv_heads)](
             q.contiguous(), k_cache, v_cache, positions, slots, out, rotation, codebook, head_dim ** -0.5,
             *strides, **shape)
+        return out
+    if splits is None:
+        splits = attention_splits(batch, num_kv_heads, k_cache.shape[2], block_n, q.device)
+    parts = batch * num_heads * splits
+    if splits == 1:
+        partial_acc = partial_max = partial_sum = out  # pointers the kernel never reads
     else:
-        _decode_attention_kernel()[(batch, num_kv_heads)](
-            q.contiguous(), k_cache, v_cache, positions, slots, out, head_dim ** -0.5, *strides, **shape,
-            KV_BITS=bits)
+        partial_acc = torch.empty(parts, head_dim, dtype=torch.float32, device=q.device)
+        partial_max = torch.empty(parts, dtype=torch.float32, device=q.device)
+        partial_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
+    _decode_attention_kernel()[(batch, num_kv_heads, splits)](
+        q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
+        head_dim ** -0.5, *strides, **shape, KV_BITS=bits, SPLITS=splits)
+    if splits > 1:
+        _merge_splits_kernel()[(batch * num_heads,)](partial_acc, partial_max, partial_sum, out,
+                                                   HEAD_DIM=head_dim, SPLITS=splits)
     return out

@@ -18,7 +18,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from qtts.kernels.attention import _decode_attention_int4_kernel, _decode_attention_kernel
+from qtts.kernels.attention import _decode_attention_int4_kernel, _decode_attention_kernel, _merge_splits_kernel
 from qtts.kernels.fp8 import _quantize_rows_kernel
 from qtts.kernels.gemv import BLOCK_K, _gemv_kernel, block_n
 from qtts.kernels.residual import _bias_residual_kernel
@@ -48,14 +48,19 @@ for has_slots in (False, True):
             build(_decode_attention_int4_kernel(), {**attention, "rotation_ptr": "*fp32", "codebook_ptr": "*fp32",
                                                     "scale": "fp32", **strides}, {**shape, "BLOCK_N": 32})
         else:
-            build(_decode_attention_kernel(), {**attention, "scale": "fp32", **strides},
-                  {**shape, **block, "KV_BITS": bits})
+            for splits in (1, 16):  # one program per row and KV head, or the row's blocks split among 16
+                partials = {name: "*fp32" if splits > 1 else "*bf16"
+                            for name in ("partial_acc_ptr", "partial_max_ptr", "partial_sum_ptr")}
+                build(_decode_attention_kernel(), {**attention, **partials, "scale": "fp32", **strides},
+                      {**shape, **block, "KV_BITS": bits, "SPLITS": splits})
         build(_qk_norm_rope_kernel(),
               {"qkv_ptr": "*bf16", "q_weight_ptr": "*bf16", "k_weight_ptr": "*bf16", "cos_ptr": "*bf16",
                "sin_ptr": "*bf16", "positions_ptr": "*i64", "slots_ptr": "*i64", "q_out_ptr": "*bf16",
                "k_cache_ptr": cache, "v_cache_ptr": cache, "rotation_ptr": "*fp32", "codebook_ptr": "*fp32",
                "eps": "fp32", **strides}, {**shape, "KV_BITS": bits})
 
+build(_merge_splits_kernel(), {"partial_acc_ptr": "*fp32", "partial_max_ptr": "*fp32", "partial_sum_ptr": "*fp32",
+                               "out_ptr": "*bf16"}, {"HEAD_DIM": 128, "SPLITS": 16})
 pointers = {name: "*bf16" for name in ("x_ptr", "residual_ptr", "residual_out_ptr", "norm_weight_ptr", "w_ptr",
                                        "w_scale_ptr", "bias_ptr", "out_ptr")}
 for n_out, k_dim in ((1024, 2048), (3072, 1024), (6144, 2048)):

@@ -10,6 +10,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from qtts.kernels.activation import silu_mul_fused, silu_mul_reference  # noqa: E402
+from qtts.kernels import attention  # noqa: E402
 from qtts.kernels.attention import decode_attention_fused, decode_attention_reference  # noqa: E402
 from qtts.kernels.norm import rms_norm_fused, rms_norm_reference  # noqa: E402
 from qtts.kernels.rope import qk_norm_rope_fused, qk_norm_rope_reference  # noqa: E402
@@ -70,6 +71,34 @@ def test_decode_attention(dtype, heads, kv_heads):
     ref = decode_attention_reference(q, k, v, positions)
     tol = _tol(dtype)
     assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("splits", [2, 8])
+def test_decode_attention_split_among_programs_equals_one_pass(dtype, splits):
+    """A row's blocks shared among programs and merged (flash-decoding), rows shorter than one block per split
+    included: the same attention as the reference."""
+    g = torch.Generator().manual_seed(3)
+    batch, heads, kv_heads, dim, max_len = 4, 4, 2, 16, 100
+    q = torch.randn(batch, heads, dim, generator=g).to(DEVICE, dtype)
+    k = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
+    v = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
+    positions = torch.tensor([0, 17, 63, 99], device=DEVICE)
+    out = decode_attention_fused(q, k, v, positions, block_n=16, splits=splits)
+    ref = decode_attention_reference(q, k, v, positions)
+    tol = _tol(dtype)
+    assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def test_attention_splits_fill_the_gpu_only_when_rows_leave_it_idle(monkeypatch):
+    monkeypatch.setattr(attention, "_multiprocessors", lambda index: 132)
+    cuda = torch.device("cuda")
+    assert attention.attention_splits(1, 8, 4096, 64, cuda) == attention.MAX_SPLITS  # one stream
+    assert attention.attention_splits(16, 8, 4096, 64, cuda) == 4
+    assert attention.attention_splits(64, 8, 4096, 64, cuda) == 1
+    assert attention.attention_splits(1, 8, 130, 64, cuda) == 4  # no more splits than blocks (3, to a power of 2)
+    assert attention.attention_splits(1, 8, 17, 32, cuda) == 1  # the code predictor's one block
+    assert attention.attention_splits(1, 8, 4096, 64, torch.device("cpu")) == 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
