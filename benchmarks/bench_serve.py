@@ -196,11 +196,13 @@ class Load:
         return outcome
 
 
-async def open_loop(load: Load, rate: float, duration_s: float, seed: int) -> tuple[list[Outcome], float]:
-    """Poisson arrivals at `rate` per second for `duration_s`; the outcomes and the wall time until the last ends."""
+async def open_loop(load: Load, rate: float, duration_s: float, seed: int,
+                    count: int | None = None) -> tuple[list[Outcome], float]:
+    """Poisson arrivals at `rate` per second for `duration_s` (or exactly `count` of them); the outcomes and the
+    wall time until the last ends."""
     rng = random.Random(f"{seed}:{rate}")
     arrivals, at = [], rng.expovariate(rate)
-    while at < duration_s:
+    while (len(arrivals) < count) if count is not None else (at < duration_s):
         arrivals.append(at)
         at += rng.expovariate(rate)
     first_prompt = rng.randrange(len(load.prompts))
@@ -407,8 +409,7 @@ async def sweep(args, url: str, result: dict, save) -> None:
         client_lag = DurationHistogram()
         watcher = asyncio.create_task(watch_loop_lag(client_lag))
         if args.cold_start:  # the server's first requests, sent the moment it said ready
-            duration = args.cold_requests / args.cold_rate
-            outcomes, wall_s = await open_loop(load, args.cold_rate, duration, args.seed)
+            outcomes, wall_s = await open_loop(load, args.cold_rate, 0.0, args.seed, count=args.cold_requests)
             result["cold_start"] = {"rate": args.cold_rate, **summarize(outcomes, wall_s, load)}
             save(result["cold_start"])
         if args.client_warmup:
@@ -453,7 +454,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cold-start", action="store_true",
                         help="first, open-loop load at --cold-rate from the moment /health says ready")
     parser.add_argument("--cold-rate", type=float, default=10.0)
-    parser.add_argument("--cold-requests", type=int, default=50, help="about this many requests in the cold phase")
+    parser.add_argument("--cold-requests", type=int, default=50, help="requests in the cold phase")
     parser.add_argument("--client-warmup", action="store_true",
                         help="send 1, 2, 4 ... max_batch requests before measuring (a user's server gets none)")
     parser.add_argument("--server-args", default="", help="more `qtts serve` flags, e.g. '--low-buffer-ms 50'")

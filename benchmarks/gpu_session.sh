@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile options serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile options quant-graphs serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,10 @@ for name in "${stages[@]}"; do
         echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"
         export QTTS_DISABLE_GEMV=1
       fi ;;
+    tune-gemv)  # the skinny-layer kernel tuned for this GPU; the stages after it run with the tuned table
+      fixtures custom_voice:1.7b
+      stage tune-gemv 150 python3 benchmarks/tune_gemv.py --size 1.7b --out "$OUT/gemv_tuned.json"
+      if [ -f "$OUT/gemv_tuned.json" ]; then export QTTS_GEMV_TUNED="$OUT/gemv_tuned.json"; fi ;;
     kernel-tests)  # every kernel against its reference on CUDA (the Hopper build is not needed on a GPU)
       stage kernel-tests 120 python3 -m pytest -q tests/kernels -k "not hopper" -p no:cacheprovider ;;
     tests-gpu)  # only the CUDA tests of the engine and fast path
@@ -88,7 +92,12 @@ for name in "${stages[@]}"; do
       stage speed 300 python3 benchmarks/bench_speed.py --sizes 0.6b,1.7b --requests 20 --batch 64 --batch-frames 150 ;;
     speed-1.7b)  # one stream and the offline batch of the one-engine issue, 1.7B only
       fixtures custom_voice:1.7b base:1.7b
-      stage speed 240 python3 benchmarks/bench_speed.py --sizes 1.7b --requests 20 --batch 64 --batch-frames 150 ;;
+      stage speed 240 python3 benchmarks/bench_speed.py --sizes 1.7b --requests 20 --batch 64 --batch-frames 150 \
+        --out "$OUT/speed_1.7b.json" ;;
+    quant-graphs)  # each quantization option through the fused kernels and graphs against its module path
+      fixtures custom_voice:1.7b
+      stage quant-graphs 150 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/gpu/test_quantization.py \
+        -k speaks 2>&1 | tail -30 ;;
     quant-tests)  # the quantization options' GPU tests, first failure in full
       fixtures custom_voice:1.7b
       stage quant-tests 120 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
@@ -106,7 +115,8 @@ for name in "${stages[@]}"; do
       stage cold 60 python3 benchmarks/bench_serve.py --url http://127.0.0.1:8123 --cold-start --rates '' \
         --concurrency '' --out "$OUT/serve_cold_start_1.7b.json"
       if [ "$name" = served ]; then
-        stage text-stream 200 python3 benchmarks/bench_text_stream.py --url http://127.0.0.1:8123 --sessions 1,8,32
+        stage text-stream 200 python3 benchmarks/bench_text_stream.py --url http://127.0.0.1:8123 --sessions 1,8,32 \
+          --out "$OUT/text_stream_1.7b.json"
       fi
       curl -s localhost:8123/health > "$OUT/health.json"; curl -s localhost:8123/metrics > "$OUT/metrics.txt"
       kill -INT $server; wait $server ;;

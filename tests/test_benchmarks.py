@@ -48,3 +48,11 @@ def test_bench_options_measures_every_option_against_bf16(tmp_path):
         if option != "bf16":
             assert 0.99 < row["layer_cosine"] <= 1 and row["codebook0_kl"] >= 0 and isinstance(row["failures"], list)
     assert rows["kv_int8"]["passes"] and not rows["fp8_predictor"]["passes"]  # as on the tiny fixture in the docs
+
+
+def test_tune_gemv_times_every_shape_the_predictor_runs(tmp_path):
+    result = run_smoke("tune_gemv.py", tmp_path)
+    assert result["shapes"] and result["size"] == "tiny"
+    for key, best in result["shapes"].items():
+        assert best["us"] > 0 and best["default_us"] > 0 and best["block_n"] in (32, 64), key
+    assert any(key.endswith("-silu") for key in result["shapes"])  # the MLP's gate|up with its SiLU·mul

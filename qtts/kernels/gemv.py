@@ -14,7 +14,9 @@ unquantized (half the weight bytes, and more precise than the FP8 GEMM of larger
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -26,12 +28,42 @@ BLOCK_K = 256  # 512 contiguous bytes of a bf16 weight row per load
 MIN_PROGRAMS = 264  # two per SM of an H100/H200, so enough loads are in flight to draw full bandwidth
 
 
+TUNED_DIR = Path(__file__).parent / "tuned"  # gemv_<GPU name>.json, written by benchmarks/tune_gemv.py
+
+
 def block_n(n_out: int) -> int:
     """Weight rows per program: the largest power of two (4..32) that still gives MIN_PROGRAMS programs."""
     size = 4
     while size < 32 and n_out // (size * 2) >= MIN_PROGRAMS:
         size *= 2
     return size
+
+
+def shape_key(n_out: int, k_dim: int, silu_mul: bool, fp8: bool) -> str:
+    return f"{n_out}x{k_dim}{'-silu' if silu_mul else ''}{'-fp8' if fp8 else ''}"
+
+
+def tuned_file(device_name: str) -> Path:
+    return TUNED_DIR / f"gemv_{device_name.replace(' ', '_')}.json"
+
+
+@functools.cache
+def _tuned(device_index: int) -> dict[str, tuple[int, int, int]]:
+    """The measured best (BLOCK_N, BLOCK_K, num_warps) per shape on this GPU: $QTTS_GEMV_TUNED or the file
+    kept for its name; empty where neither exists."""
+    path = os.environ.get("QTTS_GEMV_TUNED") or tuned_file(torch.cuda.get_device_name(device_index))
+    if not Path(path).exists():
+        return {}
+    shapes = json.loads(Path(path).read_text())["shapes"]
+    return {key: (best["block_n"], best["block_k"], best["num_warps"]) for key, best in shapes.items()}
+
+
+def gemv_config(n_out: int, k_dim: int, silu_mul: bool, fp8: bool, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) of a launch: the tuned one for the shape, else the rule above."""
+    if device.type != "cuda":
+        return 64, 128, 4  # the interpreter (tests) runs faster with fewer programs
+    tuned = _tuned(device.index if device.index is not None else torch.cuda.current_device())
+    return tuned.get(shape_key(n_out, k_dim, silu_mul, fp8), (block_n(n_out), BLOCK_K, 4))
 
 
 @functools.cache
@@ -109,9 +141,10 @@ def skinny(x: torch.Tensor) -> bool:
 
 def gemv_fused(x: torch.Tensor, weight: torch.Tensor | Fp8Weight, bias: torch.Tensor | None = None,
                norm_weight: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
-               silu_mul: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               silu_mul: bool = False, config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, new residual) for x (rows <= MAX_ROWS, K); the new residual is x + residual (x without one),
-    as rms_norm_fused returns it. The norm runs when norm_weight is given."""
+    as rms_norm_fused returns it. The norm runs when norm_weight is given. config: (BLOCK_N, BLOCK_K,
+    num_warps) instead of gemv_config's (the tuner's sweep)."""
     w_scale = weight.scale if isinstance(weight, Fp8Weight) else None
     weight = weight.data if isinstance(weight, Fp8Weight) else weight
     rows, k_dim = x.shape
@@ -129,9 +162,8 @@ def gemv_fused(x: torch.Tensor, weight: torch.Tensor | Fp8Weight, bias: torch.Te
             bias if bias is not None else weight, out, n_out, eps)
     flags = dict(K_DIM=k_dim, ROWS=rows, NORM=norm_weight is not None, HAS_RESIDUAL=has_residual,
                  HAS_BIAS=bias is not None, SILU_MUL=silu_mul, W_SCALED=w_scale is not None)
-    size = block_n(n_out) if x.is_cuda else 64  # the interpreter (tests) runs faster with fewer programs
-    _gemv_kernel()[(-(-n_out // size),)](*args, **flags, BLOCK_N=size, BLOCK_K=BLOCK_K if x.is_cuda else 128,
-                                         num_warps=4)
+    size, block_k, warps = config or gemv_config(n_out, k_dim, silu_mul, w_scale is not None, x.device)
+    _gemv_kernel()[(-(-n_out // size),)](*args, **flags, BLOCK_N=size, BLOCK_K=block_k, num_warps=warps)
     return out, residual_out
 
 

@@ -227,3 +227,18 @@ def test_gemv(dtype, rows, case):
     assert out.shape == ref_out.shape
     assert torch.allclose(out.float(), ref_out.float(), atol=tol * scale, rtol=tol)
     assert torch.allclose(residual.float(), ref_residual.float(), atol=tol, rtol=tol)
+
+
+def test_gemv_takes_the_tuned_configuration_of_a_shape_and_the_rule_elsewhere(tmp_path, monkeypatch):
+    from qtts.kernels import gemv
+    tuned = {"shapes": {gemv.shape_key(3072, 1024, True, False): {"block_n": 2, "block_k": 1024, "num_warps": 8}}}
+    (tmp_path / "gemv.json").write_text(__import__("json").dumps(tuned))
+    monkeypatch.setenv("QTTS_GEMV_TUNED", str(tmp_path / "gemv.json"))
+    gemv._tuned.cache_clear()
+    try:
+        cuda = torch.device("cuda", 0)
+        assert gemv.gemv_config(3072, 1024, True, False, cuda) == (2, 1024, 8)
+        assert gemv.gemv_config(3072, 1024, False, False, cuda) == (gemv.block_n(3072), gemv.BLOCK_K, 4)
+        assert gemv.gemv_config(3072, 1024, True, True, cuda) == (gemv.block_n(3072), gemv.BLOCK_K, 4)
+    finally:
+        gemv._tuned.cache_clear()
