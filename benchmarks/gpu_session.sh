@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile options quant-graphs serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -96,8 +96,11 @@ for name in "${stages[@]}"; do
         --out "$OUT/speed_1.7b.json" ;;
     quant-graphs)  # each quantization option through the fused kernels and graphs against its module path
       fixtures custom_voice:1.7b
-      stage quant-graphs 150 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/gpu/test_quantization.py \
-        -k speaks 2>&1 | tail -30 ;;
+      stage quant-graphs 150 python3 -m pytest --tb=short -q -p no:cacheprovider tests/gpu/test_quantization.py \
+        -k "speaks or kv_int4" 2>&1 | grep -v "WARNING" | tail -30 ;;
+    profile-128)  # the profile at 128 streams only (a short budget)
+      fixtures custom_voice:1.7b
+      stage profile 110 python3 benchmarks/profile_engine.py --size 1.7b --streams 128 --out "$OUT/engine_profile.json" ;;
     quant-tests)  # the quantization options' GPU tests, first failure in full
       fixtures custom_voice:1.7b
       stage quant-tests 120 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \

@@ -63,6 +63,12 @@ def test_gates_at_the_real_shape(option, folder, reference, reference_frames):
     assert min(report.codebook0_top5, report.predictor_top5) >= least_top5, figures
 
 
+# FP8 activations round to 3 mantissa bits in every talker projection; over 28 random-weight layers the two paths'
+# different roundings grow as large as FP8's own distance from bf16 (talker output cosine 0.956 in the gates), so
+# the talker's FP8 paths are held to that distance; unrelated hidden states would differ by about 1.4.
+GRAPH_TOLERANCE = {"fp8_talker": 0.35}
+
+
 @pytest.mark.parametrize("option", OPTIONS)
 def test_an_option_speaks_through_graphs_like_its_module_path(option, folder):
     """The first frames of a greedy request: graphed fused path against the module path of the same option."""
@@ -81,4 +87,4 @@ def test_an_option_speaks_through_graphs_like_its_module_path(option, folder):
         runner.prefill_rows(0, [PrefillItem(plan.prompt, plan.sampling, plan.seed, plan.min_frames)])
         hidden.append(runner.state.past_hidden[0].float().clone())
     error = (hidden[0] - hidden[1]).norm() / hidden[1].norm()
-    assert error < 3e-2, f"relative error {error:.3g}"
+    assert error < GRAPH_TOLERANCE.get(option, 3e-2), f"relative error {error:.3g}"
