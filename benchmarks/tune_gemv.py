@@ -2,7 +2,8 @@
 
 usage: python benchmarks/tune_gemv.py [--size 1.7b] [--out FILE] [--smoke]
 The shapes are recorded from one short generation; each is timed with every (BLOCK_N, BLOCK_K, num_warps) of the
-sweep as the engine runs it, back to back inside a CUDA graph. The fastest per shape is written to
+sweep as the engine runs it, back to back inside a CUDA graph, cycling through enough copies of the weight that
+they cannot stay in L2 (in a frame every layer's weights come from memory). The fastest per shape is written to
 qtts/kernels/tuned/gemv_<GPU name>.json (or --out), which gemv_fused reads for that GPU; a shape without an entry
 keeps the built-in rule. The figures (default and tuned microseconds per call) are printed and kept in the file.
 """
@@ -55,23 +56,23 @@ def record_shapes(tts: TTS) -> dict[str, dict]:
     return seen
 
 
-def time_call(call, device: torch.device, repeats: int) -> float:
-    """Microseconds per call: `repeats` calls back to back, in a CUDA graph on a GPU."""
-    call()
+def time_call(calls: list, device: torch.device, repeats: int) -> float:
+    """Microseconds per call: `repeats` calls back to back, taken in turn from `calls`, in a CUDA graph on a GPU."""
+    calls[0]()
     if device.type != "cuda":
         started = time.perf_counter()
-        for _ in range(repeats):
-            call()
+        for i in range(repeats):
+            calls[i % len(calls)]()
         return (time.perf_counter() - started) / repeats * 1e6
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        call()  # compiled and warm before capture
+        calls[0]()  # compiled and warm before capture
         with torch.cuda.graph(graph, stream=stream):
-            for _ in range(repeats):
-                call()
+            for i in range(repeats):
+                calls[i % len(calls)]()
     torch.cuda.synchronize()
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -85,13 +86,26 @@ def time_call(call, device: torch.device, repeats: int) -> float:
     return best
 
 
+def weight_copies(weight, device: torch.device) -> list:
+    """The weight and enough copies that together they are twice the GPU's L2 (just the weight off CUDA)."""
+    if device.type != "cuda":
+        return [weight]
+    data = weight.data if isinstance(weight, Fp8Weight) else weight
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+    count = max(1, -(-2 * l2_bytes // (data.numel() * data.element_size())))
+    if isinstance(weight, Fp8Weight):
+        return [weight] + [Fp8Weight(weight.data.clone(), weight.scale.clone()) for _ in range(count - 1)]
+    return [weight] + [weight.clone() for _ in range(count - 1)]
+
+
 def tune_shape(shape: dict, device: torch.device, configs, repeats: int) -> dict:
     x = torch.randn(1, shape["k_dim"], device=device, dtype=shape["dtype"])
     residual = torch.randn_like(x) if shape["residual"] else None
+    weights = weight_copies(shape["weight"], device)
 
     def run(config):
-        return lambda: gemv.gemv_fused(x, shape["weight"], shape["bias"], shape["norm_weight"], shape["eps"],
-                                       residual, shape["silu_mul"], config)
+        return [lambda w=w: gemv.gemv_fused(x, w, shape["bias"], shape["norm_weight"], shape["eps"], residual,
+                                            shape["silu_mul"], config) for w in weights]
 
     default = time_call(run(None), device, repeats)
     timings = {}
