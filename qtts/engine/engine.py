@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,113 +30,31 @@ from ..graphs import batch_buckets as graph_batch_buckets
 from ..graphs import bucket_for
 from ..kernels.compile_watch import compiles, watch_compiles
 from ..models.codec_streaming import StreamingCodecDecoder
+from .job import CodecCall, Job, RateMeter
 from .model import ModelBundle
 from .pauses import DurationHistogram, gc_pauses
 from ..text_stream import ROLE_TOKENS, AssistantTextStream
 from .planning import RowPlan, check_request, default_frame_cap, plan_request, warm_requests
-from .prompt import Prompt
 from .request import SpeechRequest
 from .rows import move_row
 from .runner import GraphRunner
 from .scheduler import ChunkCandidate, Scheduler, playback_buffer_s
 from .step import FrameStep, PrefillItem, SamplingFlags
 from .stream import Stream
+from .warmup import capture_frame_steps, warm_prefill_sampling
 
 log = logging.getLogger("qtts.engine")
 
-RATE_WINDOW_S = 2.0
 FINISH_COUNTERS = {"stop": "completed", "length": "completed", "cancelled": "cancelled", "error": "failed"}
 # launching the next frame's codes before this frame's end is read back pays at few rows, where the host's
 # turn is a large share of a frame; at many, an arrival mid-frame would waste a whole code predictor pass
 SPECULATE_MAX_ROWS = 4
 SLOW_ITERATION_S = 0.1  # an iteration this long after warm-up is logged: streams felt it
-# every combination of sampling work a batch can need (talker or predictor: none, sampling, sampling + top-p)
-SAMPLING_VARIANTS = ((False, False), (True, False), (True, True))
-
-
-@dataclass(eq=False)  # one job is one row's run: a stream started again has another
-class _Job:
-    """An admitted request: its row while it generates, its codec slot until its last chunk is out."""
-
-    stream: Stream
-    plan: RowPlan
-    slot: int
-    position: int  # next talker position of its row
-    emitted: int = 0
-    decoded: list[np.ndarray] = field(default_factory=list)  # audio of frames decoded, not yet sent
-    chunks_sent: int = 0
-    samples_sent: int = 0
-    end_reason: str | None = None  # set when generation ended; its last frame may still be decoding
-    joined: int = 0  # frames the engine had launched when this job was admitted
-    text_tokens: int = 0  # trailing text tokens in its row of the step
-    text_complete: bool = True  # its text has ended and its last text row (end of text) is in
-    held_since: float | None = None  # when its row began waiting for text
-    # the current frame's codes (16,), decoded while its row waited for the text row its talker half reads
-    codes_ahead: torch.Tensor | None = None
-    # started on text not settled yet: the ids its prefill read, until the settled ids confirm them (its
-    # audio is held back until then); and the stream's text_version they were last checked at
-    tentative_ids: list[int] | None = None
-    text_checked: int = 0  # a stream with tentative text has had a piece: it is checked at least once
-
-    @property
-    def runnable(self) -> bool:
-        """Whether its next frame can run: the text row it reads is in (or, past its text, padding)."""
-        return self.text_complete or self.emitted < self.text_tokens
-
-    def has_new_text(self) -> bool:
-        """Whether its stream holds text its row has not been given (or, started on tentative text, not
-        checked) yet."""
-        if self.tentative_ids is not None:
-            return self.stream.text_version != self.text_checked
-        if self.text_complete:
-            return False
-        ids, ended = self.stream.text_state()
-        return ended or ids - (ROLE_TOKENS + 1) > self.text_tokens
-
-    def chunk_due(self) -> bool:
-        """Enough decoded frames for the next chunk, or the last ones (frames decode in order, so once
-        generation has ended the codec call that returns its audio holds its last frame); never while its
-        audio is held back."""
-        if self.tentative_ids is not None:
-            return False
-        schedule = self.stream.chunk_frames
-        target = schedule[min(self.chunks_sent, len(schedule) - 1)]
-        return bool(self.decoded) and (len(self.decoded) >= target or self.end_reason is not None)
-
-
-@dataclass
-class _CodecCall:
-    """A frame in flight: the jobs whose frame it decodes, their codes, the codec call decoding them, and the
-    jobs whose talker half ran (a row waiting for text decodes its frame ahead of its talker half)."""
-
-    jobs: list[_Job]  # the rows whose frame the codec decodes
-    rows: list[int]  # their rows in the step
-    frames: torch.Tensor  # (B, 16) the frame's codes
-    samples: torch.Tensor  # (B, samples per frame) float32, filled when `done` has passed
-    done: torch.cuda.Event | None
-    advanced: list[tuple[int, _Job]] = field(default_factory=list)  # (row, job) whose talker half ran
-    taken: set[int] = field(default_factory=set)  # rows whose audio was collected early (first frames)
-    step_done: torch.cuda.Event | None = None  # recorded after the frame step that made these frames
 
 
 def _on(stream: torch.cuda.Stream | None):
     """Work queued in the block goes to `stream` (None: no CUDA, the block just runs)."""
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
-class _RateMeter:
-    """Frames per second over the last RATE_WINDOW_S seconds."""
-
-    def __init__(self):
-        self.events: deque[tuple[float, int]] = deque()
-
-    def add(self, count: int, now: float) -> None:
-        self.events.append((now, count))
-        while self.events and self.events[0][0] < now - RATE_WINDOW_S:
-            self.events.popleft()
-
-    def rate(self, now: float) -> float:
-        return sum(count for t, count in list(self.events) if t >= now - RATE_WINDOW_S) / RATE_WINDOW_S
 
 
 def check_chunk_frames(chunk_frames: tuple[int, ...]) -> tuple[int, ...]:
@@ -199,20 +116,20 @@ class Engine:
         self._next_c0 = torch.zeros(max_batch, dtype=torch.long, pin_memory=on_cuda)  # each step's codebook 0
         self._admitted = 0  # requests admitted in this iteration (the scheduler's cap is per frame)
         self._frames_launched = 0
-        self._in_flight: _CodecCall | None = None
+        self._in_flight: CodecCall | None = None
         # the next frame's codes, launched before this frame's end was read back: (jobs, codes (B, 16))
-        self._speculative: tuple[list[_Job], torch.Tensor] | None = None
+        self._speculative: tuple[list[Job], torch.Tensor] | None = None
         self._plans: dict[Stream, RowPlan | Exception] = {}  # prompts built ahead for queued streams
         self._queue: deque[Stream] = deque()
-        self._rows: list[_Job] = []  # index == row of the frame step
-        self._draining: list[_Job] = []  # generation ended, last frame still decoding
+        self._rows: list[Job] = []  # index == row of the frame step
+        self._draining: list[Job] = []  # generation ended, last frame still decoding
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._ready = not model.use_graphs  # without graphs there is nothing to warm up
         self._rows_held = False  # some row of the step is marked inactive (waiting for text)
         self._text_wait_s = 0.0
-        self._rate = _RateMeter()
+        self._rate = RateMeter()
         self._iteration_time = DurationHistogram()
         self._gc_pauses = gc_pauses()
         self._counts = {"completed": 0, "cancelled": 0, "failed": 0}
@@ -238,22 +155,10 @@ class Engine:
         if not self.model.use_graphs or self._ready:
             return
         started = time.perf_counter()
-        state = self.runner.state
-        lengths = self.runner.attend_lengths()
-        for batch in self.batch_buckets:
-            for predictor in SAMPLING_VARIANTS:
-                self.runner.flags = SamplingFlags(predictor_sampling=predictor[0], predictor_top_p=predictor[1])
-                for _ in range(2):  # eager warm-up, then capture
-                    self.runner.predict_frame(batch)
-            for talker in SAMPLING_VARIANTS:
-                self.runner.flags = SamplingFlags(talker_sampling=talker[0], talker_top_p=talker[1])
-                for length in lengths:
-                    for _ in range(2):
-                        state.positions[:batch] = 0
-                        self.runner.advance(batch, length)
+        capture_frame_steps(self.runner, self.batch_buckets)
         if self.runner.step.prompt_runner is not None:
             self.runner.step.prompt_runner.warmup()
-        self._warm_prefill_sampling()
+        warm_prefill_sampling(self.runner, self.model, self.max_batch)
         self.codec.warmup()
         torch.cuda.synchronize(self.model.device)
         self.runner.graphs.mark_ready()
@@ -261,19 +166,6 @@ class Engine:
         self._ready = True
         log.info("captured %d CUDA graphs in %.1f s", len(self.runner.graphs.graphs) + len(self.codec.conv_layouts),
                  time.perf_counter() - started)
-
-    def _warm_prefill_sampling(self) -> None:
-        """Run the eager part of a prefill (the first codebook 0's sampling) in every sampling variant, from first
-        rows of each alignment class: Triton compiles a kernel per pointer alignment where it is not told
-        otherwise, and a compile in the loop stalls every stream for half a second."""
-        hidden = self.model.config.talker.hidden_size
-        rows = torch.zeros(4, hidden, device=self.model.device, dtype=self.model.dtype)
-        prompt = Prompt(prefill=rows, trailing=rows[:0], pad_row=rows[0])
-        for do_sample, top_p in SAMPLING_VARIANTS:
-            sampling = self.model.sampling(do_sample=do_sample, top_p=0.9 if top_p else 1.0)
-            self.runner.flags = SamplingFlags.of([sampling])
-            for first_row in (row for row in (0, 1, 2, 4, 8) if row < self.max_batch):
-                self.runner.prefill_rows(first_row, [PrefillItem(prompt, sampling, seed=0)])
 
     def _warm_requests(self) -> None:
         """Serve a few short requests of every kind this model takes, in every sampling variant, two at a time
@@ -295,7 +187,7 @@ class Engine:
         if self.model.prefix_cache is not None:
             self.model.prefix_cache.clear(counters=True)
         self._counts = dict.fromkeys(self._counts, 0)
-        self._iteration_time, self._rate, self._text_wait_s = DurationHistogram(), _RateMeter(), 0.0
+        self._iteration_time, self._rate, self._text_wait_s = DurationHistogram(), RateMeter(), 0.0
 
     @property
     def ready(self) -> bool:
@@ -487,7 +379,7 @@ class Engine:
             elif ended or job.stream.tentative_ids()[: ROLE_TOKENS + 1] != job.tentative_ids:
                 self._start_again(job)  # its first word grew into other tokens: start on those
 
-    def _confirm_start(self, job: _Job) -> None:
+    def _confirm_start(self, job: Job) -> None:
         """The tentative ids a job's prefill read have settled as they were: send what it holds back."""
         job.tentative_ids = None
         self._speculations["confirmations"] += 1
@@ -497,7 +389,7 @@ class Engine:
             self._draining.remove(job)
             self._close(job, job.end_reason)
 
-    def _start_again(self, job: _Job) -> None:
+    def _start_again(self, job: Job) -> None:
         """Drop a job whose prefill read tentative ids that settled (or are about to settle) otherwise: its row,
         codec slot and held audio go, and its stream returns to the head of the queue, to start on the text
         as it is now. None of its audio was sent, so the output is that of a start on the settled text."""
@@ -516,7 +408,7 @@ class Engine:
         with self._wakeup:
             self._queue.appendleft(stream)
 
-    def _in_flight_holds(self, job: _Job) -> bool:
+    def _in_flight_holds(self, job: Job) -> bool:
         """Whether the frame in flight decodes or advances `job` (its audio is collected with that call)."""
         call = self._in_flight
         return call is not None and (job in call.jobs or any(other is job for _, other in call.advanced))
@@ -579,7 +471,7 @@ class Engine:
         if self._prompt_stream is not None:
             self._prompt_stream.synchronize()
 
-    def _job_for(self, stream: Stream) -> _Job:
+    def _job_for(self, stream: Stream) -> Job:
         """A request's plan and a codec slot: a job ready to prefill."""
         tentative = None
         if stream.request.text_open:  # planned as it starts: the text may have grown since it was queued
@@ -603,7 +495,7 @@ class Engine:
             except Exception:
                 self.codec.free(slot)
                 raise
-        job = _Job(stream, plan, slot, position=plan.prompt.prefill.shape[0])
+        job = Job(stream, plan, slot, position=plan.prompt.prefill.shape[0])
         if plan.text_open:  # its trailing rows hold the text tokens settled so far, no end-of-text row yet
             job.text_tokens, job.text_complete = plan.prompt.trailing.shape[0], False
             job.tentative_ids = tentative  # checked against the text at the next iteration (text_checked 0)
@@ -619,7 +511,7 @@ class Engine:
         tentative = stream.tentative_ids()[: ROLE_TOKENS + 1]
         return (tentative, False, text), tentative
 
-    def _start(self, jobs: list[_Job]) -> None:
+    def _start(self, jobs: list[Job]) -> None:
         """Prefill jobs, their prompts through the talker together, into the rows after the active ones;
         they join the next frame."""
         first = len(self._rows)
@@ -653,7 +545,7 @@ class Engine:
                     job.end_reason = "stop"
                     self._draining.append(job)
 
-    def _launch_step(self) -> _CodecCall | None:
+    def _launch_step(self) -> CodecCall | None:
         """Launch one frame for every row that can run (None if every row waits for text): the code
         predictor's half, the codec on its new frame (on the codec stream), then the talker's half, which
         the codec overlaps. A row waiting for text runs along in the step but keeps its state; its frame's
@@ -696,7 +588,7 @@ class Engine:
             self._speculative = (jobs, self.runner.predict_frame(padded)[:batch].clone())
         return call
 
-    def _use_codes_ahead(self, jobs: list[_Job], runnable: list[bool], frames: torch.Tensor) -> None:
+    def _use_codes_ahead(self, jobs: list[Job], runnable: list[bool], frames: torch.Tensor) -> None:
         """Rows that run now on a frame decoded while they waited: that frame's codes, not the ones predicted
         again, go to the talker's half (frames (B, 16) and the step's codes)."""
         rows = [row for row, job in enumerate(jobs) if runnable[row] and job.codes_ahead is not None]
@@ -740,7 +632,7 @@ class Engine:
         tokens = self.model.config.tokens
         return self._text_embeddings([tokens.tts_bos, tokens.tts_eos, tokens.tts_pad])[1:2]
 
-    def _mark_waiting_for_text(self, jobs: list[_Job]) -> list[bool]:
+    def _mark_waiting_for_text(self, jobs: list[Job]) -> list[bool]:
         """Which rows can run this frame; the others are marked inactive in the step (their state stays),
         and the time each waits for its text is counted."""
         runnable = [job.runnable for job in jobs]
@@ -759,14 +651,14 @@ class Engine:
             self._rows_held = False
         return runnable
 
-    def _count_text_wait(self, job: _Job, now: float) -> None:
+    def _count_text_wait(self, job: Job, now: float) -> None:
         """Its row stops waiting for text: count the time it waited."""
         waited = now - job.held_since
         job.stream.text_wait_s += waited
         self._text_wait_s += waited
         job.held_since = None
 
-    def _take_speculative(self, jobs: list[_Job]) -> torch.Tensor | None:
+    def _take_speculative(self, jobs: list[Job]) -> torch.Tensor | None:
         """The codes launched ahead for `jobs`, if they were launched for the same requests (some of which may
         have left since, their rows taken by others): re-ordered to the rows as they are now, and put where
         the talker's half reads them."""
@@ -783,7 +675,7 @@ class Engine:
         self.runner.step.codes[: len(jobs)] = frames
         return frames
 
-    def _wait_for_step(self, call: _CodecCall) -> None:
+    def _wait_for_step(self, call: CodecCall) -> None:
         """Wait for the frame step, admitting waiting requests meanwhile (their prompts built on the prompt
         stream, their prefills queued behind the step), so they join the next frame with no host work in
         between."""
@@ -796,7 +688,7 @@ class Engine:
                 call.step_done.synchronize()
                 return
 
-    def _finish_step(self, call: _CodecCall) -> None:
+    def _finish_step(self, call: CodecCall) -> None:
         """Count the frames the call decodes and the rows it advanced, retire the rows that ended (EOS next,
         or cap reached)."""
         self._wait_for_step(call)
@@ -822,7 +714,7 @@ class Engine:
                 self._release_row(row)
                 self._draining.append(job)
 
-    def _release_row(self, row: int) -> _Job:
+    def _release_row(self, row: int) -> Job:
         """Free `row`, moving the last active row into it; returns the job that held it."""
         job, last = self._rows[row], self._rows.pop()
         if last is not job:
@@ -830,11 +722,11 @@ class Engine:
             self._rows[row] = last
         return job
 
-    def _launch_codec(self, jobs: list[_Job], rows: list[int], frames: torch.Tensor) -> _CodecCall:
+    def _launch_codec(self, jobs: list[Job], rows: list[int], frames: torch.Tensor) -> CodecCall:
         """Decode one frame (B, 16) of each job in one call, on the codec stream; collected next iteration."""
         samples = self._samples[self._turn][: len(jobs)]
         if not jobs:  # every row runs on a frame decoded while it waited for text
-            return _CodecCall(jobs, rows, frames, samples, None)
+            return CodecCall(jobs, rows, frames, samples, None)
         self._turn ^= 1
         done = None
         if self._codec_stream is not None:
@@ -847,9 +739,9 @@ class Engine:
             if self._codec_stream is not None:
                 done = torch.cuda.Event()
                 done.record(self._codec_stream)
-        return _CodecCall(jobs, rows, frames, samples, done)
+        return CodecCall(jobs, rows, frames, samples, done)
 
-    def _send_first_audio(self, call: _CodecCall) -> None:
+    def _send_first_audio(self, call: CodecCall) -> None:
         """Streams whose first frame is in `call` get its audio now, not with the rest next iteration:
         the codec ran alongside the talker's half, so it is (nearly) done."""
         rows = [row for row, job in enumerate(call.jobs) if job.chunks_sent == 0 and not job.decoded]
@@ -888,7 +780,7 @@ class Engine:
                 self._draining.remove(job)
                 self._close(job, job.end_reason)
 
-    def _push(self, job: _Job) -> None:
+    def _push(self, job: Job) -> None:
         """Send a job's decoded audio as its next chunk."""
         chunk = np.concatenate(job.decoded) if len(job.decoded) > 1 else job.decoded[0]
         job.decoded = []
@@ -896,7 +788,7 @@ class Engine:
         job.samples_sent += chunk.shape[0]
         job.stream.push(chunk)
 
-    def _close(self, job: _Job, reason: str, error: Exception | None = None) -> None:
+    def _close(self, job: Job, reason: str, error: Exception | None = None) -> None:
         """Free a job's codec slot and end its stream (its row is already released)."""
         self.codec.free(job.slot)
         self._finish(job.stream, reason, error)
