@@ -102,15 +102,18 @@ def test_attention_splits_fill_the_gpu_only_when_rows_leave_it_idle(monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_attention_rows_of_one_slot_are_causal(dtype):
-    """A prompt's tokens as rows of one slot: token i sees the keys 0..its position, as causal SDPA does."""
+@pytest.mark.parametrize("splits", [1, 4])
+def test_decode_attention_rows_of_one_slot_are_causal(dtype, splits):
+    """A prompt's tokens as rows of one slot: token i sees the keys 0..its position, as causal SDPA does (with a
+    row's blocks split among programs too: a short prompt leaves most of the GPU idle)."""
     g = torch.Generator().manual_seed(4)
     heads, kv_heads, dim, max_len, tokens, start = 4, 2, 16, 40, 21, 3
     k = torch.randn(3, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     v = torch.randn(3, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     q = torch.randn(tokens, heads, dim, generator=g).to(DEVICE, dtype)
     positions = torch.arange(start, start + tokens, device=DEVICE)
-    out = decode_attention_fused(q, k, v, positions, slots=torch.full((tokens,), 1, device=DEVICE), block_n=16)
+    out = decode_attention_fused(q, k, v, positions, slots=torch.full((tokens,), 1, device=DEVICE), block_n=16,
+                                 splits=splits)
     end = start + tokens
     mask = torch.arange(end, device=DEVICE).view(1, -1) <= positions.view(-1, 1)
     ref = torch.nn.functional.scaled_dot_product_attention(
