@@ -53,7 +53,7 @@ for name in "${stages[@]}"; do
   case $name in
     tests)
       fixtures custom_voice:1.7b
-      stage tests 260 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
+      stage tests 420 python3 -m pytest -q tests/gpu tests/kernels tests/models/test_codec_decoder.py -m "gpu or not oracle" -p no:cacheprovider
       # the later stages still measure something if the skinny-layer kernel is wrong here
       if ! python3 -m pytest -q tests/kernels -k gemv -p no:cacheprovider >/dev/null 2>&1; then
         echo "=== gemv kernel failed its tests: QTTS_DISABLE_GEMV=1 for the remaining stages"
@@ -66,7 +66,7 @@ for name in "${stages[@]}"; do
     kernel-tests)  # every kernel against its reference on CUDA (the Hopper build is not needed on a GPU)
       stage kernel-tests 120 python3 -m pytest -q tests/kernels -k "not hopper" -p no:cacheprovider ;;
     tests-gpu)  # only the CUDA tests of the engine and fast path
-      stage tests-gpu 150 python3 -m pytest -q tests/gpu -p no:cacheprovider ;;
+      stage tests-gpu 360 python3 -m pytest -q tests/gpu -p no:cacheprovider ;;
     codec-profile)
       stage codec-profile 200 python3 benchmarks/codec_profile.py --in-situ --out "$OUT/codec_profile.json" ;;
     codec-graphed)  # the captured 128 x 4 call: layout choices, replay time, kernels
