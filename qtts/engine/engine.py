@@ -314,7 +314,8 @@ class Engine:
 
     def _guarded_iteration(self) -> None:
         started = time.perf_counter()
-        watching = self._ready and self.model.device.type == "cuda"
+        # only an engine that warmed up (graphs) can call a compile or a slow iteration late
+        watching = self._ready and self.model.use_graphs and self.model.device.type == "cuda"
         compiled_before = len(compiles()) if watching else 0
         try:
             self._iteration()
