@@ -54,8 +54,12 @@ def _tuned(device_index: int) -> dict[str, tuple[int, int, int]]:
     path = os.environ.get("QTTS_GEMV_TUNED") or tuned_file(torch.cuda.get_device_name(device_index))
     if not Path(path).exists():
         return {}
-    shapes = json.loads(Path(path).read_text())["shapes"]
-    return {key: (best["block_n"], best["block_k"], best["num_warps"]) for key, best in shapes.items()}
+    try:
+        shapes = json.loads(Path(path).read_text())["shapes"]
+        return {key: (int(best["block_n"]), int(best["block_k"]), int(best["num_warps"]))
+                for key, best in shapes.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a GEMV tuning table (benchmarks/tune_gemv.py writes one): {exc!r}") from exc
 
 
 def gemv_config(n_out: int, k_dim: int, silu_mul: bool, fp8: bool, device: torch.device) -> tuple[int, int, int]:

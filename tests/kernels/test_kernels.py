@@ -245,3 +245,15 @@ def test_gemv_takes_the_tuned_configuration_of_a_shape_and_the_rule_elsewhere(tm
         assert gemv.gemv_config(3072, 1024, True, True, cuda) == (gemv.block_n(3072), gemv.BLOCK_K, 4)
     finally:
         gemv._tuned.cache_clear()
+
+
+def test_a_broken_tuning_table_is_named_in_the_error(tmp_path, monkeypatch):
+    from qtts.kernels import gemv
+    (tmp_path / "gemv.json").write_text('{"shapes": {"3072x1024": {"block_n": 2}}}')
+    monkeypatch.setenv("QTTS_GEMV_TUNED", str(tmp_path / "gemv.json"))
+    gemv._tuned.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="not a GEMV tuning table"):
+            gemv.gemv_config(3072, 1024, False, False, torch.device("cuda", 0))
+    finally:
+        gemv._tuned.cache_clear()
