@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -152,6 +152,10 @@ for name in "${stages[@]}"; do
     options)  # bf16 and each quantization option: one stream, the batch of 128, the quality gates (~4 min)
       fixtures custom_voice:1.7b
       stage options 270 python3 benchmarks/bench_options.py --size 1.7b ;;
+    saturation)  # issue 19's serving targets at 256 rows: open loop to 80 req/s, closed loop at 128 and 256 streams
+      fixtures custom_voice:1.7b
+      stage saturation 260 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
+        --rates 40,60,80 --concurrency 128,256 --stop-p95-ms 1000 --out "$OUT/serve_1.7b_saturation.json" ;;
     serve-check)  # the targets' region, open and closed loop, for a short device budget
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

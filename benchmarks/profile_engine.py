@@ -107,6 +107,21 @@ def is_device_work(event) -> bool:
     return not event.is_user_annotation and event.name not in RANGE_CATEGORY
 
 
+def linked_ids(prof):
+    """event -> the correlation id of the op that launched it (0: the event is such an op; -1: not found). FunctionEvent
+    carries it from torch 2.12 on; before, it is looked up in the profiler's raw events by correlation id and start."""
+    results = prof.profiler.kineto_results
+    origin = results.trace_start_ns()
+    table = {(e.correlation_id(), e.start_ns() - origin): e.linked_correlation_id() for e in results.events()}
+
+    def linked(event) -> int:
+        value = getattr(event, "linked_correlation_id", None)
+        if value is not None:
+            return value
+        return table.get((event.id, round(event.time_range.start * 1000)), -1)
+    return linked
+
+
 def device_work(prof, on_cuda: bool) -> list[tuple[object, list[str]]]:
     """(event, the names of the host calls it was launched within, innermost first) for every device event.
 
@@ -124,8 +139,9 @@ def device_work(prof, on_cuda: bool) -> list[tuple[object, list[str]]]:
     host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
     if not on_cuda:
         return [(e, names(e.cpu_parent)) for e in host if e.name.startswith("aten::") and not e.cpu_children]
-    launchers = {e.id: e for e in host if e.linked_correlation_id == 0}
-    launches = {e.id: e for e in host if e.linked_correlation_id > 0}  # the runtime calls (cudaGraphLaunch, ...)
+    linked = linked_ids(prof)
+    launchers = {e.id: e for e in host if linked(e) == 0}
+    launches = {e.id: e for e in host if linked(e) > 0}  # the runtime calls (cudaGraphLaunch, ...)
     spans = sorted(((e.time_range.end - e.time_range.start, e.time_range.start, e.time_range.end, e.name)
                     for e in host if e.name in RANGE_CATEGORY))  # innermost (shortest) first
 
@@ -137,7 +153,8 @@ def device_work(prof, on_cuda: bool) -> list[tuple[object, list[str]]]:
     work = []
     for event in events:
         if is_device_work(event):
-            chain = names(launchers.get(event.linked_correlation_id) if event.linked_correlation_id else None)
+            launcher = linked(event)
+            chain = names(launchers.get(launcher) if launcher else None)
             work.append((event, chain if any(name in RANGE_CATEGORY for name in chain) else chain + around(event)))
     return work
 

@@ -56,3 +56,27 @@ def test_tune_gemv_times_every_shape_the_predictor_runs(tmp_path):
     for key, best in result["shapes"].items():
         assert best["us"] > 0 and best["default_us"] > 0 and best["block_n"] in (32, 64), key
     assert any(key.endswith("-silu") for key in result["shapes"])  # the MLP's gate|up with its SiLU·mul
+
+
+def test_profile_links_events_to_their_ops_without_the_attribute_older_torch_lacks():
+    """torch 2.11's FunctionEvent has no linked_correlation_id: the profile looks it up in the raw events instead."""
+    import importlib.util
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = importlib.util.spec_from_file_location("profile_engine", ROOT / "benchmarks" / "profile_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.ones(64, 64).matmul(torch.ones(64, 64)).sum()
+    linked = module.linked_ids(prof)
+
+    class Older:  # an event as torch 2.11 makes it: the same id and times, no link
+        def __init__(self, event):
+            self.id, self.time_range = event.id, event.time_range
+
+    events = prof.events()
+    assert events
+    for event in events:
+        assert linked(Older(event)) == event.linked_correlation_id == linked(event)
