@@ -58,16 +58,21 @@ def test_tune_gemv_times_every_shape_the_predictor_runs(tmp_path):
     assert any(key.endswith("-silu") for key in result["shapes"])  # the MLP's gate|up with its SiLU·mul
 
 
-def test_profile_links_events_to_their_ops_without_the_attribute_older_torch_lacks():
-    """torch 2.11's FunctionEvent has no linked_correlation_id: the profile looks it up in the raw events instead."""
+def load_profile_engine():
     import importlib.util
-
-    import torch
-    from torch.profiler import ProfilerActivity, profile
 
     spec = importlib.util.spec_from_file_location("profile_engine", ROOT / "benchmarks" / "profile_engine.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_links_events_to_their_ops_without_the_attribute_older_torch_lacks():
+    """torch 2.11's FunctionEvent has no linked_correlation_id: the profile looks it up in the raw events instead."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    module = load_profile_engine()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         torch.ones(64, 64).matmul(torch.ones(64, 64)).sum()
     linked = module.linked_ids(prof)
@@ -80,3 +85,18 @@ def test_profile_links_events_to_their_ops_without_the_attribute_older_torch_lac
     assert events
     for event in events:
         assert linked(Older(event)) == event.linked_correlation_id == linked(event)
+
+
+def test_profile_tells_device_work_from_ranges_and_waits_by_name_where_events_have_no_activity_type():
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    is_device_work = load_profile_engine().is_device_work
+
+    def event(name, **kw):
+        return FunctionEvent(id=1, name=name, thread=0, start_us=0, end_us=1, device_type=DeviceType.CUDA, **kw)
+
+    assert is_device_work(event("gemv_kernel")) and is_device_work(event("Memcpy HtoD (Pinned -> Device)"))
+    for name in ("qtts.talker", "engine.launch_step", "Stream Wait Event", "Event Sync"):
+        assert not is_device_work(event(name)), name
+    assert not is_device_work(event("a range", is_user_annotation=True))
