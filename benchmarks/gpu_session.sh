@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation replicas serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +11,9 @@ OUT=${OUT:-/tmp/qtts-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 QTTS_FIXTURE_CACHE=/tmp/qtts-fixtures
+# .whl-ray/: Ray Serve and what it needs beyond the image, carried only for the replicas stage
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
+  $(ls .whl-ray/*.whl 2>/dev/null) || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
@@ -148,10 +149,15 @@ for name in "${stages[@]}"; do
         --out "$OUT/codec_cudnn_benchmark.json" ;;
     profile)  # where an iteration's time goes at 32 to 256 streams (categories, host gaps; trace of 256 in $OUT)
       fixtures custom_voice:1.7b
-      stage profile 240 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128,256 ;;
+      stage profile 200 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128,256 ;;
     options)  # bf16 and each quantization option: one stream, the batch of 128, the quality gates (~4 min)
       fixtures custom_voice:1.7b
       stage options 270 python3 benchmarks/bench_options.py --size 1.7b ;;
+    replicas)  # issue 20: one GPU, two Ray Serve replicas sharing it (and under MPS where allowed), then one (carry .whl-ray)
+      fixtures custom_voice:1.7b
+      stage replicas "${REPLICAS_LIMIT:-330}" python3 benchmarks/bench_replicas.py --size 1.7b \
+        --configs "${REPLICAS_CONFIGS:-ray-2,ray-2-mps,ray-1}" --rates 40,60,80,100 --duration 8 --stop-p95-ms 100 \
+        --out "$OUT/replicas_1gpu_1.7b.json" ;;
     saturation)  # issue 19's serving targets at 256 rows: open loop to 80 req/s, closed loop at 128 and 256 streams
       fixtures custom_voice:1.7b
       stage saturation 260 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
