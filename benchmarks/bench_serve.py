@@ -365,6 +365,18 @@ def server_process(args, folder: Path):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            keep_server_log(log, command)
+
+
+def keep_server_log(log, command: list[str]) -> None:
+    """Append the server's log (its last 200 kB) to $OUT/server_logs.txt, where a GPU session collects results."""
+    if not os.environ.get("OUT"):
+        return
+    log.flush()
+    log.seek(0, os.SEEK_END)
+    log.seek(max(0, log.tell() - 200_000))
+    with open(Path(os.environ["OUT"], "server_logs.txt"), "a") as kept:
+        kept.write(f"=== {' '.join(command[3:])}\n{log.read()}\n")
 
 
 def _healthy(url: str) -> bool:
