@@ -3,7 +3,7 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation replicas serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation saturation-open replicas attention serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,9 @@ stage() {  # stage NAME SECONDS COMMAND...
   echo "=== $name ($(date +%T))"
   local start=$SECONDS
   timeout "$limit" "$@"
-  echo "=== $name exit $? after $((SECONDS - start)) s"
+  local status=$?
+  echo "=== $name exit $status after $((SECONDS - start)) s"
+  return $status
 }
 
 fixtures() {  # fixtures TYPE:SIZE ... (written in parallel, once per machine)
@@ -153,6 +155,17 @@ for name in "${stages[@]}"; do
     options)  # bf16 and each quantization option: one stream, the batch of 128, the quality gates (~4 min)
       fixtures custom_voice:1.7b
       stage options 270 python3 benchmarks/bench_options.py --size 1.7b ;;
+    attention)  # both decode-attention kernels on CUDA, then side by side; the tensor-core one off if its tests fail
+      if ! stage attention-tests 120 python3 -m pytest -q tests/kernels/test_kernels.py -k attention -p no:cacheprovider
+      then
+        echo "=== the tensor-core attention failed its tests: QTTS_ATTENTION_DOT=0 for the remaining stages"
+        export QTTS_ATTENTION_DOT=0
+      fi
+      stage attention 100 python3 benchmarks/bench_attention.py --out "$OUT/attention.json" ;;
+    saturation-open)  # the open-loop part of saturation, past where the last sweep overloaded
+      fixtures custom_voice:1.7b
+      stage saturation 150 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
+        --rates 60,80,100,120 --concurrency '' --stop-p95-ms 1000 --out "$OUT/serve_1.7b_saturation.json" ;;
     replicas)  # issue 20: one GPU, two Ray Serve replicas sharing it (and under MPS where allowed), then one (carry .whl-ray)
       fixtures custom_voice:1.7b
       stage replicas "${REPLICAS_LIMIT:-330}" python3 benchmarks/bench_replicas.py --size 1.7b \

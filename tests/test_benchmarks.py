@@ -100,3 +100,11 @@ def test_profile_tells_device_work_from_ranges_and_waits_by_name_where_events_ha
     for name in ("qtts.talker", "engine.launch_step", "Stream Wait Event", "Event Sync"):
         assert not is_device_work(event(name)), name
     assert not is_device_work(event("a range", is_user_annotation=True))
+
+
+def test_bench_attention_compares_both_kernels(tmp_path):
+    result = run_smoke("bench_attention.py", tmp_path)
+    assert [run["rows"] for run in result["runs"]] == [1, 3]
+    for run in result["runs"]:
+        assert run["default"] in ("loop", "dot")
+        assert run["dot"]["max_abs_diff_vs_loop"] < 1e-4

@@ -12,6 +12,7 @@ up in the codebook and attended in the rotated space (q arrives rotated), the ou
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch.nn import functional as F
@@ -81,6 +82,72 @@ def _decode_attention_kernel():
             tl.store(partial_acc_ptr + parts[:, None] * HEAD_DIM + dims[None, :], acc)
 
     return decode_attention_kernel
+
+
+@functools.cache
+def _decode_attention_dot_kernel():
+    """decode_attention_kernel on tensor cores, for 16-bit caches: the group's queries padded to BLOCK_G rows (the
+    smallest tl.dot tile), scores and outputs as matrix products. The broadcast products of the other kernel
+    hold (GROUP, BLOCK_N, HEAD_DIM) fp32 values in registers: at full batch that spills and starves occupancy."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode_attention_dot_kernel(q_ptr, k_cache_ptr, v_cache_ptr, positions_ptr, slots_ptr, out_ptr,
+                                    partial_acc_ptr, partial_max_ptr, partial_sum_ptr, scale,
+                                    cache_slot_stride, cache_head_stride, cache_pos_stride,
+                                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                    BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr, SPLITS: tl.constexpr,
+                                    BLOCK_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        row = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        split = tl.program_id(2)
+        GROUP: tl.constexpr = NUM_HEADS // NUM_KV_HEADS
+        dims = tl.arange(0, HEAD_DIM)
+        group = tl.arange(0, BLOCK_G)
+        in_group = group < GROUP
+        heads = row * NUM_HEADS + kv_head * GROUP + group
+        q_rows = heads[:, None] * HEAD_DIM + dims[None, :]
+        q = tl.load(q_ptr + q_rows, mask=in_group[:, None], other=0.0)  # (BLOCK_G, D), rows past GROUP zero
+        if UPCAST:
+            q = q.to(tl.float32)
+        length = tl.load(positions_ptr + row) + 1
+        if HAS_SLOTS:
+            slot = tl.load(slots_ptr + row).to(tl.int64)
+        else:
+            slot = row.to(tl.int64)
+        base = slot * cache_slot_stride + kv_head * cache_head_stride
+        m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
+        denom = tl.zeros((BLOCK_G,), tl.float32)
+        acc = tl.zeros((BLOCK_G, HEAD_DIM), tl.float32)
+        block_start = split * BLOCK_N
+        while block_start < length:
+            keys = block_start + tl.arange(0, BLOCK_N)
+            valid = keys < length
+            offsets = base + keys[:, None] * cache_pos_stride + dims[None, :]
+            k = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0.0)
+            v = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0.0)
+            if UPCAST:
+                k, v = k.to(tl.float32), v.to(tl.float32)
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_G, BLOCK_N)
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            correction = tl.exp(m - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            denom = denom * correction + tl.sum(p, axis=1)
+            acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m = m_new
+            block_start += BLOCK_N * SPLITS
+        if SPLITS == 1:
+            out = acc / denom[:, None]
+            tl.store(out_ptr + q_rows, out.to(out_ptr.dtype.element_ty), mask=in_group[:, None])
+        else:
+            parts = heads * SPLITS + split
+            tl.store(partial_max_ptr + parts, m, mask=in_group)
+            tl.store(partial_sum_ptr + parts, denom, mask=in_group)
+            tl.store(partial_acc_ptr + parts[:, None] * HEAD_DIM + dims[None, :], acc, mask=in_group[:, None])
+
+    return decode_attention_dot_kernel
 
 
 @functools.cache
@@ -213,11 +280,26 @@ def decode_attention_reference(q, k_cache, v_cache, positions, slots=None, rotat
     return out.squeeze(2)
 
 
+# Triton's interpreter (3.6) multiplies 16-bit tl.dot operands wrongly: there the dot kernel computes in fp32
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def use_dot_products(bits: int, splits: int, block_n: int) -> bool:
+    """Whether a call runs on tensor cores (_decode_attention_dot_kernel): 16-bit caches, a row's blocks walked by
+    one program (full batches; a split row's program walks few blocks either way), blocks of 32 keys or more
+    (the code predictor's 16 positions stay on the lighter kernel). QTTS_ATTENTION_DOT=0/1 decides instead."""
+    forced = os.environ.get("QTTS_ATTENTION_DOT")
+    if forced in ("0", "1"):
+        return forced == "1" and bits == 16
+    return bits == 16 and splits == 1 and block_n >= 32
+
+
 def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: int = 64, rotation=None,
-                           codebook=None, splits: int | None = None):
+                           codebook=None, splits: int | None = None, dot: bool | None = None):
     """q (B, H, D); slots: (B,) cache slot of each row, or None for slot b = row b. Over int4 rows q is
     in the rotated space (as qk_norm_rope_fused returns it), and rotation and codebook are the cache's.
-    splits: programs per row and KV head (a power of two; by default attention_splits; int4 rows take 1)."""
+    splits: programs per row and KV head (a power of two; by default attention_splits; int4 rows take 1).
+    dot: the tensor-core kernel (16-bit caches only; by default use_dot_products)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     out = torch.empty_like(q)
@@ -227,6 +309,8 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
     slots = positions if slots is None else slots.contiguous()  # a pointer the kernel never reads
     strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
     bits = kv_quant.stored_bits(k_cache)
+    if dot and bits != 16:
+        raise ValueError("the tensor-core decode attention reads 16-bit caches only")
     if bits == 4:
         shape["BLOCK_N"] = min(block_n, 32)  # four decoded (block, D/2) tiles live in registers at once
         _decode_attention_int4_kernel()[(batch, num_kv_heads)](
@@ -242,9 +326,19 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
         partial_acc = torch.empty(parts, head_dim, dtype=torch.float32, device=q.device)
         partial_max = torch.empty(parts, dtype=torch.float32, device=q.device)
         partial_sum = torch.empty(parts, dtype=torch.float32, device=q.device)
-    _decode_attention_kernel()[(batch, num_kv_heads, splits)](
-        q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
-        head_dim ** -0.5, *strides, **shape, KV_BITS=bits, SPLITS=splits)
+    if dot is None:
+        dot = use_dot_products(bits, splits, block_n)
+    if dot:
+        group = num_heads // num_kv_heads
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays exact; 16-bit inputs ignore it
+        _decode_attention_dot_kernel()[(batch, num_kv_heads, splits)](
+            q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
+            head_dim ** -0.5, *strides, **shape, SPLITS=splits, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
+            PRECISION=precision, UPCAST=INTERPRETED)
+    else:
+        _decode_attention_kernel()[(batch, num_kv_heads, splits)](
+            q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
+            head_dim ** -0.5, *strides, **shape, KV_BITS=bits, SPLITS=splits)
     if splits > 1:
         _merge_splits_kernel()[(batch * num_heads,)](partial_acc, partial_max, partial_sum, out,
                                                    HEAD_DIM=head_dim, SPLITS=splits)

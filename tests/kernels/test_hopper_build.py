@@ -18,7 +18,8 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from qtts.kernels.attention import _decode_attention_int4_kernel, _decode_attention_kernel, _merge_splits_kernel
+from qtts.kernels.attention import (_decode_attention_dot_kernel, _decode_attention_int4_kernel, _decode_attention_kernel,
+                                    _merge_splits_kernel)
 from qtts.kernels.fp8 import _quantize_rows_kernel
 from qtts.kernels.gemv import BLOCK_K, _gemv_kernel, block_n
 from qtts.kernels.residual import _bias_residual_kernel
@@ -53,6 +54,9 @@ for has_slots in (False, True):
                             for name in ("partial_acc_ptr", "partial_max_ptr", "partial_sum_ptr")}
                 build(_decode_attention_kernel(), {**attention, **partials, "scale": "fp32", **strides},
                       {**shape, **block, "KV_BITS": bits, "SPLITS": splits})
+                if bits == 16:  # the tensor-core kernel: 16-bit caches only
+                    build(_decode_attention_dot_kernel(), {**attention, **partials, "scale": "fp32", **strides},
+                          {**shape, **block, "SPLITS": splits, "BLOCK_G": 16, "PRECISION": "tf32", "UPCAST": False})
         build(_qk_norm_rope_kernel(),
               {"qkv_ptr": "*bf16", "q_weight_ptr": "*bf16", "k_weight_ptr": "*bf16", "cos_ptr": "*bf16",
                "sin_ptr": "*bf16", "positions_ptr": "*i64", "slots_ptr": "*i64", "q_out_ptr": "*bf16",

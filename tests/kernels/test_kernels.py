@@ -60,14 +60,15 @@ def test_qk_norm_rope_writes_cache(dtype, slots):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (4, 4)])
-def test_decode_attention(dtype, heads, kv_heads):
+@pytest.mark.parametrize("dot", [False, True])
+def test_decode_attention(dtype, heads, kv_heads, dot):
     g = torch.Generator().manual_seed(2)
     batch, dim, max_len = 3, 16, 80
     q = torch.randn(batch, heads, dim, generator=g).to(DEVICE, dtype)
     k = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     v = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     positions = torch.tensor([0, 40, 79], device=DEVICE)
-    out = decode_attention_fused(q, k, v, positions, block_n=16)
+    out = decode_attention_fused(q, k, v, positions, block_n=16, dot=dot)
     ref = decode_attention_reference(q, k, v, positions)
     tol = _tol(dtype)
     assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
@@ -75,7 +76,8 @@ def test_decode_attention(dtype, heads, kv_heads):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("splits", [2, 8])
-def test_decode_attention_split_among_programs_equals_one_pass(dtype, splits):
+@pytest.mark.parametrize("dot", [False, True])
+def test_decode_attention_split_among_programs_equals_one_pass(dtype, splits, dot):
     """A row's blocks shared among programs and merged (flash-decoding), rows shorter than one block per split
     included: the same attention as the reference."""
     g = torch.Generator().manual_seed(3)
@@ -84,10 +86,27 @@ def test_decode_attention_split_among_programs_equals_one_pass(dtype, splits):
     k = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     v = torch.randn(batch, kv_heads, max_len, dim, generator=g).to(DEVICE, dtype)
     positions = torch.tensor([0, 17, 63, 99], device=DEVICE)
-    out = decode_attention_fused(q, k, v, positions, block_n=16, splits=splits)
+    out = decode_attention_fused(q, k, v, positions, block_n=16, splits=splits, dot=dot)
     ref = decode_attention_reference(q, k, v, positions)
     tol = _tol(dtype)
     assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+def test_full_batches_of_16_bit_caches_attend_on_tensor_cores(monkeypatch):
+    monkeypatch.delenv("QTTS_ATTENTION_DOT", raising=False)
+    assert attention.use_dot_products(bits=16, splits=1, block_n=64)  # the talker at full batch
+    assert not attention.use_dot_products(bits=16, splits=16, block_n=64)  # one stream: the split kernel
+    assert not attention.use_dot_products(bits=16, splits=1, block_n=16)  # the code predictor's 16 positions
+    assert not attention.use_dot_products(bits=8, splits=1, block_n=64)  # quantized caches
+    monkeypatch.setenv("QTTS_ATTENTION_DOT", "0")
+    assert not attention.use_dot_products(bits=16, splits=1, block_n=64)
+    monkeypatch.setenv("QTTS_ATTENTION_DOT", "1")
+    assert attention.use_dot_products(bits=16, splits=16, block_n=16)
+    assert not attention.use_dot_products(bits=4, splits=1, block_n=64)
+    with pytest.raises(ValueError, match="16-bit"):
+        q = torch.zeros(1, 4, 16, device=DEVICE)
+        cache = torch.zeros(1, 2, 8, 32, dtype=torch.int8, device=DEVICE)  # an int8 cache's rows (kv_quant)
+        decode_attention_fused(q, cache, cache, torch.zeros(1, dtype=torch.long, device=DEVICE), dot=True)
 
 
 def test_attention_splits_fill_the_gpu_only_when_rows_leave_it_idle(monkeypatch):
@@ -103,7 +122,8 @@ def test_attention_splits_fill_the_gpu_only_when_rows_leave_it_idle(monkeypatch)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("splits", [1, 4])
-def test_decode_attention_rows_of_one_slot_are_causal(dtype, splits):
+@pytest.mark.parametrize("dot", [False, True])
+def test_decode_attention_rows_of_one_slot_are_causal(dtype, splits, dot):
     """A prompt's tokens as rows of one slot: token i sees the keys 0..its position, as causal SDPA does (with a
     row's blocks split among programs too: a short prompt leaves most of the GPU idle)."""
     g = torch.Generator().manual_seed(4)
@@ -113,7 +133,7 @@ def test_decode_attention_rows_of_one_slot_are_causal(dtype, splits):
     q = torch.randn(tokens, heads, dim, generator=g).to(DEVICE, dtype)
     positions = torch.arange(start, start + tokens, device=DEVICE)
     out = decode_attention_fused(q, k, v, positions, slots=torch.full((tokens,), 1, device=DEVICE), block_n=16,
-                                 splits=splits)
+                                 splits=splits, dot=dot)
     end = start + tokens
     mask = torch.arange(end, device=DEVICE).view(1, -1) <= positions.view(-1, 1)
     ref = torch.nn.functional.scaled_dot_product_attention(
