@@ -8,6 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/qtts-out}
+: "${QTTS_COMMIT:?set QTTS_COMMIT to the commit under test: the results are stamped with it (git there can be stale)}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 QTTS_FIXTURE_CACHE=/tmp/qtts-fixtures
