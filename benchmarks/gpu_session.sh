@@ -150,9 +150,9 @@ for name in "${stages[@]}"; do
     codec-cudnn)
       stage codec-cudnn 200 python3 benchmarks/bench_codec.py --cudnn-benchmark --batches 1,16,64,128 --chunks 1,4,8 \
         --out "$OUT/codec_cudnn_benchmark.json" ;;
-    profile)  # where an iteration's time goes at 32 to 256 streams (categories, host gaps; trace of 256 in $OUT)
+    profile)  # where an iteration's time goes at 32 to 256 streams, steady and with an arrival each (trace of 256 in $OUT)
       fixtures custom_voice:1.7b
-      stage profile 200 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128,256 ;;
+      stage profile 240 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128,256 --admit 1 ;;
     options)  # bf16 and each quantization option: one stream, the batch of 128, the quality gates (~4 min)
       fixtures custom_voice:1.7b
       stage options 270 python3 benchmarks/bench_options.py --size 1.7b ;;

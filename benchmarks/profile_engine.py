@@ -35,12 +35,12 @@ from qtts.engine.engine import Engine  # noqa: E402
 from qtts.engine.scheduler import Scheduler  # noqa: E402
 from qtts.testing.fixtures import fixture_dir  # noqa: E402
 
-CATEGORIES = ("talker", "code_predictor", "codec", "sampling", "copies", "other")
+CATEGORIES = ("talker", "code_predictor", "codec", "prefill", "sampling", "copies", "other")
 # the ranges the profile puts around the engine's device work (object, method, range name, category)
 RANGES = (("runner", "advance", "qtts.talker", "talker"),
           ("runner", "predict_frame", "qtts.code_predictor", "code_predictor"),
           ("codec", "decode", "qtts.codec", "codec"),
-          ("runner", "prefill_rows", "qtts.prefill", "other"))
+          ("runner", "prefill_rows", "qtts.prefill", "prefill"))
 RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
 DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's activity types of device work
 # the loop's host phases, as ranges of their own in the trace
@@ -206,6 +206,44 @@ def run_iterations(engine: Engine, count: int, iterations: int) -> float:
     return time.perf_counter() - start
 
 
+def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count: int, iterations: int,
+                  args) -> float:
+    """Step the loop `iterations` times, each replacing args.admit streams with new ones (the oldest cancelled,
+    as many submitted, admitted in that iteration): the loop at N streams with arrivals; wall seconds."""
+    first = len(readers)  # one reader per stream ever submitted: new seeds and texts
+    fresh = iter(requests_for(tts, first + args.admit * iterations, args.frames)[first:])
+    sync()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        for _ in range(args.admit):
+            streams.pop(0).cancel()
+            stream = engine.submit(next(fresh))
+            streams.append(stream)
+            readers.append(threading.Thread(target=lambda s=stream: sum(len(chunk) for chunk in s), daemon=True))
+            readers[-1].start()
+        engine.step()
+    sync()
+    return time.perf_counter() - start
+
+
+def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, count: int, steady_ms: float,
+                       args) -> dict:
+    """What args.admit arrivals per iteration cost the loop: timed, then profiled, against the steady iteration."""
+    wall_s = run_admitting(tts, engine, streams, readers, count, args.iterations, args)
+    on_cuda = tts.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        run_admitting(tts, engine, streams, readers, count, args.profile_iterations, args)
+    device = attribute(prof, on_cuda)
+    per_iteration = lambda us: round(us / 1e3 / args.profile_iterations, 3)  # noqa: E731
+    iteration_ms = wall_s / args.iterations * 1e3
+    return {"admitted_per_iteration": args.admit, "iteration_ms": round(iteration_ms, 3),
+            "ms_per_admission": round((iteration_ms - steady_ms) / args.admit, 3),
+            "gpu_ms": {name: per_iteration(device["category_us"].get(name, 0.0)) for name in CATEGORIES},
+            "gpu_busy_ms": per_iteration(device["busy_us"]),
+            "host_phase_ms": {name: per_iteration(us) for name, us in host_phases(prof).items()}}
+
+
 def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path | None) -> dict:
     """One N: fill the engine, settle, time, profile (and trace), then cancel the streams."""
     streams = [engine.submit(request) for request in requests_for(tts, count, args.frames)]
@@ -242,6 +280,13 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
                 shutil.copyfileobj(source, target)
             trace.unlink()
             print(f"trace: {trace}.gz", flush=True)
+        admissions = None
+        if args.admit:
+            steady_ms = wall_s / args.iterations * 1e3
+            try:
+                admissions = measure_admissions(tts, engine, streams, readers, count, steady_ms, args)
+            except Exception as error:  # the steady figures still count
+                admissions = {"error": f"{type(error).__name__}: {error}"}
         late = engine.stats()["late_graph_captures"] - late_before
     finally:
         for stream in streams:
@@ -264,7 +309,8 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
             "profiled_host_gap_ms": round(profiled_ms - busy_ms, 3),
             "host_phase_ms": {name: per_iteration(us) for name, us in phases.items()},
             "device_events": device["device_events"], **({"attribution_error": device["error"]} if "error" in device else {}),
-            "top_kernels_ms": [(name, per_iteration(us)) for name, us in device["top_kernels_us"]]}
+            "top_kernels_ms": [(name, per_iteration(us)) for name, us in device["top_kernels_us"]],
+            **({"admitting": admissions} if admissions is not None else {})}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -288,13 +334,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--profile-iterations", type=int, default=20)
     parser.add_argument("--trace-iterations", type=int, default=4, help="in the trace of the largest N (0: none)")
+    parser.add_argument("--admit", type=int, default=0, help="then iterations that each replace this many streams "
+                        "with new ones: what an arrival costs (0: steady iterations only)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny fixture on CPU, a few iterations: checks the script")
     args = parser.parse_args()
     if args.smoke:
         args.size, args.max_len = "tiny", 256
         args.streams, args.frames, args.settle = "2,3", 60, 2
-        args.iterations, args.profile_iterations, args.trace_iterations = 3, 2, 2
+        args.iterations, args.profile_iterations, args.trace_iterations, args.admit = 3, 2, 2, 1
     counts = sorted(int(n) for n in args.streams.split(","))
     on_cuda = torch.cuda.is_available() and not args.smoke
     tts = TTS.from_pretrained(fixture_dir("custom_voice", args.size), device="cuda" if on_cuda else "cpu",

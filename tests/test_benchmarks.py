@@ -32,6 +32,11 @@ def test_profile_engine_attributes_each_iteration_and_writes_a_trace(tmp_path):
         assert all(run["gpu_ms"][name] > 0 for name in ("talker", "code_predictor", "codec", "sampling"))
         assert run["host_gap_ms"] == pytest.approx(run["iteration_ms"] - run["gpu_busy_ms"], abs=1e-2)
         assert run["host_phase_ms"]["launch_step"] > 0
+        # iterations with an arrival each: the new rows' prefills are their own category
+        admitting = run["admitting"]
+        assert "error" not in admitting, admitting
+        assert admitting["admitted_per_iteration"] == 1 and admitting["gpu_ms"]["prefill"] > 0
+        assert admitting["host_phase_ms"]["admit"] > 0
     assert result["commit"] and result["command"].startswith("profile_engine.py")
     with gzip.open(tmp_path / "out" / "engine_trace_3.json.gz") as trace:
         names = {event.get("name") for event in json.load(trace)["traceEvents"]}
