@@ -167,11 +167,11 @@ for name in "${stages[@]}"; do
       fixtures custom_voice:1.7b
       stage saturation 150 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
         --rates 60,80,100,120 --concurrency '' --stop-p95-ms 1000 --out "$OUT/serve_1.7b_saturation.json" ;;
-    replicas)  # issue 20: one GPU, two Ray Serve replicas sharing it (and under MPS where allowed), then one (carry .whl-ray)
+    replicas)  # one GPU: one engine, one Ray Serve replica, two sharing the card (and under MPS where allowed); carry .whl-ray
       fixtures custom_voice:1.7b
       stage replicas "${REPLICAS_LIMIT:-330}" python3 benchmarks/bench_replicas.py --size 1.7b \
-        --configs "${REPLICAS_CONFIGS:-ray-2,ray-2-mps,ray-1}" --rates 40,60,80,100 --duration 8 --stop-p95-ms 100 \
-        --out "$OUT/replicas_1gpu_1.7b.json" ;;
+        --configs "${REPLICAS_CONFIGS:-single,ray-1,ray-2,ray-2-mps}" --rates 40,60,80,100 --duration 8 \
+        --stop-p95-ms 100 ;;  # into the committed file (configurations not run keep their figures), copied to $OUT
     saturation)  # issue 19's serving targets at 256 rows: open loop to 80 req/s, closed loop at 128 and 256 streams
       fixtures custom_voice:1.7b
       stage saturation 260 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
