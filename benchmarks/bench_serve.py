@@ -372,11 +372,13 @@ def keep_server_log(log, command: list[str]) -> None:
     """Append the server's log (its last 200 kB) to $OUT/server_logs.txt, where a GPU session collects results."""
     if not os.environ.get("OUT"):
         return
-    log.flush()
-    log.seek(0, os.SEEK_END)
-    log.seek(max(0, log.tell() - 200_000))
-    with open(Path(os.environ["OUT"], "server_logs.txt"), "a") as kept:
-        kept.write(f"=== {' '.join(command[3:])}\n{log.read()}\n")
+    try:
+        log.flush()
+        tail = Path(log.name).read_bytes()[-200_000:].decode(errors="replace")
+        with open(Path(os.environ["OUT"], "server_logs.txt"), "a") as kept:
+            kept.write(f"=== {' '.join(command[3:])}\n{tail}\n")
+    except OSError as error:  # a lost log must not hide the run's own outcome
+        print(f"could not keep the server log: {error}", file=sys.stderr)
 
 
 def _healthy(url: str) -> bool:

@@ -3,11 +3,11 @@
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
 #   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
-#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation saturation-open replicas attention serve serve-check serve-check-inproc serve-short serve-open serve-closed
+#   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation replicas attention serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/qtts-out}
+export OUT=${OUT:-/tmp/qtts-out}
 : "${QTTS_COMMIT:?set QTTS_COMMIT to the commit under test: the results are stamped with it (git there can be stale)}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -163,7 +163,7 @@ for name in "${stages[@]}"; do
         export QTTS_ATTENTION_DOT=0
       fi
       stage attention 100 python3 benchmarks/bench_attention.py --out "$OUT/attention.json" ;;
-    saturation-open)  # the open-loop part of saturation, past where the last sweep overloaded
+    saturation)  # one engine of 256 rows, open loop up to where it overloads (the closed loop's client is the limit there)
       fixtures custom_voice:1.7b
       stage saturation 150 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
         --rates 60,80,100,120 --concurrency '' --stop-p95-ms 1000 --out "$OUT/serve_1.7b_saturation.json" ;;
@@ -172,10 +172,6 @@ for name in "${stages[@]}"; do
       stage replicas "${REPLICAS_LIMIT:-330}" python3 benchmarks/bench_replicas.py --size 1.7b \
         --configs "${REPLICAS_CONFIGS:-single,ray-1,ray-2,ray-2-mps}" --rates 40,60,80,100 --duration 8 \
         --stop-p95-ms 100 ;;  # into the committed file (configurations not run keep their figures), copied to $OUT
-    saturation)  # issue 19's serving targets at 256 rows: open loop to 80 req/s, closed loop at 128 and 256 streams
-      fixtures custom_voice:1.7b
-      stage saturation 260 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
-        --rates 40,60,80 --concurrency 128,256 --stop-p95-ms 1000 --out "$OUT/serve_1.7b_saturation.json" ;;
     serve-check)  # the targets' region, open and closed loop, for a short device budget
       fixtures custom_voice:1.7b
       stage serve 300 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 128 --duration 8 \

@@ -209,11 +209,11 @@ def run_iterations(engine: Engine, count: int, iterations: int) -> float:
 def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count: int, iterations: int,
                   args) -> float:
     """Step the loop `iterations` times, each replacing args.admit streams with new ones (the oldest cancelled,
-    as many submitted, admitted in that iteration): the loop at N streams with arrivals; wall seconds."""
+    as many submitted, admitted in that iteration): the loop at N streams with arrivals. Seconds spent in the
+    loop's steps (a server submits on other threads, so submitting is not timed)."""
     first = len(readers)  # one reader per stream ever submitted: new seeds and texts
     fresh = iter(requests_for(tts, first + args.admit * iterations, args.frames)[first:])
-    sync()
-    start = time.perf_counter()
+    stepping = 0.0
     for _ in range(iterations):
         for _ in range(args.admit):
             streams.pop(0).cancel()
@@ -221,27 +221,54 @@ def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count:
             streams.append(stream)
             readers.append(threading.Thread(target=lambda s=stream: sum(len(chunk) for chunk in s), daemon=True))
             readers[-1].start()
+        sync()
+        start = time.perf_counter()
         engine.step()
-    sync()
-    return time.perf_counter() - start
+        sync()
+        stepping += time.perf_counter() - start
+        if len(engine._rows) != count:
+            raise RuntimeError(f"{len(engine._rows)} rows while {count} were measured with arrivals")
+    return stepping
 
 
 def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, count: int, steady_ms: float,
                        args) -> dict:
-    """What args.admit arrivals per iteration cost the loop: timed, then profiled, against the steady iteration."""
-    wall_s = run_admitting(tts, engine, streams, readers, count, args.iterations, args)
+    """What args.admit arrivals per iteration cost the loop: timed, then profiled, against the steady iteration
+    (each step synchronized: the steady figure to compare with is `steady_synced_ms`)."""
+    late_before = engine.stats()["late_graph_captures"]
+    stepping_s = run_admitting(tts, engine, streams, readers, count, args.iterations, args)
     on_cuda = tts.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with profile(activities=activities) as prof:
         run_admitting(tts, engine, streams, readers, count, args.profile_iterations, args)
-    device = attribute(prof, on_cuda)
+    try:
+        device = attribute(prof, on_cuda)
+    except Exception as error:  # the timing above still counts
+        device = {"category_us": {}, "busy_us": 0.0, "error": f"{type(error).__name__}: {error}"}
     per_iteration = lambda us: round(us / 1e3 / args.profile_iterations, 3)  # noqa: E731
-    iteration_ms = wall_s / args.iterations * 1e3
+    iteration_ms = stepping_s / args.iterations * 1e3
     return {"admitted_per_iteration": args.admit, "iteration_ms": round(iteration_ms, 3),
+            "steady_synced_ms": round(steady_ms, 3),
             "ms_per_admission": round((iteration_ms - steady_ms) / args.admit, 3),
+            "late_graph_captures": engine.stats()["late_graph_captures"] - late_before,
             "gpu_ms": {name: per_iteration(device["category_us"].get(name, 0.0)) for name in CATEGORIES},
             "gpu_busy_ms": per_iteration(device["busy_us"]),
-            "host_phase_ms": {name: per_iteration(us) for name, us in host_phases(prof).items()}}
+            "host_phase_ms": {name: per_iteration(us) for name, us in host_phases(prof).items()},
+            **({"attribution_error": device["error"]} if "error" in device else {})}
+
+
+def synced_iteration_ms(engine: Engine, count: int, iterations: int) -> float:
+    """The steady iteration timed as run_admitting times its steps (each step synchronized)."""
+    total = 0.0
+    for _ in range(iterations):
+        sync()
+        start = time.perf_counter()
+        engine.step()
+        sync()
+        total += time.perf_counter() - start
+    if len(engine._rows) != count:
+        raise RuntimeError(f"a stream ended while {count} were measured: raise --frames")
+    return total / iterations * 1e3
 
 
 def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path | None) -> dict:
@@ -280,14 +307,14 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
                 shutil.copyfileobj(source, target)
             trace.unlink()
             print(f"trace: {trace}.gz", flush=True)
+        late = engine.stats()["late_graph_captures"] - late_before
         admissions = None
         if args.admit:
-            steady_ms = wall_s / args.iterations * 1e3
             try:
+                steady_ms = synced_iteration_ms(engine, count, args.iterations)
                 admissions = measure_admissions(tts, engine, streams, readers, count, steady_ms, args)
             except Exception as error:  # the steady figures still count
                 admissions = {"error": f"{type(error).__name__}: {error}"}
-        late = engine.stats()["late_graph_captures"] - late_before
     finally:
         for stream in streams:
             stream.cancel()
@@ -299,6 +326,9 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
     iteration_ms = wall_s / args.iterations * 1e3
     profiled_ms = profiled_s / args.profile_iterations * 1e3
     busy_ms = per_iteration(device["busy_us"])
+    if "error" not in device and device["category_us"].get("other", 0.0) > 0.5 * device["busy_us"] > 0:
+        device["error"] = ("over half the device time fell to 'other': the kernels were not linked to the ranges "
+                           "that launched them (the trace's annotations still place them)")
     return {"streams": count, "ramp_iterations": ramp, "iterations": args.iterations,
             "iteration_ms": round(iteration_ms, 3), "audio_s_per_s": round(count * frame_s / (iteration_ms / 1e3), 1),
             "late_graph_captures": late, "profiled_iterations": args.profile_iterations,

@@ -280,8 +280,10 @@ def decode_attention_reference(q, k_cache, v_cache, positions, slots=None, rotat
     return out.squeeze(2)
 
 
-# Triton's interpreter (3.6) multiplies 16-bit tl.dot operands wrongly: there the dot kernel computes in fp32
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+def interpreted() -> bool:
+    """Under Triton's interpreter (3.6), which multiplies 16-bit tl.dot operands wrongly: the dot kernel then
+    computes in fp32."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def use_dot_products(bits: int, splits: int, block_n: int) -> bool:
@@ -334,7 +336,7 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
         _decode_attention_dot_kernel()[(batch, num_kv_heads, splits)](
             q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
             head_dim ** -0.5, *strides, **shape, SPLITS=splits, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
-            PRECISION=precision, UPCAST=INTERPRETED)
+            PRECISION=precision, UPCAST=interpreted())
     else:
         _decode_attention_kernel()[(batch, num_kv_heads, splits)](
             q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
