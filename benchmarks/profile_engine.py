@@ -206,6 +206,15 @@ def run_iterations(engine: Engine, count: int, iterations: int) -> float:
     return time.perf_counter() - start
 
 
+def timed_step(engine: Engine) -> float:
+    """One loop iteration, synchronized before and after: its seconds."""
+    sync()
+    start = time.perf_counter()
+    engine.step()
+    sync()
+    return time.perf_counter() - start
+
+
 def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count: int, iterations: int,
                   args) -> float:
     """Step the loop `iterations` times, each replacing args.admit streams with new ones (the oldest cancelled,
@@ -221,11 +230,7 @@ def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count:
             streams.append(stream)
             readers.append(threading.Thread(target=lambda s=stream: sum(len(chunk) for chunk in s), daemon=True))
             readers[-1].start()
-        sync()
-        start = time.perf_counter()
-        engine.step()
-        sync()
-        stepping += time.perf_counter() - start
+        stepping += timed_step(engine)
         if len(engine._rows) != count:
             raise RuntimeError(f"{len(engine._rows)} rows while {count} were measured with arrivals")
     return stepping
@@ -259,13 +264,7 @@ def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, c
 
 def synced_iteration_ms(engine: Engine, count: int, iterations: int) -> float:
     """The steady iteration timed as run_admitting times its steps (each step synchronized)."""
-    total = 0.0
-    for _ in range(iterations):
-        sync()
-        start = time.perf_counter()
-        engine.step()
-        sync()
-        total += time.perf_counter() - start
+    total = sum(timed_step(engine) for _ in range(iterations))
     if len(engine._rows) != count:
         raise RuntimeError(f"a stream ended while {count} were measured: raise --frames")
     return total / iterations * 1e3
