@@ -50,6 +50,10 @@ FINISH_COUNTERS = {"stop": "completed", "length": "completed", "cancelled": "can
 # turn is a large share of a frame; at many, an arrival mid-frame would waste a whole code predictor pass
 SPECULATE_MAX_ROWS = 4
 SLOW_ITERATION_S = 0.1  # an iteration this long after warm-up is logged: streams felt it
+# a first frame is sent as soon as the codec has it, waiting for the codec if need be; past this many rows the
+# codec's call outlasts the frame step by milliseconds the next frame would use, so a first frame the codec
+# has not finished goes out with the next iteration's audio, after the next frame is launched
+FIRST_AUDIO_WAIT_MAX_ROWS = 32
 
 
 def _on(stream: torch.cuda.Stream | None):
@@ -748,7 +752,9 @@ class Engine:
         rows = [row for row, job in enumerate(call.jobs) if job.chunks_sent == 0 and not job.decoded]
         if not rows:
             return
-        if call.done is not None:
+        if call.done is not None and not call.done.query():
+            if len(call.jobs) > FIRST_AUDIO_WAIT_MAX_ROWS:
+                return  # _collect_audio sends it
             call.done.synchronize()
         for row in rows:
             job = call.jobs[row]

@@ -117,6 +117,51 @@ def test_first_chunk_follows_the_schedule(tts, engine_factory):
     assert stream.first_chunk_at is not None and stream.first_chunk_at >= stream.created_at
 
 
+class CodecStillRunning:
+    """The CUDA event of a codec call that has not finished when the engine polls it."""
+
+    def __init__(self, rows: int):
+        self.rows, self.polled, self.waited = rows, 0, 0
+
+    def query(self) -> bool:
+        self.polled += 1
+        return False
+
+    def synchronize(self) -> None:
+        self.waited += 1
+
+
+@pytest.mark.parametrize("wait_max_rows", [1, 8], ids=["sent next iteration", "waited for"])
+def test_a_first_frame_still_decoding_reaches_its_stream_whole(tts, engine_factory, monkeypatch, wait_max_rows):
+    """Past FIRST_AUDIO_WAIT_MAX_ROWS rows, a first frame the codec has not finished goes out with the next
+    iteration's audio instead of holding the loop; either way every stream gets all its audio."""
+    events = []
+    launch = Engine._launch_codec
+
+    def launch_still_running(self, jobs, rows, frames):
+        call = launch(self, jobs, rows, frames)
+        if jobs:
+            call.done = CodecStillRunning(len(jobs))
+            events.append(call.done)
+        return call
+
+    monkeypatch.setattr(Engine, "_launch_codec", launch_still_running)
+    monkeypatch.setattr(engine_module, "FIRST_AUDIO_WAIT_MAX_ROWS", wait_max_rows)
+    engine = engine_factory(max_batch=4, chunk_frames=(1, 2, 3))
+    engine.start()
+    requests = [_request(tts, text, greedy=True, max_frames=frames) for text, frames in zip(TEXTS, (9, 4, 7))]
+    streams = [engine.submit(r) for r in requests]
+    for request, stream in zip(requests, streams):
+        _assert_same_as_solo(tts, request, stream, _audio(stream))
+        assert stream.first_chunk_at is not None
+    # the loop waits once per call for its audio; a call with first frames is polled first, and waited for a
+    # second time only up to FIRST_AUDIO_WAIT_MAX_ROWS rows
+    with_first_frames = [event for event in events if event.polled]
+    assert with_first_frames
+    assert all(event.waited == (2 if event.rows <= wait_max_rows else 1) for event in with_first_frames)
+    assert any(event.rows > wait_max_rows for event in with_first_frames) == (wait_max_rows == 1)
+
+
 def test_a_seeded_sampled_request_does_not_depend_on_its_batch_mates(tts, engine_factory):
     request = _request(tts, TEXTS[0], seed=1234, max_frames=12)
     engine = engine_factory(max_batch=4)
