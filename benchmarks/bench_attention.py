@@ -3,7 +3,9 @@ read per second, over batch sizes and cached lengths (1.7B's shape: 16 query hea
 
 usage: python benchmarks/bench_attention.py [--rows 1,8,32,64,128,256] [--lengths 256,1024] [--out FILE] [--smoke]
 `loop` is the broadcast-product kernel, `dot` the tensor-core one (kernels/attention.py); `default` marks the one
-the engine picks for that call (use_dot_products). Each time is the median of triton.testing.do_bench. Writes JSON
+the engine picks for that call (use_dot_products). Each time is the median of triton.testing.do_bench. Then a
+prompt's rows as the prefill runs them (rows of one slot, causal) through both kernels against an fp32
+reference (`prompt_rows_check`, max abs difference). Writes JSON
 (default benchmarks/results/attention_<device>.json; under --smoke only with --out).
 """
 import argparse
@@ -59,6 +61,23 @@ def main() -> None:
                              "max_abs_diff_vs_loop": error}
             results["runs"].append(row)
             print(row, flush=True)
+    # a prompt's rows as the prefill runs them (rows of one slot, each seeing keys up to its own position; the
+    # last block partly filled), both kernels against an fp32 reference at this shape
+    tokens, start = (200, 37) if on_cuda else (20, 5)
+    length = max(int(n) for n in args.lengths.split(","))
+    k, v = (torch.randn(3, kv_heads, length, dim, device=device, dtype=dtype) for _ in range(2))
+    q = torch.randn(tokens, heads, dim, device=device, dtype=dtype)
+    positions = torch.arange(start, start + tokens, device=device)
+    slots = torch.full((tokens,), 1, device=device)
+    end = start + tokens
+    mask = torch.arange(end, device=device).view(1, -1) <= positions.view(-1, 1)
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q.float().transpose(0, 1).unsqueeze(0), k[1:2, :, :end].float(), v[1:2, :, :end].float(), attn_mask=mask,
+        enable_gqa=True)[0].transpose(0, 1)
+    results["prompt_rows_check"] = {"tokens": tokens, "start": start, **{
+        name: (decode_attention_fused(q, k, v, positions, slots=slots, block_n=block_n, dot=dot).float()
+               - reference).abs().max().item() for name, dot in (("loop", False), ("dot", True))}}
+    print({"prompt_rows_max_abs_diff_vs_fp32": results["prompt_rows_check"]}, flush=True)
     path = args.out or ROOT / "benchmarks" / "results" / f"attention_{results['device'].replace(' ', '_')}.json"
     if args.out or not args.smoke:
         save_results(results, path)

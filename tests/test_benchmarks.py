@@ -113,3 +113,5 @@ def test_bench_attention_compares_both_kernels(tmp_path):
     for run in result["runs"]:
         assert run["default"] in ("loop", "dot")
         assert run["dot"]["max_abs_diff_vs_loop"] < 1e-4
+    check = result["prompt_rows_check"]
+    assert check["loop"] < 1e-4 and check["dot"] < 1e-4  # fp32 on CPU: both kernels equal the reference
