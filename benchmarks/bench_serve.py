@@ -17,7 +17,9 @@ Each level also reports the server's pauses while it ran (engine loop iterations
 late the server's event loop ran a 10 ms timer: counts over 10/20/50/100 ms, from /metrics).
 The rate sweep stops after the first rate that is overloaded (p95 first audible > --stop-p95-ms, any failure,
 or over 1% answered 429); the concurrency sweep stops on failures only (latency past max_batch is queueing).
-One JSON line per rate or concurrency is printed, and the JSON file is rewritten after each.
+One JSON line per rate or concurrency is printed, and the JSON file is rewritten after each. With
+--client-processes N each level's load is split among N client processes (rate / N each, or clients / N), so that
+at high load the client's own event loop is not what falls behind (client_loop_lag shows whether it did).
 """
 import argparse
 import asyncio
@@ -413,12 +415,77 @@ async def warm_up(load: Load, max_batch: int) -> float:
         clients = min(2 * clients, max_batch)
 
 
+def http_client(url: str, request_timeout: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(request_timeout, connect=30))
+
+
+def client_share(url: str, request_timeout: float, prompts: list[str], voice: dict, phase: str, level: float,
+                 duration_s: float, seed: str, start_at: float) -> tuple[list[Outcome], float, int, float, dict]:
+    """One client process's share of a level, started at wall-clock `start_at`: its outcomes, wall seconds, peak in
+    flight, how late it sent anything, and its own event loop's lag histogram (scraped shape)."""
+    async def share():
+        async with http_client(url, request_timeout) as client:
+            load = Load(client, prompts, voice)
+            lag = DurationHistogram()
+            watcher = asyncio.create_task(watch_loop_lag(lag))
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            if phase == "open_loop":
+                outcomes, wall_s = await open_loop(load, level, duration_s, seed)
+            else:
+                outcomes, wall_s = await closed_loop(load, int(level), duration_s, seed)
+            watcher.cancel()
+            return outcomes, wall_s, load.peak_in_flight, load.client_lag_s, client_lag_scrape(lag)
+    return asyncio.run(share())
+
+
+class ClientProcesses:
+    """A level's load split among processes, so that the client is not what saturates: an open-loop rate into
+    independent Poisson streams of rate / N (together a Poisson stream of the rate), closed-loop clients into N
+    groups. Outcomes are merged; peak in flight is the sum of the processes' peaks (an upper bound)."""
+
+    def __init__(self, count: int, url: str, args, prompts: list[str], voice: dict):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.count, self.url, self.args, self.prompts, self.voice = count, url, args, prompts, voice
+        self.pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"))
+        self.peak_in_flight, self.client_lag_s, self.lag = 0, 0.0, None
+
+    def measure(self, phase: str, level: float) -> tuple[list[Outcome], float]:
+        shares = ([level / self.count] * self.count if phase == "open_loop" else
+                  [level // self.count + (i < level % self.count) for i in range(self.count)])
+        start_at = time.time() + 1.0  # the processes start together
+        futures = [self.pool.submit(client_share, self.url, self.args.request_timeout, self.prompts, self.voice,
+                                    phase, share, self.args.duration, f"{self.args.seed}:{i}", start_at)
+                   for i, share in enumerate(shares) if share > 0]
+        done = [future.result() for future in futures]
+        self.peak_in_flight = sum(peak for _, _, peak, _, _ in done)
+        self.client_lag_s = max(lag for _, _, _, lag, _ in done)
+        self.lag = merged_lag([histogram for *_, histogram in done])
+        return [o for outcomes, *_ in done for o in outcomes], max(wall for _, wall, *_ in done)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def merged_lag(scrapes: list[dict]) -> dict:
+    """The processes' client_loop_lag histograms summed (the same buckets in each)."""
+    total = {"buckets": {}, "sum": 0.0}
+    for scrape in scrapes:
+        histogram = scrape["client_loop_lag"]
+        total["sum"] += histogram["sum"]
+        for le, count in histogram["buckets"].items():
+            total["buckets"][le] = total["buckets"].get(le, 0.0) + count
+    return {"client_loop_lag": total}
+
+
 async def sweep(args, url: str, result: dict, save) -> None:
     """Warm up, then the rate sweep and the concurrency sweep into `result`; `save(stats)` after each level."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    timeout = httpx.Timeout(args.request_timeout, connect=30)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+    async with http_client(url, args.request_timeout) as client:
         load = Load(client, make_prompts(seed=args.seed), await voice_fields(client))
+        processes = (ClientProcesses(args.client_processes, url, args, load.prompts, load.voice)
+                     if args.client_processes > 1 else None)
         # this client's own event-loop lag: a stall here delays pieces that left the server on time
         client_lag = DurationHistogram()
         watcher = asyncio.create_task(watch_loop_lag(client_lag))
@@ -433,10 +500,15 @@ async def sweep(args, url: str, result: dict, save) -> None:
         for phase, key, levels, measure, stop_p95_ms in phases:
             for level in levels:
                 before, lag_before = await pause_histograms(client), client_lag_scrape(client_lag)
-                stats = {key: level, **summarize(*await measure(load, level, args.duration, args.seed), load)}
+                if processes is None:
+                    stats = {key: level, **summarize(*await measure(load, level, args.duration, args.seed), load)}
+                    lag_after = client_lag_scrape(client_lag)
+                else:  # the processes' own loops: this one only waits
+                    measured = await asyncio.to_thread(processes.measure, phase, level)
+                    stats = {key: level, **summarize(*measured, processes)}
+                    lag_before, lag_after = merged_lag([]), processes.lag
                 after = await pause_histograms(client)
-                stats["pauses"] = pauses_between(before and {**before, **lag_before},
-                                                 after and {**after, **client_lag_scrape(client_lag)})
+                stats["pauses"] = pauses_between(before and {**before, **lag_before}, after and {**after, **lag_after})
                 stats["overloaded"] = reason = overload(stats, stop_p95_ms)
                 result[phase].append(stats)
                 if reason and level != levels[-1]:
@@ -445,6 +517,8 @@ async def sweep(args, url: str, result: dict, save) -> None:
                 if reason:
                     break
         watcher.cancel()
+        if processes is not None:
+            processes.close()
 
 
 def numbers(text: str, kind=float) -> list:
@@ -472,6 +546,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client-warmup", action="store_true",
                         help="send 1, 2, 4 ... max_batch requests before measuring (a user's server gets none)")
     parser.add_argument("--server-args", default="", help="more `qtts serve` flags, e.g. '--low-buffer-ms 50'")
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="split each level's load among this many client processes (the cold phase and the "
+                             "warm-up stay in one)")
     parser.add_argument("--rates", type=numbers, default=numbers("1,2,4,8,10,16,20,30,40,60"), help="'' skips")
     parser.add_argument("--concurrency", type=lambda t: numbers(t, int), default=[1, 2, 4, 8, 16, 32, 64, 128],
                         help="closed-loop client counts; '' skips")
@@ -509,7 +586,8 @@ def main() -> None:
               "model_type": None if args.model else args.type, "size": None if args.model else args.size,
               "max_batch": args.max_batch, "max_queue": args.max_queue, "max_len": args.max_len,
               "switch_interval_us": args.switch_interval_us, "engine_process": args.engine_process,
-              "server_args": args.server_args, "command": " ".join(sys.argv),
+              "server_args": args.server_args, "client_processes": args.client_processes,
+              "command": " ".join(sys.argv),
               "duration_s": args.duration, "seed": args.seed, "smoke": args.smoke, "stop_p95_ms": args.stop_p95_ms,
               "audible_level_int16": AUDIBLE_LEVEL, "chars_per_second": CHARS_PER_SECOND,
               "prompts": {"count": len(prompts), "mean_chars": round(float(np.mean([len(p) for p in prompts])), 1),

@@ -163,10 +163,11 @@ for name in "${stages[@]}"; do
         export QTTS_ATTENTION_DOT=0
       fi
       stage attention 100 python3 benchmarks/bench_attention.py --out "$OUT/attention.json" ;;
-    saturation)  # one engine of 256 rows, open loop up to where it overloads (the closed loop's client is the limit there)
+    saturation)  # one engine of 256 rows: open loop up to where it overloads, then 256 clients back to back
       fixtures custom_voice:1.7b
-      stage saturation 150 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
-        --rates 60,80,100,120 --concurrency '' --stop-p95-ms 1000 --out "$OUT/serve_1.7b_saturation.json" ;;
+      stage saturation 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
+        --rates 60,80,100,120 --concurrency 256 --client-processes 4 --stop-p95-ms 1000 \
+        --out "$OUT/serve_1.7b_saturation.json" ;;
     replicas)  # one GPU: one engine, one Ray Serve replica, two sharing the card (and under MPS where allowed); carry .whl-ray
       fixtures custom_voice:1.7b
       stage replicas "${REPLICAS_LIMIT:-330}" python3 benchmarks/bench_replicas.py --size 1.7b \

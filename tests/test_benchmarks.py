@@ -115,3 +115,19 @@ def test_bench_attention_compares_both_kernels(tmp_path):
         assert run["dot"]["max_abs_diff_vs_loop"] < 1e-4
     check = result["prompt_rows_check"]
     assert check["loop"] < 1e-4 and check["dot"] < 1e-4  # fp32 on CPU: both kernels equal the reference
+
+
+def test_bench_serve_splits_a_level_among_client_processes(tmp_path):
+    out = tmp_path / "serve.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--smoke", "--client-processes",
+                           "2", "--rates", "2", "--concurrency", "2", "--duration", "1", "--out", str(out)],
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["client_processes"] == 2
+    closed = result["closed_loop"][0]
+    # one client in each process, each streaming back to back: every request whole
+    assert closed["concurrency"] == 2 and closed["requests"] >= 2 and closed["ok"] == closed["requests"]
+    assert closed["wrong_length"] == 0 and closed["pauses"]["client_loop_lag"]["count"] > 0
+    assert result["open_loop"][0]["requests"] >= 1
