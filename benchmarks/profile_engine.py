@@ -180,6 +180,32 @@ def attribute(prof, on_cuda: bool) -> dict:
             "device_events": dict(kinds)}
 
 
+def attribute_or_error(prof, on_cuda: bool) -> dict:
+    """attribute(), or, where it fails or leaves most device time unlinked, an "error" saying so (the timing
+    around the profile still counts)."""
+    try:
+        device = attribute(prof, on_cuda)
+    except Exception as error:
+        return {"category_us": {}, "busy_us": 0.0, "top_kernels_us": [], "device_events": {},
+                "error": f"{type(error).__name__}: {error}"}
+    if device["category_us"].get("other", 0.0) > 0.5 * device["busy_us"] > 0:
+        device["error"] = ("over half the device time fell to 'other': the kernels were not linked to the ranges "
+                           "that launched them (the trace's annotations still place them)")
+    return device
+
+
+def profiled(on_cuda: bool):
+    """A torch.profiler context over the host and, on CUDA, the device."""
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else []))
+
+
+def start_reader(stream) -> threading.Thread:
+    """A thread draining `stream`, as a client would."""
+    reader = threading.Thread(target=lambda: sum(len(chunk) for chunk in stream), daemon=True)
+    reader.start()
+    return reader
+
+
 def host_phases(prof) -> dict:
     """Host ms of each loop phase range over the profiled iterations (inclusive of what it calls)."""
     totals = defaultdict(float)
@@ -228,8 +254,7 @@ def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count:
             streams.pop(0).cancel()
             stream = engine.submit(next(fresh))
             streams.append(stream)
-            readers.append(threading.Thread(target=lambda s=stream: sum(len(chunk) for chunk in s), daemon=True))
-            readers[-1].start()
+            readers.append(start_reader(stream))
         stepping += timed_step(engine)
         if len(engine._rows) != count:
             raise RuntimeError(f"{len(engine._rows)} rows while {count} were measured with arrivals")
@@ -243,13 +268,9 @@ def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, c
     late_before = engine.stats()["late_graph_captures"]
     stepping_s = run_admitting(tts, engine, streams, readers, count, args.iterations, args)
     on_cuda = tts.device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with profile(activities=activities) as prof:
+    with profiled(on_cuda) as prof:
         run_admitting(tts, engine, streams, readers, count, args.profile_iterations, args)
-    try:
-        device = attribute(prof, on_cuda)
-    except Exception as error:  # the timing above still counts
-        device = {"category_us": {}, "busy_us": 0.0, "error": f"{type(error).__name__}: {error}"}
+    device = attribute_or_error(prof, on_cuda)
     per_iteration = lambda us: round(us / 1e3 / args.profile_iterations, 3)  # noqa: E731
     iteration_ms = stepping_s / args.iterations * 1e3
     return {"admitted_per_iteration": args.admit, "iteration_ms": round(iteration_ms, 3),
@@ -273,9 +294,7 @@ def synced_iteration_ms(engine: Engine, count: int, iterations: int) -> float:
 def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path | None) -> dict:
     """One N: fill the engine, settle, time, profile (and trace), then cancel the streams."""
     streams = [engine.submit(request) for request in requests_for(tts, count, args.frames)]
-    readers = [threading.Thread(target=lambda s=s: sum(len(chunk) for chunk in s), daemon=True) for s in streams]
-    for reader in readers:
-        reader.start()
+    readers = [start_reader(stream) for stream in streams]
     try:
         ramp = 0
         while len(engine._rows) < count:
@@ -288,17 +307,11 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
         wall_s = run_iterations(engine, count, args.iterations)
         frame_s = tts.model.codec_config.decoder.samples_per_frame / tts.sample_rate
         on_cuda = tts.device.type == "cuda"
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-        with profile(activities=activities) as prof:
+        with profiled(on_cuda) as prof:
             profiled_s = run_iterations(engine, count, args.profile_iterations)
-        try:
-            device = attribute(prof, on_cuda)
-        except Exception as error:  # the timing above still counts; the record says why the split is missing
-            device = {"category_us": {}, "busy_us": 0.0, "top_kernels_us": [], "device_events": {},
-                      "error": f"{type(error).__name__}: {error}"}
-        phases = host_phases(prof)
+        device, phases = attribute_or_error(prof, on_cuda), host_phases(prof)
         if trace_dir is not None:
-            with profile(activities=activities) as traced:
+            with profiled(on_cuda) as traced:
                 run_iterations(engine, count, args.trace_iterations)
             trace = trace_dir / f"engine_trace_{count}.json"
             traced.export_chrome_trace(str(trace))
@@ -325,9 +338,6 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
     iteration_ms = wall_s / args.iterations * 1e3
     profiled_ms = profiled_s / args.profile_iterations * 1e3
     busy_ms = per_iteration(device["busy_us"])
-    if "error" not in device and device["category_us"].get("other", 0.0) > 0.5 * device["busy_us"] > 0:
-        device["error"] = ("over half the device time fell to 'other': the kernels were not linked to the ranges "
-                           "that launched them (the trace's annotations still place them)")
     return {"streams": count, "ramp_iterations": ramp, "iterations": args.iterations,
             "iteration_ms": round(iteration_ms, 3), "audio_s_per_s": round(count * frame_s / (iteration_ms / 1e3), 1),
             "late_graph_captures": late, "profiled_iterations": args.profile_iterations,

@@ -80,7 +80,6 @@ class CodecCall:
     step_done: torch.cuda.Event | None = None  # recorded after the frame step that made these frames
 
 
-
 class RateMeter:
     """Frames per second over the last RATE_WINDOW_S seconds."""
 
