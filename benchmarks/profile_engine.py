@@ -8,11 +8,14 @@ their chunk schedules have reached full-size chunks), `--iterations` iterations 
 iteration, audio seconds per second), then `--profile-iterations` more run under torch.profiler: every device
 event (kernel, memcpy, memset) is put in one category and its GPU time summed per iteration; the time the device
 was busy at all (the union over streams) taken from the unprofiled iteration's wall time is the host gap. The
-Chrome trace of a few iterations at the largest N goes to $OUT (else a temporary folder), gzipped. Writes JSON
+Chrome trace of a few iterations at the largest N goes to $OUT (else a temporary folder), gzipped; with --admit, one
+of a few arriving iterations too, with the Python calls, and the host's waits on the device summed by where they
+happen (`blocking_calls`). Writes JSON
 (default benchmarks/results/engine_profile_<device>.json; under --smoke only with --out).
 """
 import argparse
 import gzip
+import json
 import os
 import shutil
 import sys
@@ -42,6 +45,10 @@ RANGES = (("runner", "advance", "qtts.talker", "talker"),
           ("codec", "decode", "qtts.codec", "codec"),
           ("runner", "prefill_rows", "qtts.prefill", "prefill"))
 RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
+# host calls that wait for device work (a pageable host-to-device copy waits for its stream)
+BLOCKING_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy",
+                  "cudaMemcpyAsync", "cudaStreamWaitEvent")
+BLOCKING_FRAMES = 4  # of the qtts calls around a blocking call, as many innermost ones name it
 DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's activity types of device work
 # the loop's host phases, as ranges of their own in the trace
 PHASES = ("_drop_cancelled", "_feed_text", "_launch_step", "_prepare_prompts", "_collect_audio", "_finish_step",
@@ -194,9 +201,40 @@ def attribute_or_error(prof, on_cuda: bool) -> dict:
     return device
 
 
-def profiled(on_cuda: bool):
-    """A torch.profiler context over the host and, on CUDA, the device."""
-    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else []))
+def profiled(on_cuda: bool, with_stack: bool = False):
+    """A torch.profiler context over the host and, on CUDA, the device (with_stack: the Python calls too)."""
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else []),
+                   with_stack=with_stack)
+
+
+def export_trace(prof, path: Path) -> list[dict]:
+    """The profile as a gzipped Chrome trace at path + .gz; its events."""
+    prof.export_chrome_trace(str(path))
+    events = json.loads(path.read_text())["traceEvents"]
+    with path.open("rb") as source, gzip.open(f"{path}.gz", "wb") as target:
+        shutil.copyfileobj(source, target)
+    path.unlink()
+    print(f"trace: {path}.gz", flush=True)
+    return events
+
+
+def blocking_calls(events: list[dict], min_ms: float = 0.05) -> list[dict]:
+    """Where the host waited on the device: each runtime call in BLOCKING_CALLS that lasted min_ms or more, by the
+    qtts Python calls around it (innermost first; a trace made with_stack), summed; longest first."""
+    calls = [e for e in events if e.get("ph") == "X" and e.get("name") in BLOCKING_CALLS and e["dur"] >= 1e3 * min_ms]
+    python = defaultdict(list)  # thread -> its qtts frames (start, end, name)
+    for e in events:
+        if e.get("ph") == "X" and e.get("cat") == "python_function" and "qtts/" in e.get("name", ""):
+            python[e["tid"]].append((e["ts"], e["ts"] + e["dur"], e["name"].split("qtts/")[-1]))
+    totals = defaultdict(lambda: [0, 0.0])
+    for call in calls:
+        frames = sorted((f for f in python[call["tid"]] if f[0] <= call["ts"] and call["ts"] + call["dur"] <= f[1]),
+                        key=lambda f: f[1] - f[0])
+        key = (call["name"], " < ".join(name for _, _, name in frames[:BLOCKING_FRAMES]))
+        totals[key][0] += 1
+        totals[key][1] += call["dur"] / 1e3
+    return [{"call": name, "where": where, "count": count, "ms": round(ms, 3)}
+            for (name, where), (count, ms) in sorted(totals.items(), key=lambda item: -item[1][1])]
 
 
 def start_reader(stream) -> threading.Thread:
@@ -262,9 +300,10 @@ def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count:
 
 
 def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, count: int, steady_ms: float,
-                       args) -> dict:
+                       args, trace_dir: Path | None = None) -> dict:
     """What args.admit arrivals per iteration cost the loop: timed, then profiled, against the steady iteration
-    (each step synchronized: the steady figure to compare with is `steady_synced_ms`)."""
+    (each step synchronized: the steady figure to compare with is `steady_synced_ms`). With trace_dir, a few more
+    such iterations are traced with their Python calls, and where the host waited on the device is summed."""
     late_before = engine.stats()["late_graph_captures"]
     stepping_s = run_admitting(tts, engine, streams, readers, count, args.iterations, args)
     on_cuda = tts.device.type == "cuda"
@@ -273,6 +312,12 @@ def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, c
     device = attribute_or_error(prof, on_cuda)
     per_iteration = lambda us: round(us / 1e3 / args.profile_iterations, 3)  # noqa: E731
     iteration_ms = stepping_s / args.iterations * 1e3
+    blocking = None
+    if trace_dir is not None:
+        with profiled(on_cuda, with_stack=True) as traced:
+            run_admitting(tts, engine, streams, readers, count, args.trace_iterations, args)
+        events = export_trace(traced, trace_dir / f"engine_trace_admit_{count}.json")
+        blocking = blocking_calls(events)[:12]
     return {"admitted_per_iteration": args.admit, "iteration_ms": round(iteration_ms, 3),
             "steady_synced_ms": round(steady_ms, 3),
             "ms_per_admission": round((iteration_ms - steady_ms) / args.admit, 3),
@@ -280,7 +325,8 @@ def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, c
             "gpu_ms": {name: per_iteration(device["category_us"].get(name, 0.0)) for name in CATEGORIES},
             "gpu_busy_ms": per_iteration(device["busy_us"]),
             "host_phase_ms": {name: per_iteration(us) for name, us in host_phases(prof).items()},
-            **({"attribution_error": device["error"]} if "error" in device else {})}
+            **({"attribution_error": device["error"]} if "error" in device else {}),
+            **({"blocking_calls": blocking} if blocking is not None else {})}
 
 
 def synced_iteration_ms(engine: Engine, count: int, iterations: int) -> float:
@@ -313,18 +359,13 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
         if trace_dir is not None:
             with profiled(on_cuda) as traced:
                 run_iterations(engine, count, args.trace_iterations)
-            trace = trace_dir / f"engine_trace_{count}.json"
-            traced.export_chrome_trace(str(trace))
-            with trace.open("rb") as source, gzip.open(f"{trace}.gz", "wb") as target:
-                shutil.copyfileobj(source, target)
-            trace.unlink()
-            print(f"trace: {trace}.gz", flush=True)
+            export_trace(traced, trace_dir / f"engine_trace_{count}.json")
         late = engine.stats()["late_graph_captures"] - late_before
         admissions = None
         if args.admit:
             try:
                 steady_ms = synced_iteration_ms(engine, count, args.iterations)
-                admissions = measure_admissions(tts, engine, streams, readers, count, steady_ms, args)
+                admissions = measure_admissions(tts, engine, streams, readers, count, steady_ms, args, trace_dir)
             except Exception as error:  # the steady figures still count
                 admissions = {"error": f"{type(error).__name__}: {error}"}
     finally:

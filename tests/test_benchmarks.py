@@ -41,6 +41,11 @@ def test_profile_engine_attributes_each_iteration_and_writes_a_trace(tmp_path):
     with gzip.open(tmp_path / "out" / "engine_trace_3.json.gz") as trace:
         names = {event.get("name") for event in json.load(trace)["traceEvents"]}
     assert {"qtts.talker", "qtts.code_predictor", "qtts.codec", "engine.collect_audio"} <= names
+    # the arriving iterations' trace has the Python calls (on CPU there is no device to wait for)
+    assert isinstance(result["runs"][-1]["admitting"]["blocking_calls"], list)
+    with gzip.open(tmp_path / "out" / "engine_trace_admit_3.json.gz") as trace:
+        events = json.load(trace)["traceEvents"]
+    assert any("qtts/engine/engine.py" in event.get("name", "") for event in events)
 
 
 def test_bench_options_measures_every_option_against_bf16(tmp_path):
@@ -105,6 +110,31 @@ def test_profile_tells_device_work_from_ranges_and_waits_by_name_where_events_ha
     for name in ("qtts.talker", "engine.launch_step", "Stream Wait Event", "Event Sync"):
         assert not is_device_work(event(name)), name
     assert not is_device_work(event("a range", is_user_annotation=True))
+
+
+def test_profile_sums_the_hosts_waits_by_the_python_calls_around_them():
+    blocking_calls = load_profile_engine().blocking_calls
+
+    def python(name, ts, dur, tid=1):
+        return {"ph": "X", "cat": "python_function", "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+    def runtime(name, ts, dur, tid=1):
+        return {"ph": "X", "cat": "cuda_runtime", "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+    events = [python("/site/qtts/engine/engine.py(10): _admit", 0, 5000),
+              python("/site/qtts/engine/step.py(20): prefill_rows", 100, 4000),
+              python("/usr/lib/torch/x.py(1): helper", 150, 3000),
+              runtime("cudaMemcpyAsync", 200, 2000), runtime("cudaMemcpyAsync", 2300, 1000),
+              runtime("cudaEventSynchronize", 4500, 400),
+              runtime("cudaMemcpyAsync", 4600, 10),  # too short to count
+              runtime("cudaStreamSynchronize", 200, 3000, tid=2),  # a thread with no qtts calls
+              runtime("cudaLaunchKernel", 300, 5000)]  # not a wait
+    rows = blocking_calls(events)
+    assert rows == [
+        {"call": "cudaMemcpyAsync", "where": "engine/step.py(20): prefill_rows < engine/engine.py(10): _admit",
+         "count": 2, "ms": 3.0},
+        {"call": "cudaStreamSynchronize", "where": "", "count": 1, "ms": 3.0},
+        {"call": "cudaEventSynchronize", "where": "engine/engine.py(10): _admit", "count": 1, "ms": 0.4}]
 
 
 def test_bench_attention_compares_both_kernels(tmp_path):
