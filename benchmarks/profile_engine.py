@@ -253,9 +253,11 @@ def host_phases(prof) -> dict:
     return totals
 
 
-def requests_for(tts: TTS, count: int, frames: int) -> list:
+def requests_for(tts: TTS, count: int, frames: int, first: int = 0) -> list:
+    """Requests number first..first+count-1 (each its own seed and text)."""
     return [tts.request(f"Stream number {i} says a sentence of ordinary length.", speaker=tts.speakers[0],
-                        language="english", seed=i, max_frames=frames, min_frames=frames) for i in range(count)]
+                        language="english", seed=i, max_frames=frames, min_frames=frames)
+            for i in range(first, first + count)]
 
 
 def run_iterations(engine: Engine, count: int, iterations: int) -> float:
@@ -285,7 +287,7 @@ def run_admitting(tts: TTS, engine: Engine, streams: list, readers: list, count:
     as many submitted, admitted in that iteration): the loop at N streams with arrivals. Seconds spent in the
     loop's steps (a server submits on other threads, so submitting is not timed)."""
     first = len(readers)  # one reader per stream ever submitted: new seeds and texts
-    fresh = iter(requests_for(tts, first + args.admit * iterations, args.frames)[first:])
+    fresh = iter(requests_for(tts, args.admit * iterations, args.frames, first))
     stepping = 0.0
     for _ in range(iterations):
         for _ in range(args.admit):

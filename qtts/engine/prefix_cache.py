@@ -28,29 +28,27 @@ def prefix_key(rows: torch.Tensor) -> bytes:
 
 @dataclass
 class PrefixEntry:
-    """K/V of one prefix: per layer (kv_heads, length, head_dim), on the model's device."""
+    """K/V of one prefix, every layer: (2, layers, kv_heads, length, width) as KVCache.positions, on the model's
+    device."""
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    kv: torch.Tensor
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[1]
+        return self.kv.shape[3]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return self.kv.numel() * self.kv.element_size()
 
     @classmethod
     def from_slot(cls, cache: KVCache, slot: int, length: int) -> "PrefixEntry":
         """A copy of the first `length` positions of `slot`."""
-        return cls([k[slot, :, :length].clone() for k in cache.keys],
-                   [v[slot, :, :length].clone() for v in cache.values])
+        return cls(cache.positions(slot, length).clone())
 
     def copy_into(self, cache: KVCache, slot: int) -> None:
         """Write these K/V into positions 0..length-1 of `slot`."""
-        length = self.length
-        torch._foreach_copy_([c[slot, :, :length] for c in cache.keys + cache.values], self.keys + self.values)
+        cache.positions(slot, self.length).copy_(self.kv)
 
 
 class PrefixCache:

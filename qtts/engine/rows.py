@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import torch
+
 from ..layers.sampler import SamplingTensors
 from .step import FrameStep
 
@@ -14,12 +16,17 @@ def move_row(step: FrameStep, source: int, target: int, length: int) -> None:
 
     The code predictor's cache is rebuilt within every frame, so only the talker cache moves.
     """
-    state = step.state
+    tensors = row_tensors(step.state)
+    torch._foreach_copy_([tensor[target] for tensor in tensors], [tensor[source] for tensor in tensors])
+    step.cache.copy_slot(source, target, length)
+
+
+def row_tensors(state) -> list[torch.Tensor]:
+    """The RowState tensors that hold one entry per row."""
+    tensors = []
     for field in fields(state):
         if field.name in SHARED_STATE:
             continue
         value = getattr(state, field.name)
-        tensors = [getattr(value, f.name) for f in fields(value)] if isinstance(value, SamplingTensors) else [value]
-        for tensor in tensors:
-            tensor[target] = tensor[source]
-    step.cache.copy_slot(source, target, length)
+        tensors += [getattr(value, f.name) for f in fields(value)] if isinstance(value, SamplingTensors) else [value]
+    return tensors

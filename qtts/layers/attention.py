@@ -14,7 +14,7 @@ from .rope import apply_rope
 
 
 class KVCache:
-    """Static K/V buffers for every layer: (slots, kv_heads, max_len, head_dim) each.
+    """Static K/V buffers for every layer: (slots, kv_heads, max_len, head_dim) each, views of one `storage`.
 
     Each slot holds one sequence, left-aligned (position p is stored at index p), so a
     decode step writes one index per row and attends over a prefix of the buffer.
@@ -27,9 +27,10 @@ class KVCache:
         width, storage = head_dim, dtype
         if quantization is not None:
             width, storage = kv_quant.row_bytes(quantization, head_dim), kv_quant.storage_dtype(quantization)
-        shape = (slots, kv_heads, max_len, width)
-        self.keys = [torch.zeros(shape, device=device, dtype=storage) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=storage) for _ in range(num_layers)]
+        # one buffer (K and V, layers, slots, ...), so moving or restoring a slot's positions is one copy
+        self.storage = torch.zeros((2, num_layers, slots, kv_heads, max_len, width), device=device, dtype=storage)
+        self.keys = [self.storage[0, layer] for layer in range(num_layers)]
+        self.values = [self.storage[1, layer] for layer in range(num_layers)]
         self.max_len = max_len
         self.slots = slots
         self.dtype, self.quantization = dtype, quantization
@@ -45,10 +46,13 @@ class KVCache:
         """Stored vectors back as (..., head_dim) in the model dtype."""
         return stored if self.quantization is None else kv_quant.dequantize(stored, self.rotation).to(self.dtype)
 
+    def positions(self, slot: int, length: int) -> torch.Tensor:
+        """K and V of every layer at positions 0..length-1 of `slot`: a view (2, layers, kv_heads, length, width)."""
+        return self.storage[:, :, slot, :, :length]
+
     def copy_slot(self, source: int, target: int, length: int) -> None:
         """Move one sequence's cache between slots (used to keep active slots compact)."""
-        caches = self.keys + self.values
-        torch._foreach_copy_([c[target, :, :length] for c in caches], [c[source, :, :length] for c in caches])
+        self.positions(target, length).copy_(self.positions(source, length))
 
 
 class CacheView:

@@ -48,8 +48,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="streams generated together")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond that before 429")
     p.add_argument("--max-len", type=int, default=4096, help="prompt + generated frames of one request")
-    p.add_argument("--max-prefills-per-frame", type=int, default=2,
-                   help="new requests prefilled between two frames while every stream is comfortably ahead")
+    p.add_argument("--max-prefills-per-frame", type=int, default=4,
+                   help="new requests prefilled between two frames (twice as many while every stream holds a second "
+                        "of audio); fewer bound each frame's delay, more admit a busy server's queue sooner")
     p.add_argument("--low-buffer-ms", type=float, default=0,
                    help="one prefill per frame while a stream holds less audio than this, or has none yet "
                         "(default 0: no such limit; it cost more first-audio latency than it saved)")

@@ -33,7 +33,7 @@ class ServerSettings:
     # iterations (over 20 ms each at 128 streams), so it would run dry for one slow iteration
     chunk_frames: tuple[int, ...] = (1, 1, 2, 4, 8, 12)
     engine_process: bool = False  # run the engine in a child process (RemoteEngine)
-    max_prefills_per_frame: int = 2  # Scheduler(...)
+    max_prefills_per_frame: int = 4  # Scheduler(...)
     low_buffer_s: float = 0.0  # Scheduler(...)
     speculate_text: bool = True  # Engine(...): text_mode "stream" starts on a first word not settled yet
     started_at: float | None = None  # time.perf_counter() when the command started (start-up time counts from it)

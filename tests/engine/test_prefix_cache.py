@@ -164,8 +164,7 @@ def test_an_engine_shares_the_cache_with_the_api_calls(load):
 
 
 def _entry(length: int, layers: int = 2) -> PrefixEntry:
-    return PrefixEntry([torch.randn(2, length, 4) for _ in range(layers)],
-                       [torch.randn(2, length, 4) for _ in range(layers)])
+    return PrefixEntry(torch.randn(2, layers, 2, length, 4))
 
 
 def test_least_recently_used_entries_are_evicted_by_size():
