@@ -61,6 +61,15 @@ def _on(stream: torch.cuda.Stream | None):
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a device tensor, copied from pinned memory: a pageable copy would wait for the frame step in
+    flight."""
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def check_chunk_frames(chunk_frames: tuple[int, ...]) -> tuple[int, ...]:
     chunk_frames = tuple(int(n) for n in chunk_frames)
     if not chunk_frames or min(chunk_frames) < 1:
@@ -565,7 +574,7 @@ class Engine:
         self._frames_launched += 1
         padded = bucket_for(batch, self.batch_buckets)
         # idle padding rows recompute position 0 of their own slot, which no active row reads
-        self.runner.state.positions[batch:padded] = 0
+        self.runner.state.positions[batch:padded].fill_(0)
         self.runner.flags = SamplingFlags.of([j.plan.sampling for j in jobs])
         frames = self._take_speculative(jobs)
         if frames is None:
@@ -573,7 +582,7 @@ class Engine:
             frames = self.runner.predict_frame(padded)[:batch].clone()
         self._use_codes_ahead(jobs, runnable, frames)
         rows = [row for row, ok in enumerate(decode) if ok]
-        decoded = frames if len(rows) == batch else frames[torch.tensor(rows, dtype=torch.long, device=frames.device)]
+        decoded = frames if len(rows) == batch else frames[_to_device(rows, torch.long, frames.device)]
         call = self._launch_codec([jobs[row] for row in rows], rows, decoded)
         for row in rows:
             if not runnable[row]:
@@ -599,7 +608,7 @@ class Engine:
         rows = [row for row, job in enumerate(jobs) if runnable[row] and job.codes_ahead is not None]
         if not rows:
             return
-        index = torch.tensor(rows, device=frames.device)
+        index = _to_device(rows, torch.long, frames.device)
         codes = torch.stack([jobs[row].codes_ahead for row in rows])
         frames[index] = codes
         self.runner.step.codes[index] = codes
@@ -625,12 +634,12 @@ class Engine:
             state.text_rows[row, start:stop] = rows[: stop - start]
             job.text_tokens += len(new)
             job.text_complete = ended
-            state.text_len[row] = min(job.text_tokens + int(ended), state.text_rows.shape[1])
+            state.text_len[row].fill_(min(job.text_tokens + int(ended), state.text_rows.shape[1]))
 
     def _text_embeddings(self, ids: list[int]) -> torch.Tensor:
         """Text rows (n, H) of token ids, as a prompt's trailing rows are made."""
         device = self.model.device
-        return self.model.talker.embed_text(torch.tensor([ids], dtype=torch.long, device=device))[0]
+        return self.model.talker.embed_text(_to_device([ids], torch.long, device))[0]
 
     def _end_of_text_row(self) -> torch.Tensor:
         """The tts_eos text row (1, H), made in the same call as in a prompt (with tts_bos and tts_pad)."""
@@ -649,7 +658,7 @@ class Engine:
                 self._count_text_wait(job, now)
         active = self.runner.state.active
         if not all(runnable):
-            active[: len(jobs)] = torch.tensor(runnable, device=active.device)
+            active[: len(jobs)] = _to_device(runnable, torch.bool, active.device)
             self._rows_held = True
         elif self._rows_held:
             active.fill_(True)
@@ -676,7 +685,7 @@ class Engine:
             return None
         order = [index[id(job)] for job in jobs]
         if order != list(range(len(launched_for))):
-            frames = frames[torch.tensor(order, device=frames.device)]
+            frames = frames[_to_device(order, torch.long, frames.device)]
         self.runner.step.codes[: len(jobs)] = frames
         return frames
 

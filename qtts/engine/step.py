@@ -73,19 +73,18 @@ class RowState:
             raise ValueError(f"prompt has {text.shape[0]} trailing text rows; the batch holds {self.text_rows.shape[1]}")
         self.text_rows[row] = prompt.pad_row
         self.text_rows[row, : text.shape[0]] = text
-        self.text_len[row] = text.shape[0]
         self.pad_row.copy_(prompt.pad_row)
         self.seen[row] = False
-        self.frame_index[row] = 0
-        self.seeds[row] = seed
-        self.repetition_penalty[row] = sampling.repetition_penalty
-        self.min_frames[row] = min_frames
-        self.active[row] = True
+        # fill_, not `tensor[row] = number`: that copies the number from pageable host memory, which waits for
+        # the frame step in flight
+        values = [(self.text_len, text.shape[0]), (self.frame_index, 0), (self.seeds, seed),
+                  (self.repetition_penalty, sampling.repetition_penalty), (self.min_frames, min_frames),
+                  (self.active, True)]
         for params, prefix in ((self.talker_sampling, ""), (self.predictor_sampling, "subtalker_")):
-            params.do_sample[row] = getattr(sampling, prefix + "do_sample")
-            params.temperature[row] = getattr(sampling, prefix + "temperature")
-            params.top_k[row] = getattr(sampling, prefix + "top_k")
-            params.top_p[row] = getattr(sampling, prefix + "top_p")
+            values += [(getattr(params, name), getattr(sampling, prefix + name))
+                       for name in ("do_sample", "temperature", "top_k", "top_p")]
+        for tensor, value in values:
+            tensor[row].fill_(value)
 
 
 @dataclass
@@ -194,7 +193,7 @@ class FrameStep:
             s.set_row(row, item.prompt, item.sampling, item.seed, item.min_frames)
             start = self._restore_prefix(row, item.prompt) if self.prefix_cache is not None else 0
             parts.append((item.prompt.prefill[start:], start))
-            s.positions[row] = length
+            s.positions[row].fill_(length)
         last = self._run_prompts(first_row, parts)
         rows = slice(first_row, first_row + len(items))
         s.past_hidden[rows] = last

@@ -111,8 +111,9 @@ class CacheView:
         batch = k.shape[0]
         slots = self.rows_slots if self.rows_slots is not None else torch.arange(batch, device=k.device)
         slot_index = slots.view(-1, 1).expand_as(self.write_positions)
-        keys[slot_index, :, self.write_positions] = cache.store(k.transpose(1, 2))
-        values[slot_index, :, self.write_positions] = cache.store(v.transpose(1, 2))
+        with torch.no_grad():  # the cache is state, not part of any graph (its layers are views of one buffer)
+            keys[slot_index, :, self.write_positions] = cache.store(k.transpose(1, 2))
+            values[slot_index, :, self.write_positions] = cache.store(v.transpose(1, 2))
         attended = slice(0, batch) if self.rows_slots is None else slots
         return (cache.load(keys[attended, :, : self.attend_length]),
                 cache.load(values[attended, :, : self.attend_length]))

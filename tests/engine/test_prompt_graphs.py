@@ -39,7 +39,6 @@ def test_padded_prompt_rows_give_the_eager_tokens(tiny_custom_voice, monkeypatch
     assert len(graphs.graphs) >= 2
 
 
-@torch.no_grad()
 def test_two_prompts_in_one_call_match_each_alone(tiny_custom_voice, monkeypatch):
     """The engine's prefills of one iteration share a call: different lengths and starts, each in its slot."""
     tts = TTS.from_pretrained(tiny_custom_voice, device="cpu", dtype="fp32", prefix_cache_mb=0)

@@ -113,3 +113,24 @@ def test_a_fresh_process_compiles_and_captures_nothing_after_warmup(tiny_custom_
     assert stats["completed"] == 24
     late = [line for line in done.stderr.splitlines() if "after warm-up" in line]
     assert stats["late_graph_captures"] == 0 and stats["late_kernel_compiles"] == 0, "\n".join(late)
+
+
+@pytest.mark.parametrize("cached_prefix", [False, True])
+def test_a_prefill_queues_behind_the_frame_in_flight_without_waiting_for_it(tiny_custom_voice, cached_prefix):
+    """An arrival is prefilled while the frame step runs: its prefill must only queue work, never make the host
+    wait for the device (a pageable copy, an item() read), or the next frame's launch waits for this one's end."""
+    from qtts.engine.planning import plan_request
+    from qtts.engine.step import PrefillItem
+
+    tts, engine = _warm_engine(tiny_custom_voice)
+    request = tts.request("Hello there, a new arrival.", speaker="aiden", seed=1)
+    plans = [plan_request(tts.model, request, engine.max_len) for _ in range(2)]
+    items = [PrefillItem(plan.prompt, plan.sampling, plan.seed, plan.min_frames) for plan in plans]
+    if cached_prefix:
+        engine.runner.prefill_rows(0, items[:1])  # its voice's prefix is now cached: the next one restores it
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.runner.prefill_rows(1, items[1:])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

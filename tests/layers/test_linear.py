@@ -68,7 +68,6 @@ def test_fused_decode_stack_with_fp8_weights_matches_its_module_path(gemv):
     step_input = torch.randn(2, 1, 32, generator=g).to(DEVICE)
     positions = torch.tensor([[0], [0]], device=DEVICE)
 
-    @torch.no_grad()
     def run() -> torch.Tensor:
         cache = KVCache(2, 2, 2, 4, 16, DEVICE, torch.float32)
         return stack(step_input, positions, CacheView.causal(cache, positions, 1))
