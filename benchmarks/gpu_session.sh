@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: engine (= tests-gpu speed-1.7b cold-start), verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
+#   stages: engine (= tests-gpu speed-1.7b cold-start), profile-admit, engine-gpu-tests, verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
 #   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation replicas attention serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
@@ -150,6 +150,12 @@ for name in "${stages[@]}"; do
     codec-cudnn)
       stage codec-cudnn 200 python3 benchmarks/bench_codec.py --cudnn-benchmark --batches 1,16,64,128 --chunks 1,4,8 \
         --out "$OUT/codec_cudnn_benchmark.json" ;;
+    profile-admit)  # 256 streams, steady and with an arrival each: what an arrival costs and where the host waits
+      fixtures custom_voice:1.7b
+      stage profile-admit 150 python3 benchmarks/profile_engine.py --size 1.7b --streams 256 --admit 1 --iterations 30 \
+        --profile-iterations 10 --out "$OUT/engine_profile_admit.json" ;;
+    engine-gpu-tests)  # the engine's CUDA tests (graphs, arrivals mid-frame, prefills that never wait)
+      stage engine-gpu-tests 150 python3 -m pytest -q tests/gpu/test_engine_gpu.py -p no:cacheprovider ;;
     profile)  # where an iteration's time goes at 32 to 256 streams, steady and with an arrival each (trace of 256 in $OUT)
       fixtures custom_voice:1.7b
       stage profile 240 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128,256 --admit 1 ;;
@@ -165,8 +171,8 @@ for name in "${stages[@]}"; do
       stage attention 100 python3 benchmarks/bench_attention.py --out "$OUT/attention.json" ;;
     saturation)  # one engine of 256 rows: open loop up to where it overloads, then 256 clients back to back
       fixtures custom_voice:1.7b
-      stage saturation 200 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
-        --rates 60,80,100,120 --concurrency 256 --client-processes 4 --stop-p95-ms 1000 \
+      stage saturation 230 python3 benchmarks/bench_serve.py --size 1.7b --max-batch 256 --duration 8 \
+        --rates 60,100,120,140,160 --concurrency 256 --client-processes 4 --stop-p95-ms 1000 \
         --out "$OUT/serve_1.7b_saturation.json" ;;
     replicas)  # one GPU: one engine, one Ray Serve replica, two sharing the card (and under MPS where allowed); carry .whl-ray
       fixtures custom_voice:1.7b

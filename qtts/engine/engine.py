@@ -779,15 +779,16 @@ class Engine:
             return
         if call.done is not None:
             call.done.synchronize()
-        for row, (job, samples) in enumerate(zip(call.jobs, call.samples.numpy())):
+        samples = call.samples.numpy().copy()  # one copy; each row's frame is a view of it
+        for row, job in enumerate(call.jobs):
             if row not in call.taken:
-                job.decoded.append(samples.copy())
+                job.decoded.append(samples[row])
         now = time.perf_counter()
         # a row advanced on a frame decoded earlier may have ended with it: its last chunk is due now
         jobs = list({id(job): job for job in call.jobs + [job for _, job in call.advanced]}.values())
         candidates = [ChunkCandidate(job, playback_buffer_s(job.samples_sent / self.model.sample_rate,
-                                                            job.stream.first_chunk_at, now), job.chunk_due())
-                      for job in jobs]
+                                                            job.stream.first_chunk_at, now), True)
+                      for job in jobs if job.chunk_due()]
         for candidate in self.scheduler.pick_chunks(candidates):
             self._push(candidate.stream)
         for job in jobs:
