@@ -14,6 +14,7 @@ happen (`blocking_calls`). Writes JSON
 (default benchmarks/results/engine_profile_<device>.json; under --smoke only with --out).
 """
 import argparse
+import bisect
 import gzip
 import json
 import os
@@ -49,16 +50,15 @@ RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
 BLOCKING_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy",
                   "cudaMemcpyAsync", "cudaStreamWaitEvent")
 BLOCKING_FRAMES = 4  # of the qtts calls around a blocking call, as many innermost ones name it
-DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's activity types of device work
+DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # the trace's categories of device work
 # the loop's host phases, as ranges of their own in the trace
 PHASES = ("_drop_cancelled", "_feed_text", "_launch_step", "_prepare_prompts", "_collect_audio", "_finish_step",
           "_wait_for_step", "_send_first_audio", "_admit")
 # the samplers' kernels and ops, by name (penalty and masking are elementwise kernels: they stay with their half)
 SAMPLING_KERNELS = ("sample_kernel", "noise", "sort", "topk", "argmax", "softmax", "scan", "cumsum", "multinomial")
 ATTRIBUTION_NOTE = ("Kernels are attributed by name first (memcpy/memset: copies; sampler kernels: sampling), then to "
-                    "the innermost qtts.* range of the host call that launched them. A CUDA graph replay launches "
-                    "its kernels from the range it was replayed in, so the graphed halves' kernels count to talker "
-                    "and code_predictor. Category times are sums of kernel durations; the codec runs on a stream of "
+                    "the innermost qtts.* range around them on their stream (the trace's device annotations; a CUDA "
+                    "graph replay draws its range there), else around the host call that launched them. Category times are sums of kernel durations; the codec runs on a stream of "
                     "its own, overlapping the talker, so they can add up to more than gpu_busy_ms (the union).")
 
 
@@ -83,14 +83,14 @@ def label(engine: Engine) -> None:
         setattr(engine, phase, labelled(f"engine.{phase.strip('_')}", getattr(engine, phase)))
 
 
-def category(kernel: str, ranges: list[str]) -> str:
-    """The category of a device event: by its kernel name (or, launched eagerly, its aten ops' names), then by the
-    innermost qtts range among `ranges`, the names of its launching host call and that call's parents."""
+def category(kernel: str, ops: list[str], ranges: list[str]) -> str:
+    """The category of a device event: by its kernel name (or, launched eagerly, the names of the aten ops around its
+    launch), then by the innermost qtts range among `ranges`."""
     lowered = kernel.lower()
     if lowered.startswith(("memcpy", "memset")):
         return "copies"
-    ops = [lowered] + [name.lower() for name in ranges if name.startswith("aten::")]  # an eager kernel's ops
-    if any(pattern in op for op in ops for pattern in SAMPLING_KERNELS):
+    names = [lowered] + [name.lower() for name in ops if name.startswith("aten::")]
+    if any(pattern in name for name in names for pattern in SAMPLING_KERNELS):
         return "sampling"
     return next((RANGE_CATEGORY[name] for name in ranges if name in RANGE_CATEGORY), "other")
 
@@ -105,99 +105,109 @@ def busy_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def is_device_work(event) -> bool:
-    """A kernel, memcpy or memset (not a range drawn on the device's timeline, nor a wait between streams).
-    torch 2.11's events have no activity type: there, annotations and synchronizations are told apart by name."""
-    if event.device_type != DeviceType.CUDA:
-        return False
-    activity = getattr(event, "activity_type", None)
-    if activity:
-        return activity in DEVICE_ACTIVITIES
-    name = event.name
-    return not (getattr(event, "is_user_annotation", False) or name in RANGE_CATEGORY or name.startswith("engine.")
-                or "Sync" in name or "Wait Event" in name)
+class Spans:
+    """Ranges (start, end, name) of one thread or stream, nested as the profiler records them: `around(t)` gives the
+    names of those containing t, innermost first."""
+
+    def __init__(self, spans: list[tuple[float, float, str]]):
+        self.spans = sorted(spans, key=lambda span: (span[0], -span[1]))  # an enclosing range before what it holds
+        self.starts = [start for start, _, _ in self.spans]
+        self.parents, open_ = [], []  # index of the innermost range holding each one (-1: none)
+        for index, (start, end, _) in enumerate(self.spans):
+            while open_ and self.spans[open_[-1]][1] < end:
+                open_.pop()
+            self.parents.append(open_[-1] if open_ else -1)
+            open_.append(index)
+
+    def around(self, t: float) -> list[str]:
+        # every range holding t holds the last one starting at or before t, or is it
+        index = bisect.bisect_right(self.starts, t) - 1
+        while index >= 0 and self.spans[index][1] < t:
+            index = self.parents[index]
+        names = []
+        while index >= 0:
+            names.append(self.spans[index][2])
+            index = self.parents[index]
+        return names
 
 
-def linked_ids(prof):
-    """event -> the correlation id of the op that launched it (0: the event is such an op; -1: not found). FunctionEvent
-    carries it from torch 2.12 on; before, it is looked up in the profiler's raw events by correlation id and start."""
-    results = prof.profiler.kineto_results
-    origin = results.trace_start_ns()
-    table = {(e.correlation_id(), e.start_ns() - origin): e.linked_correlation_id() for e in results.events()}
-
-    def linked(event) -> int:
-        value = getattr(event, "linked_correlation_id", None)
-        if value is not None:
-            return value
-        return table.get((event.id, round(event.time_range.start * 1000)), -1)
-    return linked
+def grouped(events: list[dict]) -> dict:
+    """(pid, tid) -> Spans of the events."""
+    spans = defaultdict(list)
+    for e in events:
+        spans[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e["dur"], e["name"]))
+    return defaultdict(lambda: Spans([]), {key: Spans(value) for key, value in spans.items()})
 
 
-def device_work(prof, on_cuda: bool) -> list[tuple[object, list[str]]]:
-    """(event, the names of the host calls it was launched within, innermost first) for every device event.
+def device_work(events: list[dict], on_cuda: bool) -> list[tuple[dict, list[str], list[str]]]:
+    """(event, the aten ops around its launch, the qtts ranges around it, innermost first) for every kernel, memcpy
+    and memset of a Chrome trace's events.
 
-    The launching op comes from the event's link to it; where that link is missing, the qtts ranges around the
-    launch call (the runtime event of the same correlation id) stand in. Without CUDA (the smoke run), every leaf
-    aten op on the host stands in for a kernel, so the attribution runs the same way."""
-    def names(event) -> list[str]:
-        chain = []
-        while event is not None:
-            chain.append(event.name)
-            event = event.cpu_parent
-        return chain
-
-    events = prof.events()
-    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    A kernel's ranges are the device annotations around it on its stream (a CUDA graph replay draws its range on the
+    stream, and torch 2.11 does not link graph kernels to the call that launched them), else the host ranges around
+    its launch call (found by correlation id). Without CUDA (the smoke run), every leaf aten op on the host stands
+    in for a kernel, so the attribution runs the same way."""
+    spans = [e for e in events if e.get("ph") == "X"]
+    host_ranges = grouped([e for e in spans if e.get("cat") == "user_annotation" and e["name"] in RANGE_CATEGORY])
+    ops = [e for e in spans if e.get("cat") == "cpu_op"]
+    host_ops = grouped(ops)
     if not on_cuda:
-        return [(e, names(e.cpu_parent)) for e in host if e.name.startswith("aten::") and not e.cpu_children]
-    linked = linked_ids(prof)
-    launchers = {e.id: e for e in host if linked(e) == 0}
-    launches = {e.id: e for e in host if linked(e) > 0}  # the runtime calls (cudaGraphLaunch, ...)
-    spans = sorted(((e.time_range.end - e.time_range.start, e.time_range.start, e.time_range.end, e.name)
-                    for e in host if e.name in RANGE_CATEGORY))  # innermost (shortest) first
-
-    def around(event) -> list[str]:
-        launch = launches.get(event.id)
-        at = launch.time_range.start if launch is not None else event.time_range.start
-        return [name for _, start, end, name in spans if start <= at <= end]
-
+        leaves = []
+        for key, thread in host_ops.items():
+            for (start, end, name), following in zip(thread.spans, thread.starts[1:] + [float("inf")]):
+                if name.startswith("aten::") and following >= end:
+                    leaves.append({"name": name, "ts": start, "dur": end - start, "pid": key[0], "tid": key[1]})
+        return [(e, host_ops[(e["pid"], e["tid"])].around(e["ts"]), host_ranges[(e["pid"], e["tid"])].around(e["ts"]))
+                for e in leaves]
+    device_ranges = grouped([e for e in spans if e.get("cat") == "gpu_user_annotation"
+                             and e["name"] in RANGE_CATEGORY])
+    launches = {e["args"]["correlation"]: e for e in spans
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
     work = []
-    for event in events:
-        if is_device_work(event):
-            launcher = linked(event)
-            chain = names(launchers.get(launcher) if launcher else None)
-            work.append((event, chain if any(name in RANGE_CATEGORY for name in chain) else chain + around(event)))
+    for e in spans:
+        if e.get("cat") not in DEVICE_ACTIVITIES:
+            continue
+        launch = launches.get(e.get("args", {}).get("correlation"))
+        host = (launch["pid"], launch["tid"]) if launch is not None else None
+        around_launch = host_ops[host].around(launch["ts"]) if launch is not None else []
+        ranges = device_ranges[(e["pid"], e["tid"])].around(e["ts"])
+        if not ranges and launch is not None:
+            ranges = host_ranges[host].around(launch["ts"])
+        work.append((e, around_launch, ranges))
     return work
 
 
-def attribute(prof, on_cuda: bool) -> dict:
+def trace_events(prof) -> list[dict]:
+    """The profile's Chrome trace events."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return json.loads(path.read_text())["traceEvents"]
+
+
+def attribute(events: list[dict], on_cuda: bool) -> dict:
     """GPU time (us) per category, the device's busy time (union of all device events), and the top kernels."""
     totals, kernels, intervals = defaultdict(float), defaultdict(float), []
-    for event, ranges in device_work(prof, on_cuda):
-        start, end = event.time_range.start, event.time_range.end
-        totals[category(event.name, ranges)] += end - start
-        kernels[event.name] += end - start
+    for event, ops, ranges in device_work(events, on_cuda):
+        start, end = event["ts"], event["ts"] + event["dur"]
+        totals[category(event["name"], ops, ranges)] += end - start
+        kernels[event["name"]] += end - start
         intervals.append((start, end))
     top = sorted(kernels.items(), key=lambda item: -item[1])[:15]
-    kinds = defaultdict(int)  # what the device timeline held, counted or not (a check of the filter above)
-    for event in prof.events():
-        if event.device_type == DeviceType.CUDA:
-            kinds[str(getattr(event, "activity_type", None) or "device event")] += 1
     return {"category_us": dict(totals), "busy_us": busy_us(intervals), "top_kernels_us": top,
-            "device_events": dict(kinds)}
+            "device_events": len(intervals)}
 
 
 def attribute_or_error(prof, on_cuda: bool) -> dict:
-    """attribute(), or, where it fails or leaves most device time unlinked, an "error" saying so (the timing
-    around the profile still counts)."""
+    """attribute() of the profile, or, where it fails or leaves most device time unplaced, an "error" saying so (the
+    timing around the profile still counts)."""
     try:
-        device = attribute(prof, on_cuda)
+        device = attribute(trace_events(prof), on_cuda)
     except Exception as error:
-        return {"category_us": {}, "busy_us": 0.0, "top_kernels_us": [], "device_events": {},
+        return {"category_us": {}, "busy_us": 0.0, "top_kernels_us": [], "device_events": 0,
                 "error": f"{type(error).__name__}: {error}"}
     if device["category_us"].get("other", 0.0) > 0.5 * device["busy_us"] > 0:
-        device["error"] = ("over half the device time fell to 'other': the kernels were not linked to the ranges "
-                           "that launched them (the trace's annotations still place them)")
+        device["error"] = "over half the device time fell to 'other': no qtts range around it on device or host"
     return device
 
 
