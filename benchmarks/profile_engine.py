@@ -46,9 +46,9 @@ RANGES = (("runner", "advance", "qtts.talker", "talker"),
           ("codec", "decode", "qtts.codec", "codec"),
           ("runner", "prefill_rows", "qtts.prefill", "prefill"))
 RANGE_CATEGORY = {name: category for _, _, name, category in RANGES}
-# host calls that wait for device work (a pageable host-to-device copy waits for its stream)
+# host calls that can wait for device work (a copy from pageable memory waits for its stream; freeing, for the device)
 BLOCKING_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy",
-                  "cudaMemcpyAsync", "cudaStreamWaitEvent")
+                  "cudaMemcpyAsync", "cudaFree", "cudaFreeHost")
 BLOCKING_FRAMES = 4  # of the qtts calls around a blocking call, as many innermost ones name it
 DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # the trace's categories of device work
 # the loop's host phases, as ranges of their own in the trace
@@ -58,8 +58,9 @@ PHASES = ("_drop_cancelled", "_feed_text", "_launch_step", "_prepare_prompts", "
 SAMPLING_KERNELS = ("sample_kernel", "noise", "sort", "topk", "argmax", "softmax", "scan", "cumsum", "multinomial")
 ATTRIBUTION_NOTE = ("Kernels are attributed by name first (memcpy/memset: copies; sampler kernels: sampling), then to "
                     "the innermost qtts.* range around them on their stream (the trace's device annotations; a CUDA "
-                    "graph replay draws its range there), else around the host call that launched them. Category times are sums of kernel durations; the codec runs on a stream of "
-                    "its own, overlapping the talker, so they can add up to more than gpu_busy_ms (the union).")
+                    "graph replay draws its range there), else around the host call that launched them. Category "
+                    "times are sums of kernel durations; the codec runs on a stream of its own, overlapping the "
+                    "talker, so they can add up to more than gpu_busy_ms (the union).")
 
 
 def sync() -> None:
@@ -135,7 +136,7 @@ def grouped(events: list[dict]) -> dict:
     """(pid, tid) -> Spans of the events."""
     spans = defaultdict(list)
     for e in events:
-        spans[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e["dur"], e["name"]))
+        spans[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e.get("dur", 0), e["name"]))
     return defaultdict(lambda: Spans([]), {key: Spans(value) for key, value in spans.items()})
 
 
@@ -189,7 +190,7 @@ def attribute(events: list[dict], on_cuda: bool) -> dict:
     """GPU time (us) per category, the device's busy time (union of all device events), and the top kernels."""
     totals, kernels, intervals = defaultdict(float), defaultdict(float), []
     for event, ops, ranges in device_work(events, on_cuda):
-        start, end = event["ts"], event["ts"] + event["dur"]
+        start, end = event["ts"], event["ts"] + event.get("dur", 0)
         totals[category(event["name"], ops, ranges)] += end - start
         kernels[event["name"]] += end - start
         intervals.append((start, end))
@@ -231,11 +232,12 @@ def export_trace(prof, path: Path) -> list[dict]:
 def blocking_calls(events: list[dict], min_ms: float = 0.05) -> list[dict]:
     """Where the host waited on the device: each runtime call in BLOCKING_CALLS that lasted min_ms or more, by the
     qtts Python calls around it (innermost first; a trace made with_stack), summed; longest first."""
-    calls = [e for e in events if e.get("ph") == "X" and e.get("name") in BLOCKING_CALLS and e["dur"] >= 1e3 * min_ms]
+    calls = [e for e in events
+             if e.get("ph") == "X" and e.get("name") in BLOCKING_CALLS and e.get("dur", 0) >= 1e3 * min_ms]
     python = defaultdict(list)  # thread -> its qtts frames (start, end, name)
     for e in events:
         if e.get("ph") == "X" and e.get("cat") == "python_function" and "qtts/" in e.get("name", ""):
-            python[e["tid"]].append((e["ts"], e["ts"] + e["dur"], e["name"].split("qtts/")[-1]))
+            python[e["tid"]].append((e["ts"], e["ts"] + e.get("dur", 0), e["name"].split("qtts/")[-1]))
     totals = defaultdict(lambda: [0, 0.0])
     for call in calls:
         frames = sorted((f for f in python[call["tid"]] if f[0] <= call["ts"] and call["ts"] + call["dur"] <= f[1]),

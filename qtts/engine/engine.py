@@ -779,10 +779,9 @@ class Engine:
             return
         if call.done is not None:
             call.done.synchronize()
-        samples = call.samples.numpy().copy()  # one copy; each row's frame is a view of it
-        for row, job in enumerate(call.jobs):
-            if row not in call.taken:
-                job.decoded.append(samples[row])
+        for row, (job, samples) in enumerate(zip(call.jobs, call.samples.numpy())):
+            if row not in call.taken:  # a copy of its own: a view would keep every row's frame alive
+                job.decoded.append(samples.copy())
         now = time.perf_counter()
         # a row advanced on a frame decoded earlier may have ended with it: its last chunk is due now
         jobs = list({id(job): job for job in call.jobs + [job for _, job in call.advanced]}.values())

@@ -232,7 +232,7 @@ class FrameStep:
         """Talker hidden states (1, n, H) of prompt rows (n, H) at positions start.., written into slot `row`."""
         end = start + rows.shape[0]
         positions = torch.arange(start, end, device=rows.device).unsqueeze(0)
-        view = CacheView.causal(self.cache, positions, end, rows_slots=torch.tensor([row], device=rows.device))
+        view = CacheView.causal(self.cache, positions, end, rows_slots=torch.full((1,), row, device=rows.device))
         return self.talker(rows.unsqueeze(0), positions, view)
 
     # ----- one frame ------------------------------------------------------------------------
