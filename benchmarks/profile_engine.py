@@ -178,11 +178,15 @@ def device_work(events: list[dict], on_cuda: bool) -> list[tuple[dict, list[str]
     return work
 
 
-def trace_events(prof) -> list[dict]:
-    """The profile's Chrome trace events."""
+def trace_events(prof, keep: Path | None = None) -> list[dict]:
+    """The profile's Chrome trace events; keep: the trace is also saved there, gzipped (keep + .gz)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trace.json"
         prof.export_chrome_trace(str(path))
+        if keep is not None:
+            with path.open("rb") as source, gzip.open(f"{keep}.gz", "wb") as target:
+                shutil.copyfileobj(source, target)
+            print(f"trace: {keep}.gz", flush=True)
         return json.loads(path.read_text())["traceEvents"]
 
 
@@ -216,17 +220,6 @@ def profiled(on_cuda: bool, with_stack: bool = False):
     """A torch.profiler context over the host and, on CUDA, the device (with_stack: the Python calls too)."""
     return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else []),
                    with_stack=with_stack)
-
-
-def export_trace(prof, path: Path) -> list[dict]:
-    """The profile as a gzipped Chrome trace at path + .gz; its events."""
-    prof.export_chrome_trace(str(path))
-    events = json.loads(path.read_text())["traceEvents"]
-    with path.open("rb") as source, gzip.open(f"{path}.gz", "wb") as target:
-        shutil.copyfileobj(source, target)
-    path.unlink()
-    print(f"trace: {path}.gz", flush=True)
-    return events
 
 
 def blocking_calls(events: list[dict], min_ms: float = 0.05) -> list[dict]:
@@ -330,7 +323,7 @@ def measure_admissions(tts: TTS, engine: Engine, streams: list, readers: list, c
     if trace_dir is not None:
         with profiled(on_cuda, with_stack=True) as traced:
             run_admitting(tts, engine, streams, readers, count, args.trace_iterations, args)
-        events = export_trace(traced, trace_dir / f"engine_trace_admit_{count}.json")
+        events = trace_events(traced, keep=trace_dir / f"engine_trace_admit_{count}.json")
         blocking = blocking_calls(events)[:12]
     return {"admitted_per_iteration": args.admit, "iteration_ms": round(iteration_ms, 3),
             "steady_synced_ms": round(steady_ms, 3),
@@ -373,7 +366,7 @@ def profile_streams(tts: TTS, engine: Engine, count: int, args, trace_dir: Path 
         if trace_dir is not None:
             with profiled(on_cuda) as traced:
                 run_iterations(engine, count, args.trace_iterations)
-            export_trace(traced, trace_dir / f"engine_trace_{count}.json")
+            trace_events(traced, keep=trace_dir / f"engine_trace_{count}.json")
         late = engine.stats()["late_graph_captures"] - late_before
         admissions = None
         if args.admit:

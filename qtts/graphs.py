@@ -1,4 +1,5 @@
-"""CUDA-graph capture and the shape buckets graphs are captured for, shared by the engine and the codec.
+"""CUDA-graph capture and the shape buckets graphs are captured for, shared by the engine and the codec, and the
+host-to-device copy both use between replays.
 
 A graph replays fixed shapes, so every call is padded up to a bucket: powers of two for lengths,
 a few batch sizes for rows. One GraphCache per caller keeps its graphs by key.
@@ -9,6 +10,14 @@ import time
 from collections.abc import Callable, Hashable
 
 import torch
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; a host tensor is copied through pinned memory, so the copy does not wait for the work
+    already queued on the stream (a copy from pageable memory would)."""
+    if device.type != "cuda" or tensor.is_cuda:
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def pow2_bucket(needed: int, minimum: int = 1, maximum: int | None = None) -> int:

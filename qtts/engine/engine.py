@@ -27,7 +27,7 @@ import torch
 
 from ..errors import EngineFailedError, InvalidRequestError, OverloadedError
 from ..graphs import batch_buckets as graph_batch_buckets
-from ..graphs import bucket_for
+from ..graphs import bucket_for, to_device
 from ..kernels.compile_watch import compiles, watch_compiles
 from ..models.codec_streaming import StreamingCodecDecoder
 from .job import CodecCall, Job, RateMeter
@@ -59,15 +59,6 @@ FIRST_AUDIO_WAIT_MAX_ROWS = 32
 def _on(stream: torch.cuda.Stream | None):
     """Work queued in the block goes to `stream` (None: no CUDA, the block just runs)."""
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
-def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list as a device tensor, copied from pinned memory: a pageable copy would wait for the frame step in
-    flight."""
-    tensor = torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def check_chunk_frames(chunk_frames: tuple[int, ...]) -> tuple[int, ...]:
@@ -582,7 +573,10 @@ class Engine:
             frames = self.runner.predict_frame(padded)[:batch].clone()
         self._use_codes_ahead(jobs, runnable, frames)
         rows = [row for row, ok in enumerate(decode) if ok]
-        decoded = frames if len(rows) == batch else frames[_to_device(rows, torch.long, frames.device)]
+        if len(rows) == batch:
+            decoded = frames
+        else:
+            decoded = frames[to_device(torch.tensor(rows, dtype=torch.long), frames.device)]
         call = self._launch_codec([jobs[row] for row in rows], rows, decoded)
         for row in rows:
             if not runnable[row]:
@@ -608,7 +602,7 @@ class Engine:
         rows = [row for row, job in enumerate(jobs) if runnable[row] and job.codes_ahead is not None]
         if not rows:
             return
-        index = _to_device(rows, torch.long, frames.device)
+        index = to_device(torch.tensor(rows, dtype=torch.long), frames.device)
         codes = torch.stack([jobs[row].codes_ahead for row in rows])
         frames[index] = codes
         self.runner.step.codes[index] = codes
@@ -639,7 +633,7 @@ class Engine:
     def _text_embeddings(self, ids: list[int]) -> torch.Tensor:
         """Text rows (n, H) of token ids, as a prompt's trailing rows are made."""
         device = self.model.device
-        return self.model.talker.embed_text(_to_device([ids], torch.long, device))[0]
+        return self.model.talker.embed_text(to_device(torch.tensor([ids], dtype=torch.long), device))[0]
 
     def _end_of_text_row(self) -> torch.Tensor:
         """The tts_eos text row (1, H), made in the same call as in a prompt (with tts_bos and tts_pad)."""
@@ -658,7 +652,7 @@ class Engine:
                 self._count_text_wait(job, now)
         active = self.runner.state.active
         if not all(runnable):
-            active[: len(jobs)] = _to_device(runnable, torch.bool, active.device)
+            active[: len(jobs)] = to_device(torch.tensor(runnable, dtype=torch.bool), active.device)
             self._rows_held = True
         elif self._rows_held:
             active.fill_(True)
@@ -685,7 +679,7 @@ class Engine:
             return None
         order = [index[id(job)] for job in jobs]
         if order != list(range(len(launched_for))):
-            frames = frames[_to_device(order, torch.long, frames.device)]
+            frames = frames[to_device(torch.tensor(order, dtype=torch.long), frames.device)]
         self.runner.step.codes[: len(jobs)] = frames
         return frames
 

@@ -332,15 +332,15 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
         dot = use_dot_products(bits, splits, block_n)
     if dot:
         group = num_heads // num_kv_heads
-        precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays exact; 16-bit inputs ignore it
-        _decode_attention_dot_kernel()[(batch, num_kv_heads, splits)](
-            q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
-            head_dim ** -0.5, *strides, **shape, SPLITS=splits, BLOCK_G=max(16, 1 << (group - 1).bit_length()),
-            PRECISION=precision, UPCAST=interpreted())
+        kernel = _decode_attention_dot_kernel()
+        variant = {"BLOCK_G": max(16, 1 << (group - 1).bit_length()), "UPCAST": interpreted(),
+                   # fp32 stays exact; 16-bit inputs ignore it
+                   "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}
     else:
-        _decode_attention_kernel()[(batch, num_kv_heads, splits)](
-            q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
-            head_dim ** -0.5, *strides, **shape, KV_BITS=bits, SPLITS=splits)
+        kernel, variant = _decode_attention_kernel(), {"KV_BITS": bits}
+    kernel[(batch, num_kv_heads, splits)](
+        q.contiguous(), k_cache, v_cache, positions, slots, out, partial_acc, partial_max, partial_sum,
+        head_dim ** -0.5, *strides, **shape, SPLITS=splits, **variant)
     if splits > 1:
         _merge_splits_kernel()[(batch * num_heads,)](partial_acc, partial_max, partial_sum, out,
                                                    HEAD_DIM=head_dim, SPLITS=splits)

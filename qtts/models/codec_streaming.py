@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from ..errors import OverloadedError
-from ..graphs import GraphCache, bucket_for, pow2_bucket
+from ..graphs import GraphCache, bucket_for, pow2_bucket, to_device
 from .codec_decoder import CodecDecoder
 from .conv_layout import choose_conv_layouts
 
@@ -84,12 +84,12 @@ class StreamingCodecDecoder:
         """
         if isinstance(slots, list):
             self._check_allocated(slots)
-        slots = self._to_device(torch.as_tensor(slots, dtype=torch.long))
+        slots = to_device(torch.as_tensor(slots, dtype=torch.long), self.device)
         batch, frames = slots.shape[0], codes.shape[-1]
         if codes.dim() != 3 or codes.shape[0] != batch:
             raise ValueError(f"codes must be (B={batch}, {self.decoder.cfg.num_quantizers}, t); "
                              f"got {tuple(codes.shape)}")
-        codes = self._to_device(codes)
+        codes = to_device(codes, self.device)
         longer = sorted(n for n in self.graph_chunk_frames if n > frames)
         if last and self.use_graphs and frames not in self.graph_chunk_frames and longer:
             padding = codes[..., -1:].expand(-1, -1, longer[0] - frames)
@@ -111,13 +111,6 @@ class StreamingCodecDecoder:
             for frames in sorted(self.graph_chunk_frames):
                 if (bucket, frames) not in self._graphs:
                     self._graphs[(bucket, frames)] = self._capture(bucket, frames)
-
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host tensor copied through pinned memory, so the copy does not wait for the work already
-        queued on the stream (a pageable copy would)."""
-        if self.device.type != "cuda" or tensor.is_cuda:
-            return tensor.to(self.device)
-        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _check_allocated(self, slots: list[int]) -> None:
         if len(set(slots)) != len(slots):
