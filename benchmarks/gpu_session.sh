@@ -48,7 +48,7 @@ for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues 
     check) stages+=(tests speed serve-cold) ;;
     verify) stages+=(tests speed profile serve-check) ;;
     # what 2026-12-04 left: the quantization GPU tests, the engine's CUDA tests, and the first profile with the
-    # trace-based split (~6 min; then `replicas` with REPLICAS_CONFIGS=ray-1,single in a call of its own)
+    # trace-based split (~9 min; then `replicas` with REPLICAS_CONFIGS=ray-1,single in a call of its own)
     followup) stages+=(quant-tests engine-gpu-tests profile-admit) ;;
     # what the session of 2026-12-02 (afternoon) left unmeasured: the codec's layout rule (one-pass time), serving
     # with it, and whether the closed loop's early underruns are the client's (client_loop_lag; ~8.5 min)
@@ -110,7 +110,7 @@ for name in "${stages[@]}"; do
       stage profile 110 python3 benchmarks/profile_engine.py --size 1.7b --streams 128 --out "$OUT/engine_profile.json" ;;
     quant-tests)  # the quantization options' GPU tests, first failure in full
       fixtures custom_voice:1.7b
-      stage quant-tests 120 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
+      stage quant-tests 400 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
         tests/kernels/test_kv_quant.py tests/gpu/test_quantization.py -m gpu 2>&1 | tail -40 ;;
     served|served-cold)  # one `qtts serve` (1.7B, log kept): cold-start load from the moment /health says ready,
       # then (served) the text-streaming benchmark against the same server; its /health and /metrics at the end

@@ -63,16 +63,10 @@ def test_gates_at_the_real_shape(option, folder, reference, reference_frames):
     assert min(report.codebook0_top5, report.predictor_top5) >= least_top5, figures
 
 
-# FP8 activations round to 3 mantissa bits in every talker projection; over 28 random-weight layers the two paths'
-# different roundings grow as large as FP8's own distance from bf16 (talker output cosine 0.956 in the gates), so
-# the talker's FP8 paths are held to that distance; unrelated hidden states would differ by about 1.4.
-GRAPH_TOLERANCE = {"fp8_talker": 0.35}
-
-
-@pytest.mark.parametrize("option", OPTIONS)
-def test_an_option_speaks_through_graphs_like_its_module_path(option, folder):
-    """The first frames of a greedy request: graphed fused path against the module path of the same option."""
-    kv_cache = option[3:] if option.startswith("kv_") else None
+def graph_distance(folder, option: str | None) -> float:
+    """The first frames of a greedy request through the graphed fused path and through the module path of the same
+    option; then one prefill of it on each: the relative distance of the two paths' last hidden states."""
+    kv_cache = option[3:] if option and option.startswith("kv_") else None
     hidden = []
     for fast in (True, False):
         tts = TTS.from_pretrained(folder, device="cuda", dtype="bf16", use_graphs=fast, fused_kernels=fast,
@@ -86,5 +80,31 @@ def test_an_option_speaks_through_graphs_like_its_module_path(option, folder):
         plan = plan_request(tts.model, request, tts.max_len)
         runner.prefill_rows(0, [PrefillItem(plan.prompt, plan.sampling, plan.seed, plan.min_frames)])
         hidden.append(runner.state.past_hidden[0].float().clone())
-    error = (hidden[0] - hidden[1]).norm() / hidden[1].norm()
-    assert error < GRAPH_TOLERANCE.get(option, 3e-2), f"relative error {error:.3g}"
+        del tts
+        torch.cuda.empty_cache()
+    distance = ((hidden[0] - hidden[1]).norm() / hidden[1].norm()).item()
+    print(json.dumps({"option": option or "bf16", "graph_vs_module_distance": round(distance, 5)}))
+    return distance
+
+
+@pytest.fixture(scope="module")
+def bf16_graph_distance(folder):
+    return graph_distance(folder, None)
+
+
+# At random 1.7B weights the two paths already round apart in plain bf16 (fused kernels, another reduction order,
+# 28 layers of nearly flat activations): their hidden states differ by ~5% (0.049 on the H200, unchanged since
+# f35fc70). An option's two paths are held to that distance with a margin. The lossy options quantize inputs the
+# two paths rounded differently (FP8 activations to 3 mantissa bits in every talker projection; K/V to 16 levels),
+# so over 28 layers their paths drift as far apart as the option is from bf16: each is held to that distance,
+# sqrt(2 - 2 cos) of its talker output cosine in the gates (FP8 talker 0.956 -> 0.30, measured 0.27; int4 cache
+# 0.916 -> 0.41, measured 0.36). Unrelated hidden states would differ by about 1.4.
+GRAPH_MARGIN = 1.5
+GRAPH_TOLERANCE = {"fp8_talker": 0.35, "kv_int4": 0.45}
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_an_option_speaks_through_graphs_like_its_module_path(option, folder, bf16_graph_distance):
+    limit = GRAPH_TOLERANCE.get(option, GRAPH_MARGIN * bf16_graph_distance)
+    distance = graph_distance(folder, option)
+    assert distance < limit, f"{option}: {distance:.3g} from its module path (bf16: {bf16_graph_distance:.3g})"
