@@ -1,5 +1,4 @@
 """Prompt memo: a voice's text-independent prompt rows are built once per model, and every prompt keeps its bits."""
-import numpy as np
 import pytest
 import torch
 
@@ -9,6 +8,7 @@ from qtts.engine.planning import plan_request
 from qtts.engine.prefix_cache import prefix_key
 from qtts.engine.prompt import PromptMemo, VoiceRows, build_prompt
 from qtts.text_stream import AssistantTextStream
+from tests.engine.clone_voices import clone_voices, voice_request
 
 TEXTS = ("Hello there, this is the first sentence.", "Quite another text.", "\nA text after a newline.")
 VOICES = [  # (fixture, request options)
@@ -36,18 +36,7 @@ def load(request):
 
 @pytest.fixture(scope="module")
 def voices(load):
-    tts = load("tiny_base", "fp32")
-    t = np.arange(48000) / 24000
-    wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    return {"xvector": tts.create_voice(wave, sample_rate=24000),
-            "icl": tts.create_voice(wave, reference_text="This is the reference recording.", sample_rate=24000)}
-
-
-def _request(tts, voices, options, text, **extra):
-    options = dict(options)
-    if "voice" in options:
-        options["voice"] = voices[options["voice"]]
-    return tts.request(text, greedy=True, **options, **extra)
+    return clone_voices(load("tiny_base", "fp32"))
 
 
 def _assert_same(memoized, plain):
@@ -65,7 +54,7 @@ def test_a_memoized_prompt_has_the_bits_of_a_plain_one(load, voices, name, optio
     memo = PromptMemo()
     for _ in range(2):  # a miss, then hits
         for text in TEXTS:
-            request = _request(tts, voices, options, text, non_streaming_mode=non_streaming)
+            request = voice_request(tts, voices, options, text, non_streaming_mode=non_streaming)
             plain = build_prompt(tts.talker, tts.config, tts.tokenizer, request)
             memoized = build_prompt(tts.talker, tts.config, tts.tokenizer, request, memo=memo)
             _assert_same(memoized, plain)
@@ -84,7 +73,7 @@ def test_a_plan_of_open_text_reuses_the_voice_rows(load, voices, name, options):
     stream = AssistantTextStream(tts.tokenizer)
     stream.append(TEXTS[0][:14])
     text_so_far = (list(stream.ids), False, TEXTS[0][:14])
-    request = _request(tts, voices, options, TEXTS[0], non_streaming_mode=False, text_open=True)
+    request = voice_request(tts, voices, options, TEXTS[0], non_streaming_mode=False, text_open=True)
     plain = build_prompt(tts.talker, tts.config, tts.tokenizer, request, list(stream.ids))
     for _ in range(2):
         plan = plan_request(tts.model, request, tts.max_len, text_so_far)
