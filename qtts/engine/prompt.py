@@ -145,7 +145,7 @@ class PromptMemo:
             current = torch.cuda.current_stream(rows.shared.device)
             if current != stream:
                 current.wait_event(ready)
-                for tensor in (rows.shared, rows.pad_row, rows.codec_pad):
+                for tensor in (rows.shared, rows.pad_row, rows.codec_pad):  # the other rows are views of these
                     tensor.record_stream(current)
         return rows
 
