@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from qtts.bench import save_results  # noqa: E402
 from qtts.engine.pauses import DurationHistogram  # noqa: E402
 from qtts.server.metrics import histogram_family, watch_loop_lag  # noqa: E402
+from qtts.testing.ports import free_port  # noqa: E402
 
 SAMPLE_RATE = 24000
 FRAMES_PER_SECOND = 12.5
@@ -326,12 +326,6 @@ def overload(stats: dict, stop_p95_ms: float) -> str | None:
     if audible and audible["p95"] > stop_p95_ms:
         return f"p95 first audible {audible['p95']} ms > {stop_p95_ms} ms"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

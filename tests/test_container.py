@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qtts.testing.ports import free_port
 from tests.server.test_voices_api import reference_wav
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +43,6 @@ def image_env(steps) -> dict[str, str]:
                 key, _, value = pair.partition("=")
                 env[key] = value
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from qtts.deploy import APP_NAME  # noqa: E402
 from qtts.deploy.replica import SpeechReplica  # noqa: E402
 from qtts.server.app import create_app  # noqa: E402
 from qtts.server.state import ServerSettings  # noqa: E402
+from qtts.testing.ports import free_port  # noqa: E402
 from tests.server.conftest import assert_same_audio  # noqa: E402
 from tests.server.test_voices_api import reference_wav  # noqa: E402
 
@@ -38,12 +38,6 @@ SAMPLES_PER_FRAME = 1920
 SHORT = {"max_frames": 8, "min_frames": 8, "greedy": True}
 LONG_FRAMES = 150  # seconds on CPU: long enough to act on a stream in flight
 LONG = {"max_frames": LONG_FRAMES, "min_frames": LONG_FRAMES, "greedy": True}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def replica_states() -> dict:

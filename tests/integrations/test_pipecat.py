@@ -1,6 +1,5 @@
 """Real Pipecat pipelines (text frames in, audio frames out) against a real qtts server on tiny checkpoints."""
 import asyncio
-import socket
 import threading
 import time
 
@@ -20,6 +19,7 @@ from pipecat.tests.utils import SleepFrame, run_test  # noqa: E402
 
 from qtts.api import TTS  # noqa: E402
 from qtts.integrations.pipecat import QttsTTSService  # noqa: E402
+from qtts.testing.ports import free_port  # noqa: E402
 from tests.server.conftest import FAST, LiveServer, assert_same_audio  # noqa: E402
 
 SAMPLES_PER_FRAME = 1920
@@ -168,8 +168,6 @@ def test_server_errors_reach_the_pipeline(custom_voice_server):
 
 
 def test_an_unreachable_server_is_an_error_not_a_hang():
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        url = f"ws://127.0.0.1:{probe.getsockname()[1]}/v1/audio/speech/stream"
+    url = f"ws://127.0.0.1:{free_port()}/v1/audio/speech/stream"  # a port nothing listens on
     _, upstream = asyncio.run(run_test(QttsTTSService(url=url), frames_to_send=reply("Hello", "."), start_timeout=10))
     assert any("cannot reach the qtts server" in frame.error for frame in upstream if isinstance(frame, ErrorFrame))

@@ -1,7 +1,6 @@
 """Real servers on loopback for the server tests: uvicorn in a thread, the real engine, tiny checkpoints."""
 import io
 import logging
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from qtts.server.app import create_app
 from qtts.server.serving import DrainingServer
 from qtts.server.state import ServerSettings
 from qtts.server.ws import MAX_MESSAGE_BYTES
+from qtts.testing.ports import free_port
 
 FAST = {"max_frames": 8, "greedy": True}  # extra body fields that keep a request to a few frames
 # The codec decodes concurrent streams as one batch, whose float rounding can move a 16-bit sample
@@ -68,9 +68,7 @@ class LiveServer:
     def __init__(self, tts: TTS, voices_dir: Path, log_level: str = "warning", **settings):
         settings.setdefault("shutdown_grace_s", 1.0)
         self.app = create_app(tts, ServerSettings(voices_dir=voices_dir, **settings))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level=log_level,
                                 ws_ping_interval=None, ws_max_size=MAX_MESSAGE_BYTES, timeout_graceful_shutdown=5)
         self.server = DrainingServer(config, self.app.state.qtts)
