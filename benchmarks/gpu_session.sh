@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: engine (= tests-gpu speed-1.7b cold-start), followup (= quant-tests engine-gpu-tests profile-admit), profile-admit, memo-ab, engine-gpu-tests, verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
+#   stages: engine (= tests-gpu speed-1.7b cold-start), followup (= quant-tests engine-gpu-tests profile-admit), profile-admit, engine-gpu-tests, verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
 #   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation replicas attention serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
@@ -157,13 +157,6 @@ for name in "${stages[@]}"; do
       fixtures custom_voice:1.7b
       stage profile-admit 150 python3 benchmarks/profile_engine.py --size 1.7b --streams 256 --admit 1 --iterations 30 \
         --profile-iterations 10 --out "$OUT/engine_profile_admit.json" ;;
-    memo-ab)  # profile-admit with and without the prompt memo, on one machine: what the memo saves an arrival
-      fixtures custom_voice:1.7b
-      for memo in with without; do
-        stage "profile-admit $memo memo" 150 python3 benchmarks/profile_engine.py --size 1.7b --streams 256 --admit 1 \
-          --iterations 30 --profile-iterations 10 --trace-iterations 0 $([ $memo = without ] && echo --without-prompt-memo) \
-          --out "$OUT/engine_profile_admit_${memo}_memo.json"
-      done ;;
     engine-gpu-tests)  # the engine's CUDA tests (graphs, arrivals mid-frame, prefills that never wait)
       stage engine-gpu-tests 150 python3 -m pytest -q tests/gpu/test_engine_gpu.py -p no:cacheprovider ;;
     profile)  # where an iteration's time goes at 32 to 256 streams, steady and with an arrival each (trace of 256 in $OUT)

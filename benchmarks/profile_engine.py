@@ -423,8 +423,6 @@ def main() -> None:
     parser.add_argument("--trace-iterations", type=int, default=4, help="in the trace of the largest N (0: none)")
     parser.add_argument("--admit", type=int, default=0, help="then iterations that each replace this many streams "
                         "with new ones: what an arrival costs (0: steady iterations only)")
-    parser.add_argument("--without-prompt-memo", action="store_true", help="build every prompt whole, as before "
-                        "the prompt memo (its A/B)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny fixture on CPU, a few iterations: checks the script")
     args = parser.parse_args()
@@ -436,8 +434,6 @@ def main() -> None:
     on_cuda = torch.cuda.is_available() and not args.smoke
     tts = TTS.from_pretrained(fixture_dir("custom_voice", args.size), device="cuda" if on_cuda else "cpu",
                               dtype="bf16" if on_cuda else "fp32", max_len=args.max_len)
-    if args.without_prompt_memo:
-        tts.model.prompt_memo = None
     # the server's engine, but graphs for the measured batch sizes only (fewer to capture) and the offline API's
     # admission cap, so the rows fill in a few iterations; the measured iterations admit nothing
     max_batch = counts[-1]
@@ -452,7 +448,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if on_cuda else "cpu"
     results = {"device": device, "torch": torch.__version__, "size": args.size, "max_batch": max_batch,
                "max_len": args.max_len, "frames": args.frames, "chunk_frames": list(engine.chunk_frames),
-               "warmup_s": round(warmup_s, 1), "prompt_memo": tts.model.prompt_memo is not None, "attribution": ATTRIBUTION_NOTE, "runs": []}
+               "warmup_s": round(warmup_s, 1), "attribution": ATTRIBUTION_NOTE, "runs": []}
     path = args.out or ROOT / "benchmarks" / "results" / f"engine_profile_{device.replace(' ', '_')}.json"
     with torch.no_grad():
         for count in counts:

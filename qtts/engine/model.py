@@ -1,4 +1,4 @@
-"""A loaded checkpoint as the engine needs it: configs, tokenizer, talker, codec decoder, prefix cache, prompt memo."""
+"""A loaded checkpoint as the engine needs it: configs, tokenizer, talker, codec decoder, prefix cache."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,7 +15,6 @@ from ..models.talker import Talker
 from ..text import TextTokenizer
 from ..weights import load_module, read_tensors
 from .prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
-from .prompt import PromptMemo
 from .request import SamplingParams
 
 KV_CACHE_OPTIONS = (None, "int8", "int4")
@@ -44,7 +43,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 @dataclass
 class ModelBundle:
     """What an engine runs: one checkpoint's configs and tokenizer, and (unless loaded without a
-    generator) its talker, codec decoder, prompt-prefix cache and prompt memo on `device`."""
+    generator) its talker, codec decoder and prompt-prefix cache on `device`."""
 
     folder: Path
     config: ModelConfig
@@ -58,7 +57,6 @@ class ModelBundle:
     talker: Talker | None = None
     codec_decoder: CodecDecoder | None = None
     prefix_cache: PrefixCache | None = None
-    prompt_memo: PromptMemo | None = None  # the text-independent prompt rows of recent voices (build_prompt)
     kv_cache: str | None = None  # the talker KV cache's quantization: None (the model's dtype), "int8" or "int4"
     load_options: dict = field(default_factory=dict)  # load_model's keywords: how to load it again
 
@@ -112,5 +110,4 @@ def load_model(folder: Path, device: str | torch.device | None = None, dtype: st
     bundle.codec_decoder = load_codec_decoder(folder / "speech_tokenizer", device, dtype)
     if prefix_cache_mb > 0:
         bundle.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
-    bundle.prompt_memo = PromptMemo(keyed=bundle.prefix_cache is not None)
     return bundle

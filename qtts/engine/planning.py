@@ -68,12 +68,12 @@ def plan_request(model: ModelBundle, request: SpeechRequest, max_len: int,
         if ended and not text.strip():
             raise InvalidRequestError("text is empty: give the words to speak")
         text_ids = None if ended else ids
-    prompt = build_prompt(model.talker, model.config, model.tokenizer, request, text_ids, memo=model.prompt_memo)
+    prompt = build_prompt(model.talker, model.config, model.tokenizer, request, text_ids)
     room = prompt_room(prompt.prefill.shape[0], max_len)
     # text still coming: no cap from its length yet (the engine sets it when the text ends)
     length_cap = room if request.text_open else default_frame_cap(request.text)
     cap = min(request.max_frames if request.max_frames is not None else length_cap, room)
-    if model.prefix_cache is not None and prompt.shared_length and prompt.shared_key is None:
+    if model.prefix_cache is not None and prompt.shared_length:
         prompt.shared_key = prefix_key(prompt.prefill[: prompt.shared_length])
     prompt = replace(prompt, trailing=prompt.trailing[:cap])
     seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(62)

@@ -10,7 +10,6 @@ from qtts.engine.engine import Engine
 from qtts.engine.prefix_cache import PrefixCache, PrefixEntry, prefix_key
 from qtts.engine.prompt import build_prompt
 from qtts.engine.step import FrameStep
-from tests.engine.clone_voices import clone_voices, voice_request
 
 FRAMES = 8
 TEXTS = ("Hello there, this is the first sentence.", "Quite another text, to reuse the same voice prompt.")
@@ -45,11 +44,18 @@ def load(request):
 
 @pytest.fixture(scope="module")
 def voices(load):
-    return clone_voices(load("tiny_base", 0))
+    tts = load("tiny_base", 0)
+    t = np.arange(48000) / 24000
+    wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    return {"xvector": tts.create_voice(wave, sample_rate=24000),
+            "icl": tts.create_voice(wave, reference_text="This is the reference recording.", sample_rate=24000)}
 
 
-def _request(tts, voices, options, text):
-    return voice_request(tts, voices, options, text, max_frames=FRAMES)
+def _request(tts, voices, options, text, **extra):
+    options = dict(options)
+    if "voice" in options:
+        options["voice"] = voices[options["voice"]]
+    return tts.request(text, greedy=True, max_frames=FRAMES, **options, **extra)
 
 
 @contextmanager
