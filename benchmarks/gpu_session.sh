@@ -103,7 +103,7 @@ for name in "${stages[@]}"; do
         --out "$OUT/speed_1.7b.json" ;;
     quant-graphs)  # each quantization option through the fused kernels and graphs against its module path
       fixtures custom_voice:1.7b
-      stage quant-graphs 150 python3 -m pytest --tb=short -q -p no:cacheprovider tests/gpu/test_quantization.py \
+      stage quant-graphs 420 python3 -m pytest --tb=short -q -p no:cacheprovider tests/gpu/test_quantization.py \
         -k "speaks or kv_int4" 2>&1 | grep -v "WARNING" | tail -30 ;;
     profile-128)  # the profile at 128 streams only (a short budget)
       fixtures custom_voice:1.7b
