@@ -86,9 +86,11 @@ def _decode_attention_kernel():
 
 @functools.cache
 def _decode_attention_dot_kernel():
-    """decode_attention_kernel on tensor cores, for 16-bit caches: the group's queries padded to BLOCK_G rows (the
-    smallest tl.dot tile), scores and outputs as matrix products. The broadcast products of the other kernel
-    hold (GROUP, BLOCK_N, HEAD_DIM) fp32 values in registers: at full batch that spills and starves occupancy."""
+    """decode_attention_kernel on tensor cores, for 16-bit and int8 caches: the group's queries padded to BLOCK_G rows
+    (the smallest tl.dot tile), scores and outputs as matrix products. The broadcast products of the other kernel
+    hold (GROUP, BLOCK_N, HEAD_DIM) fp32 values in registers: at full batch that spills and starves occupancy.
+    int8 coordinates are exact in bf16: they enter the products as they are, and each row's scale multiplies its
+    scores and probabilities."""
     import triton
     import triton.language as tl
 
@@ -98,7 +100,8 @@ def _decode_attention_dot_kernel():
                                     cache_slot_stride, cache_head_stride, cache_pos_stride,
                                     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                                     BLOCK_N: tl.constexpr, HAS_SLOTS: tl.constexpr, SPLITS: tl.constexpr,
-                                    BLOCK_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                                    BLOCK_G: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                                    KV_BITS: tl.constexpr):
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
         split = tl.program_id(2)
@@ -125,16 +128,21 @@ def _decode_attention_dot_kernel():
             keys = block_start + tl.arange(0, BLOCK_N)
             valid = keys < length
             offsets = base + keys[:, None] * cache_pos_stride + dims[None, :]
-            k = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0.0)
-            v = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0.0)
-            if UPCAST:
-                k, v = k.to(tl.float32), v.to(tl.float32)
+            k = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0).to(q.dtype)
+            v = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0).to(q.dtype)
             scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_G, BLOCK_N)
+            if KV_BITS == 8:  # each row's fp32 scale follows its HEAD_DIM int8 coordinates
+                scale_offsets = base + keys * cache_pos_stride + HEAD_DIM
+                k_scale = tl.load((k_cache_ptr + scale_offsets).to(tl.pointer_type(tl.float32)), mask=valid, other=0.0)
+                v_scale = tl.load((v_cache_ptr + scale_offsets).to(tl.pointer_type(tl.float32)), mask=valid, other=0.0)
+                scores = scores * k_scale[None, :]
             scores = tl.where(valid[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
             correction = tl.exp(m - m_new)
             p = tl.exp(scores - m_new[:, None])
             denom = denom * correction + tl.sum(p, axis=1)
+            if KV_BITS == 8:
+                p = p * v_scale[None, :]
             acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
             block_start += BLOCK_N * SPLITS
@@ -286,14 +294,17 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+DOT_BITS = (16, 8)  # the caches the tensor-core kernel reads (int4 rows need their codebook)
+
+
 def use_dot_products(bits: int, splits: int, block_n: int) -> bool:
-    """Whether a call runs on tensor cores (_decode_attention_dot_kernel): 16-bit caches, a row's blocks walked by
+    """Whether a call runs on tensor cores (_decode_attention_dot_kernel): 16-bit or int8 caches, a row's blocks walked by
     one program (full batches; a split row's program walks few blocks either way), blocks of 32 keys or more
     (the code predictor's 16 positions stay on the lighter kernel). QTTS_ATTENTION_DOT=0/1 decides instead."""
     forced = os.environ.get("QTTS_ATTENTION_DOT")
     if forced in ("0", "1"):
-        return forced == "1" and bits == 16
-    return bits == 16 and splits == 1 and block_n >= 32
+        return forced == "1" and bits in DOT_BITS
+    return bits in DOT_BITS and splits == 1 and block_n >= 32
 
 
 def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: int = 64, rotation=None,
@@ -301,7 +312,7 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
     """q (B, H, D); slots: (B,) cache slot of each row, or None for slot b = row b. Over int4 rows q is
     in the rotated space (as qk_norm_rope_fused returns it), and rotation and codebook are the cache's.
     splits: programs per row and KV head (a power of two; by default attention_splits; int4 rows take 1).
-    dot: the tensor-core kernel (16-bit caches only; by default use_dot_products)."""
+    dot: the tensor-core kernel (16-bit and int8 caches; by default use_dot_products)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
     out = torch.empty_like(q)
@@ -311,8 +322,8 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
     slots = positions if slots is None else slots.contiguous()  # a pointer the kernel never reads
     strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
     bits = kv_quant.stored_bits(k_cache)
-    if dot and bits != 16:
-        raise ValueError("the tensor-core decode attention reads 16-bit caches only")
+    if dot and bits not in DOT_BITS:
+        raise ValueError("the tensor-core decode attention reads 16-bit and int8 caches only")
     if bits == 4:
         shape["BLOCK_N"] = min(block_n, 32)  # four decoded (block, D/2) tiles live in registers at once
         _decode_attention_int4_kernel()[(batch, num_kv_heads)](
@@ -333,7 +344,7 @@ def decode_attention_fused(q, k_cache, v_cache, positions, slots=None, block_n: 
     if dot:
         group = num_heads // num_kv_heads
         kernel = _decode_attention_dot_kernel()
-        variant = {"BLOCK_G": max(16, 1 << (group - 1).bit_length()), "UPCAST": interpreted(),
+        variant = {"BLOCK_G": max(16, 1 << (group - 1).bit_length()), "UPCAST": interpreted(), "KV_BITS": bits,
                    # fp32 stays exact; 16-bit inputs ignore it
                    "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}
     else:

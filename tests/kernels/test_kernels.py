@@ -92,20 +92,21 @@ def test_decode_attention_split_among_programs_equals_one_pass(dtype, splits, do
     assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
 
 
-def test_full_batches_of_16_bit_caches_attend_on_tensor_cores(monkeypatch):
+def test_full_batches_of_16_bit_and_int8_caches_attend_on_tensor_cores(monkeypatch):
     monkeypatch.delenv("QTTS_ATTENTION_DOT", raising=False)
     assert attention.use_dot_products(bits=16, splits=1, block_n=64)  # the talker at full batch
+    assert attention.use_dot_products(bits=8, splits=1, block_n=64)  # the same over an int8 cache
     assert not attention.use_dot_products(bits=16, splits=16, block_n=64)  # one stream: the split kernel
     assert not attention.use_dot_products(bits=16, splits=1, block_n=16)  # the code predictor's 16 positions
-    assert not attention.use_dot_products(bits=8, splits=1, block_n=64)  # quantized caches
+    assert not attention.use_dot_products(bits=4, splits=1, block_n=64)  # int4 rows: their codebook kernel
     monkeypatch.setenv("QTTS_ATTENTION_DOT", "0")
     assert not attention.use_dot_products(bits=16, splits=1, block_n=64)
     monkeypatch.setenv("QTTS_ATTENTION_DOT", "1")
     assert attention.use_dot_products(bits=16, splits=16, block_n=16)
     assert not attention.use_dot_products(bits=4, splits=1, block_n=64)
-    with pytest.raises(ValueError, match="16-bit"):
+    with pytest.raises(ValueError, match="16-bit and int8"):
         q = torch.zeros(1, 4, 16, device=DEVICE)
-        cache = torch.zeros(1, 2, 8, 32, dtype=torch.int8, device=DEVICE)  # an int8 cache's rows (kv_quant)
+        cache = torch.zeros(1, 2, 8, 40, dtype=torch.uint8, device=DEVICE)  # an int4 cache's rows (kv_quant)
         decode_attention_fused(q, cache, cache, torch.zeros(1, dtype=torch.long, device=DEVICE), dot=True)
 
 

@@ -100,7 +100,10 @@ def test_qk_norm_rope_writes_quantized_rows(dtype, kv_format):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kv_format", FORMATS)
 @pytest.mark.parametrize("slots", [None, [2, 0, 2]])
-def test_decode_attention_over_quantized_rows(dtype, kv_format, slots):
+@pytest.mark.parametrize("dot", [None, True])
+def test_decode_attention_over_quantized_rows(dtype, kv_format, slots, dot):
+    if dot and kv_format == "int4":
+        pytest.skip("int4 rows are read by their codebook kernel only")
     g = torch.Generator().manual_seed(2)
     batch, heads, kv_heads, dim, max_len = 3, 4, 2, 16, 80
     cache = KVCache(1, batch, kv_heads, max_len, dim, DEVICE, dtype, quantization=kv_format)
@@ -111,7 +114,7 @@ def test_decode_attention_over_quantized_rows(dtype, kv_format, slots):
     slots = None if slots is None else torch.tensor(slots, device=DEVICE)
     rotated_q = q if kv_format == "int8" else (q.float() @ cache.rotation.T).to(dtype)
     out = decode_attention_fused(rotated_q, cache.keys[0], cache.values[0], positions, slots, block_n=16,
-                                 rotation=cache.rotation, codebook=cache.codebook)
+                                 rotation=cache.rotation, codebook=cache.codebook, dot=dot)
     ref = decode_attention_reference(q, cache.keys[0], cache.values[0], positions, slots, rotation=cache.rotation)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
@@ -173,7 +176,8 @@ def test_quantized_cache_kernels_at_the_talker_shape_on_gpu(kv_format):
     for written, expected in ((cache.keys[0], reference_keys), (cache.values[0], reference_values)):
         agree = _cosines(cache.load(written[rows, :, positions]), cache.load(expected[rows, :, positions]))
         assert agree.min() > (0.999 if kv_format == "int8" else 0.99)
-    out = decode_attention_fused(q, cache.keys[0], cache.values[0], positions, **tables)
     real_q = q if kv_format == "int8" else (q.float() @ cache.rotation).bfloat16()
     ref = decode_attention_reference(real_q, cache.keys[0], cache.values[0], positions, rotation=cache.rotation)
-    assert _cosines(out, ref).min() > 0.999
+    for dot in ((None, True) if kv_format == "int8" else (None,)):  # int8: the split and the tensor-core kernel
+        out = decode_attention_fused(q, cache.keys[0], cache.values[0], positions, **tables, dot=dot)
+        assert _cosines(out, ref).min() > 0.999
