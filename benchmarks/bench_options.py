@@ -2,7 +2,8 @@
 of an offline batch, and the quality gates against bf16 (docs/quantization.md).
 
 usage: python benchmarks/bench_options.py [--size 1.7b] [--options bf16,fp8_talker,fp8_predictor,kv_int8,kv_int4]
-       [--frames 150] [--batch 128] [--batch-frames 150] [--gate-prompts 4] [--gate-frames 64] [--out FILE] [--smoke]
+       [--frames 150] [--batch 256] [--batch-frames 300] [--max-len 1024] [--gate-prompts 4] [--gate-frames 64]
+       [--out FILE] [--smoke]
 Each configuration is loaded once (the bf16 model stays loaded as the gates' reference) and measured as
 benchmarks/bench_speed.py measures (qtts.bench: bench_throughput for one stream, bench_batch for the batch); the
 gates are those of tests/gpu/test_quantization.py, on frames the bf16 model generated. FP8 options are skipped
@@ -95,12 +96,12 @@ def main() -> None:
     parser.add_argument("--size", default="1.7b")
     parser.add_argument("--options", default=",".join(OPTIONS))
     parser.add_argument("--frames", type=int, default=150, help="frames of the one-stream request")
-    parser.add_argument("--batch", type=int, default=128, help="requests of the offline batch")
-    parser.add_argument("--batch-frames", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=256, help="requests of the offline batch (the engine's full batch)")
+    parser.add_argument("--batch-frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up run (the best counts)")
     parser.add_argument("--gate-prompts", type=int, default=4)
     parser.add_argument("--gate-frames", type=int, default=gates.GATE_FRAMES)
-    parser.add_argument("--max-len", type=int, default=4096)
+    parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--out", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny fixture on CPU, a few frames: checks the script")
     args = parser.parse_args()

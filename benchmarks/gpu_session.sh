@@ -162,9 +162,9 @@ for name in "${stages[@]}"; do
     profile)  # where an iteration's time goes at 32 to 256 streams, steady and with an arrival each (trace of 256 in $OUT)
       fixtures custom_voice:1.7b
       stage profile 240 python3 benchmarks/profile_engine.py --size 1.7b --streams 32,64,128,256 --admit 1 ;;
-    options)  # bf16 and each quantization option: one stream, the batch of 128, the quality gates (~4 min)
+    options)  # bf16 and each quantization option: one stream, the batch of 256, the quality gates (~3.5 min)
       fixtures custom_voice:1.7b
-      stage options 270 python3 benchmarks/bench_options.py --size 1.7b ;;
+      stage options 300 python3 benchmarks/bench_options.py --size 1.7b ;;
     attention)  # both decode-attention kernels on CUDA, then side by side; the tensor-core one off if its tests fail
       if ! stage attention-tests 120 python3 -m pytest -q tests/kernels/test_kernels.py -k attention -p no:cacheprovider
       then
