@@ -98,12 +98,9 @@ def test_qk_norm_rope_writes_quantized_rows(dtype, kv_format):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kv_format", FORMATS)
+@pytest.mark.parametrize("kv_format, dot", [("int8", None), ("int8", True), ("int4", None)])  # int4: its own kernel
 @pytest.mark.parametrize("slots", [None, [2, 0, 2]])
-@pytest.mark.parametrize("dot", [None, True])
-def test_decode_attention_over_quantized_rows(dtype, kv_format, slots, dot):
-    if dot and kv_format == "int4":
-        pytest.skip("int4 rows are read by their codebook kernel only")
+def test_decode_attention_over_quantized_rows(dtype, kv_format, dot, slots):
     g = torch.Generator().manual_seed(2)
     batch, heads, kv_heads, dim, max_len = 3, 4, 2, 16, 80
     cache = KVCache(1, batch, kv_heads, max_len, dim, DEVICE, dtype, quantization=kv_format)
