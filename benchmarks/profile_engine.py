@@ -231,11 +231,11 @@ def blocking_calls(events: list[dict], min_ms: float = 0.05) -> list[dict]:
     for e in events:
         if e.get("ph") == "X" and e.get("cat") == "python_function" and "qtts/" in e.get("name", ""):
             python[e["tid"]].append((e["ts"], e["ts"] + e.get("dur", 0), e["name"].split("qtts/")[-1]))
+    threads = defaultdict(lambda: Spans([]), {tid: Spans(frames) for tid, frames in python.items()})
     totals = defaultdict(lambda: [0, 0.0])
     for call in calls:
-        frames = sorted((f for f in python[call["tid"]] if f[0] <= call["ts"] and call["ts"] + call["dur"] <= f[1]),
-                        key=lambda f: f[1] - f[0])
-        key = (call["name"], " < ".join(name for _, _, name in frames[:BLOCKING_FRAMES]))
+        frames = threads[call["tid"]].around(call["ts"])
+        key = (call["name"], " < ".join(frames[:BLOCKING_FRAMES]))
         totals[key][0] += 1
         totals[key][1] += call["dur"] / 1e3
     return [{"call": name, "where": where, "count": count, "ms": round(ms, 3)}
