@@ -74,10 +74,9 @@ class RowState:
         self.text_rows[row] = prompt.pad_row
         self.text_rows[row, : text.shape[0]] = text
         self.pad_row.copy_(prompt.pad_row)
-        self.seen[row] = False
         # fill_, not `tensor[row] = number`: that copies the number from pageable host memory, which waits for
         # the frame step in flight
-        values = [(self.text_len, text.shape[0]), (self.frame_index, 0), (self.seeds, seed),
+        values = [(self.seen, False), (self.text_len, text.shape[0]), (self.frame_index, 0), (self.seeds, seed),
                   (self.repetition_penalty, sampling.repetition_penalty), (self.min_frames, min_frames),
                   (self.active, True)]
         for params, prefix in ((self.talker_sampling, ""), (self.predictor_sampling, "subtalker_")):
