@@ -2,7 +2,7 @@
 # One GPU session on a bare machine: install the carried wheels (.whl/), write the fixture
 # checkpoints, then run the named stages; every result lands in $OUT (and the log in $OUT/log.txt).
 # usage: bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   stages: engine (= tests-gpu speed-1.7b cold-start), followup (= quant-tests engine-gpu-tests profile-admit), profile-admit, engine-gpu-tests, verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
+#   stages: engine (= tests-gpu speed-1.7b cold-start), profile-admit, engine-gpu-tests, verify (= tests speed profile serve-check), verify-codec (= tests codec codec-graphed serve-check
 #   serve-closed-0.6b), codec-check, serve-closed-0.6b, tests tests-gpu tune-gemv kernel-tests codec-profile codec-graphed serve-sweep serve-check-admit parity parity-short speed anchor codec codec-cudnn profile profile-128 options quant-graphs saturation replicas attention serve serve-check serve-check-inproc serve-short serve-open serve-closed
 # benchmarks/anchor/ is ../shared/bench (upstream and faster-qwen3-tts timing), copied unchanged.
 set -uo pipefail
@@ -47,9 +47,6 @@ for name in "$@"; do  # verify: the GPU tests, then the numbers the open issues 
     # both sizes, and the serving sweep of 1.7B from a cold start (~9 min)
     check) stages+=(tests speed serve-cold) ;;
     verify) stages+=(tests speed profile serve-check) ;;
-    # what 2026-12-04 left: the quantization GPU tests, the engine's CUDA tests, and the first profile with the
-    # trace-based split (~9 min; then `replicas` with REPLICAS_CONFIGS=ray-1,single in a call of its own)
-    followup) stages+=(quant-tests engine-gpu-tests profile-admit) ;;
     # what the session of 2026-12-02 (afternoon) left unmeasured: the codec's layout rule (one-pass time), serving
     # with it, and whether the closed loop's early underruns are the client's (client_loop_lag; ~8.5 min)
     verify-codec) stages+=(tests codec codec-graphed serve-check serve-closed-0.6b) ;;
@@ -110,7 +107,7 @@ for name in "${stages[@]}"; do
       stage profile 110 python3 benchmarks/profile_engine.py --size 1.7b --streams 128 --out "$OUT/engine_profile.json" ;;
     quant-tests)  # the quantization options' GPU tests, first failure in full
       fixtures custom_voice:1.7b
-      stage quant-tests 400 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
+      stage quant-tests 560 python3 -m pytest -x --tb=short -q -p no:cacheprovider tests/kernels/test_fp8.py \
         tests/kernels/test_kv_quant.py tests/gpu/test_quantization.py -m gpu 2>&1 | tail -40 ;;
     served|served-cold)  # one `qtts serve` (1.7B, log kept): cold-start load from the moment /health says ready,
       # then (served) the text-streaming benchmark against the same server; its /health and /metrics at the end
